@@ -1,0 +1,145 @@
+"""Grouped Query Attention: one layer that is MHA, GQA or MQA depending on ``n_kv_heads``.
+
+Query head ``i`` reads KV head ``i // group_size`` (contiguous groups, the order of
+``repeat_interleave`` and of PyTorch's ``scaled_dot_product_attention(..., enable_gqa=True)``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .kv_cache import KVCache
+from .layout import AttentionLayout, check_positive_int
+from .rope import RotaryEmbedding
+
+
+def expand_kv(x: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Copy each KV head ``group_size`` times so there is one per query head (teaching helper).
+
+    Equivalent to ``x.repeat_interleave(group_size, dim=1)``:
+    (batch, n_kv_heads, seq, head_dim) -> (batch, n_kv_heads * group_size, seq, head_dim).
+    KV head j becomes heads j*group_size .. (j+1)*group_size - 1. This builds a real copy; the layer
+    below never calls it.
+    """
+    check_positive_int("group_size", group_size)
+    if x.ndim != 4:
+        raise ValueError(f"x.shape={tuple(x.shape)} must be (batch, n_kv_heads, seq, head_dim)")
+    b, h_kv, s, d = x.shape
+    return x[:, :, None].expand(b, h_kv, group_size, s, d).reshape(b, h_kv * group_size, s, d)
+
+
+def causal_mask(n_queries: int, n_keys: int, device=None) -> torch.Tensor:
+    """Boolean (n_queries, n_keys) mask, True where a query may look.
+
+    The queries are the last ``n_queries`` of the ``n_keys`` tokens (bottom-right aligned), which
+    is right both for a prefill (n_queries == n_keys) and for a decode step against a cache.
+    """
+    offset = n_keys - n_queries
+    q_pos = torch.arange(n_queries, device=device)[:, None] + offset
+    k_pos = torch.arange(n_keys, device=device)[None, :]
+    return k_pos <= q_pos
+
+
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
+                      return_weights: bool = False):
+    """Scaled dot-product attention where query heads share KV heads, without copying K or V.
+
+    q: (batch, n_heads, s_q, head_dim); k, v: (batch, n_kv_heads, s_k, head_dim).
+    The query heads of one group are stacked into the row dimension, so each KV head is read once:
+    (batch, n_kv_heads, group_size * s_q, head_dim) @ (batch, n_kv_heads, head_dim, s_k).
+    Returns (batch, n_heads, s_q, head_dim) and, if asked, the weights (batch, n_heads, s_q, s_k).
+    """
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(f"q, k, v must be 4-D (batch, heads, seq, head_dim); got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    b, n_heads, s_q, d = q.shape
+    n_kv, s_k = k.shape[1], k.shape[2]
+    if k.shape != v.shape or k.shape[0] != b or k.shape[3] != d:
+        raise ValueError(f"k.shape={tuple(k.shape)} and v.shape={tuple(v.shape)} must both be "
+                         f"({b}, n_kv_heads, s_k, {d}) to match q.shape={tuple(q.shape)}")
+    AttentionLayout(n_heads, n_kv, d)  # n_kv must divide n_heads
+    g = n_heads // n_kv
+    qg = q.reshape(b, n_kv, g * s_q, d)  # (batch, n_kv_heads, group_size * s_q, head_dim): a view
+    scores = qg @ k.transpose(-2, -1) / math.sqrt(d)  # (batch, n_kv_heads, group_size * s_q, s_k)
+    if causal:
+        mask = causal_mask(s_q, s_k, q.device).repeat(g, 1)  # (group_size * s_q, s_k)
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    out = (weights @ v).reshape(b, n_heads, s_q, d)  # (batch, n_heads, s_q, head_dim)
+    if return_weights:
+        return out, weights.reshape(b, n_heads, s_q, s_k)
+    return out
+
+
+class GroupedQueryAttention(nn.Module):
+    """Multi-head attention with ``n_kv_heads`` key/value heads shared by ``n_heads`` query heads.
+
+    ``n_kv_heads == n_heads`` is MHA, ``n_kv_heads == 1`` is MQA, anything that divides ``n_heads``
+    between is GQA. Input and output: (batch, seq, d_model).
+    """
+
+    def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int | None = None,
+                 bias: bool = False, rope: bool = True, rope_base: float = 10000.0):
+        super().__init__()
+        check_positive_int("d_model", d_model)
+        check_positive_int("n_heads", n_heads)
+        if head_dim is None:
+            if d_model % n_heads:
+                raise ValueError(f"d_model={d_model} must be divisible by n_heads={n_heads}, or pass head_dim")
+            head_dim = d_model // n_heads
+        self.layout = AttentionLayout(n_heads, n_kv_heads, head_dim)
+        self.d_model, self.n_heads, self.n_kv_heads, self.head_dim = d_model, n_heads, n_kv_heads, head_dim
+        self.group_size = self.layout.group_size
+        self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
+        self.k_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
+        self.v_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
+        self.o_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias)
+        self.rope = RotaryEmbedding(head_dim, rope_base) if rope else None
+
+    @property
+    def kind(self) -> str:
+        return self.layout.kind
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, head_dim={self.head_dim}"
+
+    def new_cache(self, batch: int, max_len: int, dtype=None, device=None) -> KVCache:
+        """An empty cache sized for this layer: it holds n_kv_heads heads, not n_heads."""
+        w = self.k_proj.weight
+        return KVCache(batch, self.n_kv_heads, self.head_dim, max_len, dtype or w.dtype, device or w.device)
+
+    def qkv(self, x: torch.Tensor, start_pos: int = 0):
+        """Project and rotate: q (batch, n_heads, seq, head_dim), k and v (batch, n_kv_heads, seq, head_dim)."""
+        if x.ndim != 3 or x.shape[-1] != self.d_model:
+            raise ValueError(f"x.shape={tuple(x.shape)} must be (batch, seq, d_model={self.d_model})")
+        b, s, _ = x.shape
+        q = self.q_proj(x).view(b, s, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        if self.rope is not None:
+            q, k = self.rope(q, start_pos), self.rope(k, start_pos)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, return_weights: bool = False):
+        """Causal attention over ``x``; with a cache, ``x`` holds the new tokens only and is appended.
+
+        Without a cache this is a causal prefill of the whole sequence. With one, the new tokens
+        sit at positions cache.length, cache.length + 1, ... and see everything cached before them.
+        """
+        start = 0
+        if cache is not None:
+            if x.ndim == 3 and x.shape[0] != cache.batch:
+                raise ValueError(f"x has batch {x.shape[0]} but the cache was made for batch {cache.batch}")
+            start = cache.length
+        q, k, v = self.qkv(x, start)
+        if cache is not None:
+            k, v = cache.append(k, v)  # everything cached so far: (batch, n_kv_heads, start + seq, head_dim)
+        out = grouped_attention(q, k, v, causal=True, return_weights=return_weights)
+        if return_weights:
+            out, weights = out
+        b, _, s, _ = out.shape
+        y = self.o_proj(out.transpose(1, 2).reshape(b, s, self.n_heads * self.head_dim))
+        return (y, weights) if return_weights else y

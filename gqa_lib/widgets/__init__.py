@@ -1,0 +1,26 @@
+"""Interactive widgets of the series, one module per widget; a notebook's "Try it" cell calls one function.
+
+Each builder returns an ``ipywidgets`` container whose controls and readouts are attributes, so the
+tests can set ``.value`` on a control and read what the reader would see. Modules are imported on
+first use, so importing ``gqa_lib.widgets`` stays cheap.
+"""
+
+import importlib
+
+_BUILDERS = {
+    "kv_cache_calculator": "cache_calculator",  # notebook 01
+    "head_heatmap_explorer": "head_heatmaps",  # notebook 02
+    "mqa_cache_comparison": "mqa_cache",  # notebook 03
+    "group_explorer": "group_explorer",  # notebook 04
+    "smollm_group_explorer": "smollm_explorer",  # notebook 05
+    "mla_cache_comparison": "mla_cache",  # notebook 07
+}
+
+__all__ = list(_BUILDERS)
+
+
+def __getattr__(name):
+    if name in _BUILDERS:
+        module = importlib.import_module(f"{__name__}.{_BUILDERS[name]}")
+        return getattr(module, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r} (widgets: {', '.join(_BUILDERS)})")
