@@ -18,11 +18,13 @@ from .cache_math import (
 )
 from .kv_cache import KVCache
 from .layout import AttentionLayout, attention_kind, divisors
+from .mla import MLACache, MultiHeadLatentAttention
 from .models import ModelSpec, get_model, load_models, model_names
 from .rope import RotaryEmbedding
 
 __all__ = [
-    "AttentionLayout", "DTYPE_BYTES", "GB", "GIB", "GroupedQueryAttention", "KVCache", "ModelSpec",
+    "AttentionLayout", "DTYPE_BYTES", "GB", "GIB", "GroupedQueryAttention", "KVCache", "MLACache", "ModelSpec",
+    "MultiHeadLatentAttention",
     "RotaryEmbedding", "attention_kind", "auto_format_bytes", "bytes_per_token", "causal_mask",
     "divisors", "dtype_bytes", "elements_per_token_per_layer", "expand_kv", "format_bytes", "get_model",
     "grouped_attention", "kv_cache_bytes", "layout_cache_bytes", "load_models", "mla_cache_bytes",

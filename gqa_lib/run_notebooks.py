@@ -39,6 +39,7 @@ def execute(path: Path, timeout: int = 600) -> float:
     fd, tmp = tempfile.mkstemp(suffix=".ipynb", dir=path.parent)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         nbformat.write(nb, fh)
+    os.chmod(tmp, 0o644)  # mkstemp makes files private; a notebook is an ordinary readable file
     os.replace(tmp, path)
     return elapsed
 

@@ -1,0 +1,175 @@
+"""Notebook 07's widget: the cache one token adds under MHA, GQA, MQA and MLA, side by side.
+
+Sliders set the shape (layers, query heads, KV heads, head dim) and MLA's two sizes (latent ``d_c``
+and RoPE key ``d_rope``). Every figure in the readout and the bar chart comes from
+``gqa_lib.cache_math``; the KV-head slider offers only divisors of the query heads.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+
+import ipywidgets as widgets
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+from ..cache_math import DTYPE_BYTES, auto_format_bytes, dtype_bytes, kv_cache_bytes, mla_cache_bytes
+from ..layout import check_kv_heads, check_positive_int, divisors
+from ..plots import PALETTE
+
+KINDS = ("MHA", "GQA", "MQA", "MLA")
+TOKEN_CHOICES = (4_096, 32_768, 100_000, 131_072)
+# DeepSeek-V3's shape (data/models.json): 61 layers, 128 heads of 128, d_c 512, d_rope 64.
+DEFAULTS = {"n_layers": 61, "n_heads": 128, "n_kv_heads": 8, "head_dim": 128, "d_c": 512, "d_rope": 64,
+            "dtype": "bf16", "seq_len": 100_000}
+
+
+def closest_divisor(n: int, wanted: int) -> int:
+    """The divisor of ``n`` closest to ``wanted`` (the smaller one on a tie): where the KV slider lands."""
+    return min(divisors(n), key=lambda d: (abs(d - wanted), d))
+
+
+def cache_per_token(n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int, d_c: int, d_rope: int,
+                    dtype: str = "bf16") -> dict[str, int]:
+    """Bytes one token adds to the cache, all layers, batch 1, for each attention kind of this shape."""
+    check_kv_heads(n_heads, n_kv_heads)
+    b = dtype_bytes(dtype)
+    return {
+        "MHA": kv_cache_bytes(n_layers, n_heads, head_dim, 1, 1, b),
+        "GQA": kv_cache_bytes(n_layers, n_kv_heads, head_dim, 1, 1, b),
+        "MQA": kv_cache_bytes(n_layers, 1, head_dim, 1, 1, b),
+        "MLA": mla_cache_bytes(n_layers, d_c, d_rope, 1, 1, b),
+    }
+
+
+class MLACacheComparison(widgets.VBox):
+    """Controls ``.n_layers .n_heads .n_kv_heads .head_dim .d_c .d_rope .dtype .seq_len``; ``.readout``; ``.image``."""
+
+    def __init__(self, **values):
+        unknown = set(values) - set(DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown setting(s) {', '.join(sorted(unknown))} (valid: {', '.join(DEFAULTS)})")
+        v = DEFAULTS | values
+        for name in ("n_layers", "n_heads", "head_dim", "d_c"):
+            check_positive_int(name, v[name])
+        check_kv_heads(v["n_heads"], v["n_kv_heads"])
+        dtype_bytes(v["dtype"])
+        self._syncing = False
+        slider = dict(continuous_update=False, style={"description_width": "150px"},
+                      layout=widgets.Layout(width="420px"))
+        self.n_layers = widgets.IntSlider(v["n_layers"], min=1, max=128, description="layers", **slider)
+        self.n_heads = widgets.IntSlider(v["n_heads"], min=1, max=128, description="query heads", **slider)
+        self.n_kv_heads = widgets.SelectionSlider(options=divisors(v["n_heads"]), value=v["n_kv_heads"],
+                                                  description="GQA KV heads (= groups)", **slider)
+        self.head_dim = widgets.IntSlider(v["head_dim"], min=16, max=256, step=16, description="head dim", **slider)
+        self.d_c = widgets.IntSlider(v["d_c"], min=32, max=2048, step=32, description="MLA latent d_c", **slider)
+        self.d_rope = widgets.IntSlider(v["d_rope"], min=0, max=256, step=16, description="MLA RoPE key d_h^R",
+                                        **slider)
+        self.dtype = widgets.Dropdown(options=list(DTYPE_BYTES), value=v["dtype"], description="dtype",
+                                      style=slider["style"])
+        self.seq_len = widgets.Dropdown(options=[(f"{n:,}", n) for n in TOKEN_CHOICES], value=v["seq_len"],
+                                        description="tokens (totals)", style=slider["style"])
+        self.readout = widgets.HTML()
+        self.image = widgets.Image(format="png")
+        self.last_update_s = float("nan")
+        self._fig = Figure(figsize=(7.0, 3.8))
+        self._build_chart()
+        self.n_heads.observe(self._on_heads, names="value")
+        for control in (self.n_layers, self.n_kv_heads, self.head_dim, self.d_c, self.d_rope, self.dtype,
+                        self.seq_len):
+            control.observe(lambda change: self._changed(), names="value")
+        shape = widgets.VBox([self.n_layers, self.n_heads, self.n_kv_heads, self.head_dim])
+        mla = widgets.VBox([self.d_c, self.d_rope, self.dtype, self.seq_len])
+        super().__init__([widgets.HBox([shape, mla]), self.readout, self.image])
+        self.update()
+
+    def _on_heads(self, change) -> None:
+        """Offer only divisors of the new head count; keep the KV-head count as close as possible."""
+        new_kv = closest_divisor(change["new"], self.n_kv_heads.value)
+        self._syncing = True
+        try:
+            self.n_kv_heads.options = divisors(change["new"])
+            self.n_kv_heads.value = new_kv
+        finally:
+            self._syncing = False
+        self.update()
+
+    def _changed(self) -> None:
+        if not self._syncing:
+            self.update()
+
+    def readout_values(self) -> dict:
+        """What the readout and the chart show, as numbers (for tests)."""
+        n_layers, n_heads, n_kv = self.n_layers.value, self.n_heads.value, self.n_kv_heads.value
+        head_dim, d_c, d_rope = self.head_dim.value, self.d_c.value, self.d_rope.value
+        per_token = cache_per_token(n_layers, n_heads, n_kv, head_dim, d_c, d_rope, self.dtype.value)
+        return {
+            "per_token": per_token,
+            "totals": {k: b * self.seq_len.value for k, b in per_token.items()},
+            "vs_mha": {k: per_token["MHA"] / b for k, b in per_token.items()},
+            # MLA stores d_c + d_rope numbers a layer; GQA stores 2 * head_dim per KV head.
+            "mla_as_gqa_kv_heads": (d_c + d_rope) / (2 * head_dim),
+            "kv_choices": list(self.n_kv_heads.options),
+        }
+
+    def _labels(self) -> list[str]:
+        h, kv = self.n_heads.value, self.n_kv_heads.value
+        return [f"MHA\n{h} KV heads", f"GQA\n{kv} KV heads", "MQA\n1 KV head",
+                f"MLA\nd_c {self.d_c.value} + d_h^R {self.d_rope.value}"]
+
+    def _build_chart(self) -> None:
+        """Make the axes, bars and labels once; updates only move them (a full relayout is slow)."""
+        fig = self._fig
+        ax = fig.add_axes((0.13, 0.2, 0.84, 0.68))
+        self._bars = ax.bar(range(len(KINDS)), [1] * len(KINDS), color=[PALETTE[k] for k in KINDS])
+        self._values = [ax.annotate("", (i, 1), ha="center", va="bottom", xytext=(0, 2),
+                                    textcoords="offset points", fontsize=9) for i in range(len(KINDS))]
+        ax.set_xticks(range(len(KINDS)))
+        ax.set_yscale("log")
+        # Plain "10 KB" tick labels: readable, and much faster to draw than mathtext powers of ten.
+        ax.yaxis.set_major_locator(LogLocator(base=10))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _: auto_format_bytes(y, digits=0)))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylabel("cache per token (log scale; KB = 10^3 B)")
+        ax.grid(axis="x", visible=False)
+        self._ax = ax
+
+    def _draw(self, per_token: dict[str, int]) -> bytes:
+        ax = self._ax
+        values = [per_token[k] for k in KINDS]
+        for bar, text, value in zip(self._bars, self._values, values, strict=True):
+            bar.set_height(value)
+            text.xy = (bar.get_x() + bar.get_width() / 2, value)
+            text.set_text(auto_format_bytes(value))
+        ax.set_ylim(min(values) / 3, max(values) * 4)
+        ax.set_xticklabels(self._labels())
+        ax.set_title(f"Cache one token adds: {self.n_layers.value} layers, {self.n_heads.value} query heads, "
+                     f"head dim {self.head_dim.value}, {self.dtype.value}, batch 1", fontsize=10)
+        buf = io.BytesIO()
+        self._fig.savefig(buf, format="png", pil_kwargs={"compress_level": 1})  # fast to encode
+        return buf.getvalue()
+
+    def update(self) -> None:
+        """Recompute the readout and redraw the chart from the controls' current values."""
+        start = time.perf_counter()
+        v = self.readout_values()
+        per, tot, n = v["per_token"], v["totals"], self.seq_len.value
+        rows = "".join(
+            f"<tr><td style='color:{PALETTE[k]}'><b>{k}</b></td><td>{per[k]:,} B</td>"
+            f"<td>{auto_format_bytes(tot[k])} = {auto_format_bytes(tot[k], binary=True)}</td>"
+            f"<td>{v['vs_mha'][k]:.1f}x</td></tr>" for k in KINDS)
+        self.readout.value = (
+            "<table><tr><th>kind</th><th>per token</th>"
+            f"<th>at {n:,} tokens (GB = 10^9 B, GiB = 2^30 B)</th><th>smaller than MHA</th></tr>"
+            f"{rows}</table>"
+            f"MLA caches {self.d_c.value} + {self.d_rope.value} numbers per layer: as much as GQA with "
+            f"<b>{v['mla_as_gqa_kv_heads']:.2f}</b> KV heads of dim {self.head_dim.value}. "
+            f"KV heads offered: divisors of {self.n_heads.value}.")
+        self.image.value = self._draw(per)
+        self.last_update_s = time.perf_counter() - start
+
+
+def mla_cache_comparison(**values) -> MLACacheComparison:
+    """Build notebook 07's comparison; start it from any of ``DEFAULTS`` (DeepSeek-V3's shape by default)."""
+    return MLACacheComparison(**values)

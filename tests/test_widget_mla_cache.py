@@ -1,0 +1,80 @@
+"""Notebook 07's widget, driven headlessly: its figures are the cache arithmetic, its KV choices divisors."""
+
+import random
+
+import pytest
+
+from gqa_lib import widgets
+from gqa_lib.cache_math import kv_cache_bytes, mla_cache_bytes
+from gqa_lib.layout import divisors
+from gqa_lib.models import get_model
+from gqa_lib.widgets.mla_cache import closest_divisor
+
+
+@pytest.fixture(scope="module")
+def widget():
+    return widgets.mla_cache_comparison()
+
+
+def test_defaults_are_deepseek_v3_from_data(widget):
+    v3 = get_model("DeepSeek-V3 671B")
+    v = widget.readout_values()
+    assert v["per_token"]["MLA"] == v3.cache_bytes(1) == 61 * 576 * 2
+    assert v["per_token"]["MHA"] == v3.mha_cache_bytes(1)
+    assert v["totals"]["MLA"] == v3.cache_bytes(100_000) == 7_027_200_000
+    assert v["mla_as_gqa_kv_heads"] == 2.25
+    assert "2.25" in widget.readout.value and "7.03 GB" in widget.readout.value
+
+
+def test_readout_equals_the_arithmetic_after_changes(widget):
+    settings = {"n_layers": 30, "n_heads": 48, "head_dim": 64, "d_c": 256, "d_rope": 32, "dtype": "fp32"}
+    for name, value in settings.items():
+        getattr(widget, name).value = value
+    widget.n_kv_heads.value = 6
+    widget.seq_len.value = 32_768
+    v = widget.readout_values()
+    assert v["per_token"] == {
+        "MHA": kv_cache_bytes(30, 48, 64, 1, 1, 4), "GQA": kv_cache_bytes(30, 6, 64, 1, 1, 4),
+        "MQA": kv_cache_bytes(30, 1, 64, 1, 1, 4), "MLA": mla_cache_bytes(30, 256, 32, 1, 1, 4)}
+    assert v["totals"]["GQA"] == kv_cache_bytes(30, 6, 64, 32_768, 1, 4)
+    assert v["vs_mha"]["MQA"] == 48
+    assert v["mla_as_gqa_kv_heads"] == (256 + 32) / (2 * 64)
+    assert f"{v['per_token']['MLA']:,} B" in widget.readout.value
+
+
+def test_kv_choices_stay_divisors_after_any_sequence_of_changes(widget):
+    rng = random.Random(0)
+    for _ in range(15):  # each change redraws the chart; 15 random walks cover primes, 1 and 128
+        widget.n_heads.value = rng.choice([1, 7, 12, 64, 96, 100, 127, 128, rng.randint(1, 128)])
+        if rng.random() < 0.5:
+            widget.n_kv_heads.value = rng.choice(widget.n_kv_heads.options)
+        h = widget.n_heads.value
+        assert list(widget.n_kv_heads.options) == divisors(h)
+        assert h % widget.n_kv_heads.value == 0
+        assert widget.readout_values()["kv_choices"] == divisors(h)
+
+
+def test_kv_heads_land_on_the_closest_divisor(widget):
+    widget.n_heads.value = 128
+    widget.n_kv_heads.value = 8
+    widget.n_heads.value = 96  # 8 still divides 96: kept
+    assert widget.n_kv_heads.value == 8
+    widget.n_heads.value = 100  # 8 does not divide 100: 10 is closest
+    assert widget.n_kv_heads.value == 10
+    assert closest_divisor(7, 4) == 1 and closest_divisor(12, 5) == 4
+
+
+def test_chart_is_redrawn(widget):
+    before = widget.image.value
+    widget.d_c.value = 1024 if widget.d_c.value != 1024 else 512
+    assert widget.image.value[:8] == b"\x89PNG\r\n\x1a\n" and widget.image.value != before
+    assert widget.last_update_s > 0
+
+
+def test_bad_start_values_fail_clearly():
+    with pytest.raises(ValueError, match=r"n_kv_heads=3 must divide n_heads=32 \(valid: 1, 2, 4, 8, 16, 32\)"):
+        widgets.mla_cache_comparison(n_heads=32, n_kv_heads=3)
+    with pytest.raises(ValueError, match="unknown setting"):
+        widgets.mla_cache_comparison(groups=8)
+    with pytest.raises(ValueError, match="dtype='fp64' is not known"):
+        widgets.mla_cache_comparison(dtype="fp64")
