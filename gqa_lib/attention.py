@@ -28,7 +28,10 @@ def expand_kv(x: torch.Tensor, group_size: int) -> torch.Tensor:
     if x.ndim != 4:
         raise ValueError(f"x.shape={tuple(x.shape)} must be (batch, n_kv_heads, seq, head_dim)")
     b, h_kv, s, d = x.shape
-    return x[:, :, None].expand(b, h_kv, group_size, s, d).reshape(b, h_kv * group_size, s, d)
+    if group_size == 1:
+        return x.clone()  # nothing to repeat, but still a copy, as repeat_interleave gives
+    # contiguous() makes the copy: without it reshape returns a stride-0 view when h_kv == 1 (MQA).
+    return x[:, :, None].expand(b, h_kv, group_size, s, d).contiguous().reshape(b, h_kv * group_size, s, d)
 
 
 def causal_mask(n_queries: int, n_keys: int, device=None) -> torch.Tensor:
@@ -61,8 +64,11 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal:
         raise ValueError(f"k.shape={tuple(k.shape)} and v.shape={tuple(v.shape)} must both be "
                          f"({b}, n_kv_heads, s_k, {d}) to match q.shape={tuple(q.shape)}")
     AttentionLayout(n_heads, n_kv, d)  # n_kv must divide n_heads
+    if causal and s_q > s_k:
+        # Every query must be one of the keys' tokens; otherwise the first rows see nothing and turn into NaN.
+        raise ValueError(f"causal attention needs s_q <= s_k, got q.shape[2]={s_q} queries for k.shape[2]={s_k} keys")
     g = n_heads // n_kv
-    qg = q.reshape(b, n_kv, g * s_q, d)  # (batch, n_kv_heads, group_size * s_q, head_dim): a view
+    qg = q.reshape(b, n_kv, g * s_q, d)  # (batch, n_kv_heads, group_size * s_q, head_dim); K and V are not copied
     scores = qg @ k.transpose(-2, -1) / math.sqrt(d)  # (batch, n_kv_heads, group_size * s_q, s_k)
     if causal:
         mask = causal_mask(s_q, s_k, q.device).repeat(g, 1)  # (group_size * s_q, s_k)
@@ -132,11 +138,13 @@ class GroupedQueryAttention(nn.Module):
         start = 0
         if cache is not None:
             if x.ndim == 3 and x.shape[0] != cache.batch:
-                raise ValueError(f"x has batch {x.shape[0]} but the cache was made for batch {cache.batch}")
+                raise ValueError(f"x.shape[0]={x.shape[0]} (batch) does not match the cache's batch={cache.batch}; "
+                                 f"make the cache with new_cache(batch={x.shape[0]}, ...)")
             start = cache.length
         q, k, v = self.qkv(x, start)
         if cache is not None:
             k, v = cache.append(k, v)  # everything cached so far: (batch, n_kv_heads, start + seq, head_dim)
+            k, v = k.to(q.dtype), v.to(q.dtype)  # a cache may be stored in lower precision than the layer computes
         out = grouped_attention(q, k, v, causal=True, return_weights=return_weights)
         if return_weights:
             out, weights = out

@@ -80,17 +80,23 @@ class ModelSpec:
         return kv_cache_bytes(self.n_layers, self.n_heads, self.head_dim, seq_len, batch, dtype_bytes(dtype))
 
 
+def _check_record_int(where: str, key: str, value, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ModelDataError(f"{where}: {key}={value!r} must be {what}")
+
+
 def _record_to_spec(rec: dict, index: int) -> ModelSpec:
-    where = f"data/models.json record {index} ({rec.get('name', '?')!r})"
     if not isinstance(rec, dict):
-        raise ModelDataError(f"{where}: must be an object, got {type(rec).__name__}")
+        raise ModelDataError(f"data/models.json record {index}: must be an object, got {type(rec).__name__}")
+    where = f"data/models.json record {index} ({rec.get('name', '?')!r})"
     missing = [k for k in _REQUIRED if k not in rec]
     if missing:
         raise ModelDataError(f"{where}: missing field(s) {', '.join(missing)}")
+    if not isinstance(rec["name"], str) or not rec["name"].strip():
+        raise ModelDataError(f"{where}: name={rec['name']!r} must be a non-empty string")
     for k in ("n_layers", "d_model", "n_heads", "head_dim", "context"):
-        v = rec[k]
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ModelDataError(f"{where}: {k}={v!r} must be a positive integer")
+        _check_record_int(where, k, rec[k])
     if not isinstance(rec["source"], str) or not rec["source"].strip():
         raise ModelDataError(f"{where}: source={rec['source']!r} must name where the figures come from")
     mla = None
@@ -101,6 +107,9 @@ def _record_to_spec(rec: dict, index: int) -> ModelSpec:
             mla = MLADims(**rec["mla"])
         except TypeError as e:
             raise ModelDataError(f"{where}: mla={rec['mla']!r} is malformed ({e})") from None
+        for k in ("d_c", "d_q", "v_head_dim"):
+            _check_record_int(where, f"mla.{k}", getattr(mla, k))
+        _check_record_int(where, "mla.d_rope", mla.d_rope, minimum=0)
     else:
         try:
             kind = attention_kind(rec["n_heads"], rec["n_kv_heads"])
@@ -120,7 +129,7 @@ def parse_models(raw: dict) -> dict[str, ModelSpec]:
     for i, rec in enumerate(raw["models"]):
         spec = _record_to_spec(rec, i)
         if spec.name in out:
-            raise ModelDataError(f"data/models.json: {spec.name!r} appears twice")
+            raise ModelDataError(f"data/models.json record {i} ({spec.name!r}): the name appears twice")
         out[spec.name] = spec
     return out
 

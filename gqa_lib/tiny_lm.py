@@ -33,6 +33,9 @@ class TinyLMConfig:
         AttentionLayout(self.n_heads, self.n_kv_heads, 2)
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_heads={self.n_heads}")
+        if (self.d_model // self.n_heads) % 2:
+            raise ValueError(f"d_model={self.d_model} / n_heads={self.n_heads} = head_dim "
+                             f"{self.d_model // self.n_heads} must be even for RoPE")
 
 
 class Block(nn.Module):
@@ -85,6 +88,8 @@ class TinyLM(nn.Module):
         newest token. ``on_step(step)`` is called after each new token (for timing).
         """
         check_positive_int("n_new", n_new)
+        if idx.ndim != 2 or idx.shape[1] < 1:
+            raise ValueError(f"idx.shape={tuple(idx.shape)} must be (batch, seq) with seq >= 1")
         if idx.shape[1] + n_new > self.cfg.max_len:
             raise ValueError(f"prompt length {idx.shape[1]} + n_new={n_new} exceeds max_len={self.cfg.max_len}")
         caches = self.new_caches(idx.shape[0]) if use_cache else None

@@ -1,0 +1,142 @@
+"""Bad input fails early, with a message that names the argument, its value and what would be valid."""
+
+import pytest
+import torch
+
+from gqa_lib.attention import GroupedQueryAttention, expand_kv, grouped_attention
+from gqa_lib.cache_math import dtype_bytes, format_bytes, kv_cache_bytes, layout_cache_bytes, mla_cache_bytes
+from gqa_lib.kv_cache import KVCache
+from gqa_lib.layout import AttentionLayout, divisors
+from gqa_lib.models import UnknownModelError, get_model
+from gqa_lib.rope import RotaryEmbedding
+
+
+@pytest.mark.parametrize(("build", "message"), [
+    (lambda: AttentionLayout(0, 1, 64), r"n_heads=0 must be a positive integer"),
+    (lambda: AttentionLayout(32, -8, 64), r"n_kv_heads=-8 must be a positive integer"),
+    (lambda: AttentionLayout(32, 8, 0), r"head_dim=0 must be a positive integer"),
+    (lambda: AttentionLayout(32, 8, 128, n_layers=-1), r"n_layers=-1 must be a positive integer"),
+    (lambda: kv_cache_bytes(32, 8, 128, seq_len=0), r"seq_len=0 must be a positive integer"),
+    (lambda: kv_cache_bytes(32, 8, 128, 1024, batch=-2), r"batch=-2 must be a positive integer"),
+    (lambda: kv_cache_bytes(0, 8, 128, 1024), r"n_layers=0 must be a positive integer"),
+    (lambda: mla_cache_bytes(60, 0, 64, 1024), r"d_c=0 must be a positive integer"),
+    (lambda: mla_cache_bytes(60, 512, -1, 1024), r"d_rope=-1 must be a non-negative integer"),
+    (lambda: KVCache(1, 2, 8, max_len=0), r"max_len=0 must be a positive integer"),
+    (lambda: GroupedQueryAttention(0, 8, 2), r"d_model=0 must be a positive integer"),
+    (lambda: divisors(0), r"n=0 must be a positive integer"),
+])
+def test_zero_or_negative_counts(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+@pytest.mark.parametrize(("build", "message"), [
+    (lambda: AttentionLayout(32.0, 8, 128), r"n_heads=32\.0 must be a positive integer \(got float\)"),
+    (lambda: AttentionLayout(32, "8", 128), r"n_kv_heads='8' must be a positive integer \(got str\)"),
+    (lambda: kv_cache_bytes(32, 8, 128, 1024.5), r"seq_len=1024\.5 must be a positive integer \(got float\)"),
+    (lambda: kv_cache_bytes(32, 8, 128, 1024, bytes_per_elem=0.5), r"bytes_per_elem=0\.5 must be a positive integer"),
+    (lambda: GroupedQueryAttention(64, 8, 2.0), r"n_kv_heads=2\.0 must be a positive integer \(got float\)"),
+    (lambda: KVCache(1, None, 8, 10), r"n_kv_heads=None must be a positive integer \(got NoneType\)"),
+])
+def test_non_int_counts(build, message):
+    with pytest.raises(TypeError, match=message):
+        build()
+
+
+@pytest.mark.parametrize(("build", "message"), [
+    (lambda: AttentionLayout(True, 1, 64), r"n_heads=True must be a positive integer \(got bool\)"),
+    (lambda: kv_cache_bytes(32, 8, 128, 1024, batch=True), r"batch=True must be a positive integer \(got bool\)"),
+    (lambda: GroupedQueryAttention(64, 8, True), r"n_kv_heads=True must be a positive integer \(got bool\)"),
+])
+def test_bool_counts_are_not_taken_for_one(build, message):
+    with pytest.raises(TypeError, match=message):
+        build()
+
+
+@pytest.mark.parametrize(("n_heads", "n_kv_heads", "valid"), [
+    (32, 3, "1, 2, 4, 8, 16, 32"), (9, 2, "1, 3, 9"), (14, 4, "1, 2, 7, 14"), (8, 16, "1, 2, 4, 8"),
+])
+def test_kv_heads_that_do_not_divide_list_the_valid_divisors(n_heads, n_kv_heads, valid):
+    message = rf"^n_kv_heads={n_kv_heads} must divide n_heads={n_heads} \(valid: {valid}\)$"
+    with pytest.raises(ValueError, match=message):
+        AttentionLayout(n_heads, n_kv_heads, 64)
+    with pytest.raises(ValueError, match=message):
+        GroupedQueryAttention(n_heads * 4, n_heads, n_kv_heads)
+
+
+def test_unknown_dtype_lists_the_known_ones():
+    message = r"dtype='float16' is not known \(valid: fp32, fp16, bf16, fp8, int8\)"
+    with pytest.raises(ValueError, match=message):
+        dtype_bytes("float16")
+    with pytest.raises(ValueError, match=message):
+        layout_cache_bytes(AttentionLayout(32, 8, 128, 32), 1024, dtype="float16")
+    with pytest.raises(ValueError, match=r"dtype='fp4' is not known"):
+        get_model("Llama-3 8B").cache_bytes(dtype="fp4")
+    with pytest.raises(ValueError, match=r"unit='gb' is not known \(valid: B, KB, MB, GB"):
+        format_bytes(10**9, "gb")
+
+
+def test_unknown_model_name_suggests_close_names():
+    close = r"name='Llama-3-8B' is not in data/models\.json\. Did you mean: .*Llama-3 8B"
+    with pytest.raises(UnknownModelError, match=close):
+        get_model("Llama-3-8B")
+    with pytest.raises(UnknownModelError, match=r"name='Mistral 7' .*Did you mean: Mistral 7B"):
+        get_model("Mistral 7")
+    with pytest.raises(KeyError, match=r"name='zzzz' is not in data/models\.json\. Known: GPT-2 small, "):
+        get_model("zzzz")  # nothing is close: the message lists every known name
+
+
+def test_input_of_wrong_rank_or_width():
+    layer = GroupedQueryAttention(32, 8, 2)
+    with pytest.raises(ValueError, match=r"x\.shape=\(4, 32\) must be \(batch, seq, d_model=32\)"):
+        layer(torch.randn(4, 32))
+    with pytest.raises(ValueError, match=r"x\.shape=\(1, 4, 16\) must be \(batch, seq, d_model=32\)"):
+        layer(torch.randn(1, 4, 16))
+    with pytest.raises(ValueError, match=r"x\.shape=\(2, 4, 16\) must be \(batch, n_kv_heads, seq, head_dim\)"):
+        expand_kv(torch.randn(2, 4, 16), 2)
+    with pytest.raises(ValueError, match=r"x\.shape=\(1, 2, 3, 6\) must be \(batch, heads, seq, 8\)"):
+        RotaryEmbedding(8)(torch.randn(1, 2, 3, 6))
+    with pytest.raises(ValueError, match=r"head_dim=7 must be even for RoPE"):
+        RotaryEmbedding(7)
+
+
+def test_grouped_attention_shape_errors():
+    q = torch.randn(1, 8, 4, 16)
+    with pytest.raises(ValueError, match=r"q, k, v must be 4-D"):
+        grouped_attention(q, torch.randn(2, 4, 16), torch.randn(2, 4, 16))
+    with pytest.raises(ValueError, match=r"k\.shape=\(1, 2, 4, 8\) and v\.shape=\(1, 2, 4, 8\) must both be \(1, n_kv"):
+        grouped_attention(q, torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8))
+    with pytest.raises(ValueError, match=r"n_kv_heads=3 must divide n_heads=8"):
+        grouped_attention(q, torch.randn(1, 3, 4, 16), torch.randn(1, 3, 4, 16))
+    with pytest.raises(ValueError, match=r"causal attention needs s_q <= s_k, got q\.shape\[2\]=4 queries"):
+        grouped_attention(q, torch.randn(1, 2, 3, 16), torch.randn(1, 2, 3, 16))
+
+
+def test_decoding_past_the_caches_capacity():
+    layer = GroupedQueryAttention(16, 4, 2)
+    cache = layer.new_cache(batch=1, max_len=4)
+    layer(torch.randn(1, 3, 16), cache)
+    with pytest.raises(ValueError, match=r"cache is full: 3 stored \+ 2 new > max_len=4; make a larger KVCache"):
+        layer(torch.randn(1, 2, 16), cache)
+    assert cache.length == 3
+
+
+def test_a_batch_that_does_not_match_the_cache():
+    layer = GroupedQueryAttention(16, 4, 2)
+    cache = layer.new_cache(batch=2, max_len=8)
+    with pytest.raises(ValueError, match=r"x\.shape\[0\]=3 \(batch\) does not match the cache's batch=2"):
+        layer(torch.randn(3, 1, 16), cache)
+    with pytest.raises(ValueError, match=r"k\.shape=\(1, 2, 1, 4\) does not match the cache; expected \(2, 2, 'new'"):
+        cache.append(torch.randn(1, 2, 1, 4), torch.randn(1, 2, 1, 4))
+
+
+def test_a_cache_made_for_another_layout():
+    cache = GroupedQueryAttention(16, 4, 4).new_cache(batch=1, max_len=8)  # 4 KV heads
+    with pytest.raises(ValueError, match=r"k\.shape=\(1, 2, 1, 4\) does not match the cache; expected \(1, 4, 'new'"):
+        GroupedQueryAttention(16, 4, 2)(torch.randn(1, 1, 16), cache)
+
+
+def test_head_dim_must_come_from_d_model_or_be_given():
+    with pytest.raises(ValueError, match=r"d_model=30 must be divisible by n_heads=8, or pass head_dim"):
+        GroupedQueryAttention(30, 8, 2)
+    assert GroupedQueryAttention(30, 8, 2, head_dim=4).head_dim == 4
