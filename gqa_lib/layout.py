@@ -76,14 +76,14 @@ class AttentionLayout:
 
     def kv_head_of(self, query_head: int) -> int:
         """The KV head that query head ``query_head`` reads (contiguous groups)."""
-        if not 0 <= query_head < self.n_heads:
-            raise ValueError(f"query_head={query_head} must be in 0..{self.n_heads - 1}")
+        if isinstance(query_head, bool) or not isinstance(query_head, int) or not 0 <= query_head < self.n_heads:
+            raise ValueError(f"query_head={query_head!r} must be an integer in 0..{self.n_heads - 1}")
         return query_head // self.group_size
 
     def query_heads_of(self, kv_head: int) -> list[int]:
         """The query heads that share KV head ``kv_head``."""
-        if not 0 <= kv_head < self.n_kv_heads:
-            raise ValueError(f"kv_head={kv_head} must be in 0..{self.n_kv_heads - 1}")
+        if isinstance(kv_head, bool) or not isinstance(kv_head, int) or not 0 <= kv_head < self.n_kv_heads:
+            raise ValueError(f"kv_head={kv_head!r} must be an integer in 0..{self.n_kv_heads - 1}")
         g = self.group_size
         return list(range(kv_head * g, (kv_head + 1) * g))
 

@@ -66,12 +66,20 @@ def test_layout_is_immutable():
 
 def test_head_index_out_of_range_names_the_valid_range():
     layout = AttentionLayout(8, 2, 16)
-    with pytest.raises(ValueError, match=r"query_head=8 must be in 0\.\.7"):
+    with pytest.raises(ValueError, match=r"query_head=8 must be an integer in 0\.\.7"):
         layout.kv_head_of(8)
-    with pytest.raises(ValueError, match=r"kv_head=-1 must be in 0\.\.1"):
+    with pytest.raises(ValueError, match=r"kv_head=-1 must be an integer in 0\.\.1"):
         layout.query_heads_of(-1)
 
 
 def test_check_kv_heads_lists_the_valid_divisors():
     with pytest.raises(ValueError, match=r"^n_kv_heads=3 must divide n_heads=32 \(valid: 1, 2, 4, 8, 16, 32\)$"):
         check_kv_heads(32, 3)
+
+
+def test_head_indices_must_be_integers():
+    layout = AttentionLayout(8, 2, 16)
+    with pytest.raises(ValueError, match=r"query_head=1\.5 must be an integer"):
+        layout.kv_head_of(1.5)
+    with pytest.raises(ValueError, match=r"kv_head=True must be an integer"):
+        layout.query_heads_of(True)
