@@ -8,8 +8,6 @@ attend identically and at most 1 (log base 2) when they attend to disjoint token
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 
 
@@ -35,12 +33,9 @@ def pairwise_head_distance(weights: torch.Tensor) -> torch.Tensor:
     ``weights``: (n_heads, seq, seq) attention maps of one layer and one sentence. The first query
     position is skipped: with a causal mask it can only attend to itself, in every head.
     """
-    w = _check_maps(weights)[:, 1:, :]
-    h = w.shape[0]
-    out = torch.zeros(h, h, dtype=torch.float64)
-    for i, j in itertools.combinations(range(h), 2):
-        out[i, j] = out[j, i] = js_distance(w[i], w[j]).mean()
-    return out
+    w = _check_maps(weights)[:, 1:, :]  # (n_heads, seq - 1, seq)
+    # every pair at once: (n_heads, 1, seq-1, seq) against (1, n_heads, seq-1, seq)
+    return js_distance(w[:, None], w[None, :]).mean(-1)  # (n_heads, n_heads)
 
 
 def head_diversity(weights: torch.Tensor) -> float:
