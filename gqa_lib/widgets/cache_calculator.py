@@ -146,7 +146,7 @@ class KVCacheCalculator(widgets.VBox):
         self.dtype = widgets.Dropdown(options=dtype_labels, value="bf16", description="dtype", style=style,
                                       layout=wide)
         self.readout = widgets.HTML()
-        self.plot = widgets.Image(format="png")
+        self.plot = widgets.Image(format="png", layout=widgets.Layout(align_self="flex-start"))  # natural size
         self.note = widgets.HTML("<small>MLA models (DeepSeek-V2, DeepSeek-V3/R1) cache a compressed latent, not "
                                  "KV heads, so they are not in the list; notebook 07 covers them.</small>")
         self.preset.observe(self._on_preset, "value")

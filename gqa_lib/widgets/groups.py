@@ -91,7 +91,7 @@ class GroupExplorer(widgets.VBox):
                                                description="context (tokens)", style=style,
                                                continuous_update=False)
         self.readout = widgets.HTML()
-        self.image = widgets.Image(format="png")
+        self.image = widgets.Image(format="png", layout=widgets.Layout(align_self="flex-start"))  # natural size
         self.last_update_s = float("nan")
         self._values: dict = {}
         self._syncing = False  # True while the KV-head options are being replaced

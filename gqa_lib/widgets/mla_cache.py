@@ -71,7 +71,7 @@ class MLACacheComparison(widgets.VBox):
         self.seq_len = widgets.Dropdown(options=[(f"{n:,}", n) for n in TOKEN_CHOICES], value=v["seq_len"],
                                         description="tokens (totals)", style=slider["style"])
         self.readout = widgets.HTML()
-        self.image = widgets.Image(format="png")
+        self.image = widgets.Image(format="png", layout=widgets.Layout(align_self="flex-start"))  # natural size
         self.last_update_s = float("nan")
         self._fig = Figure(figsize=(7.0, 3.8))
         self._build_chart()

@@ -1,0 +1,138 @@
+"""Notebook 03's widget, headless: set controls, check the readout against the cache arithmetic."""
+
+import random
+import statistics
+
+import pytest
+
+from gqa_lib import auto_format_bytes, get_model, load_models
+from gqa_lib.widgets import mqa_cache_comparison
+from gqa_lib.widgets.mqa_cache import CUSTOM, cache_comparison, preset_names
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # as in the notebooks: see tests/conftest.py
+MQA_MODELS = [s.name for s in load_models().values() if s.attention == "MQA"]
+
+
+@pytest.fixture
+def widget():
+    return mqa_cache_comparison()
+
+
+def by_hand(n_heads, head_dim, n_layers, context, batch=1, bytes_per_elem=2):
+    """Cache bytes written out: K and V, per KV head, head_dim numbers, per layer, token and sequence."""
+    mha = 2 * n_heads * head_dim * n_layers * context * batch * bytes_per_elem
+    mqa = 2 * 1 * head_dim * n_layers * context * batch * bytes_per_elem
+    return mha, mqa
+
+
+def test_default_is_falcon_7b_with_71x_reduction(widget):
+    v = widget.readout_values()
+    assert v["preset"] == "Falcon-7B"
+    assert (v["n_heads"], v["head_dim"], v["n_layers"], v["context"]) == (71, 64, 32, 2048)
+    assert (v["mha_bytes"], v["mqa_bytes"]) == by_hand(71, 64, 32, 2048)
+    assert v["reduction"] == 71
+    assert v["mqa_bytes_per_token"] == 2 * 64 * 32 * 2  # 8,192 bytes a token in bf16
+
+
+@pytest.mark.parametrize("name", MQA_MODELS)
+def test_every_mqa_preset_matches_the_model_data(widget, name):
+    widget.preset.value = name
+    spec = get_model(name)
+    v = widget.readout_values()
+    assert v["mqa_bytes"] == spec.cache_bytes()  # the model's own (MQA) cache at its released context
+    assert v["mha_bytes"] == spec.mha_cache_bytes()
+    assert v["reduction"] == spec.n_heads == v["mha_bytes"] / v["mqa_bytes"]
+    assert f"{spec.n_heads:g}x" in widget.readout.value
+
+
+def test_mqa_presets_come_first_and_custom_last():
+    names = preset_names()
+    assert names[: len(MQA_MODELS)] == MQA_MODELS and names[-1] == CUSTOM
+    assert {"Falcon-7B", "StarCoder 15.5B", "PaLM 540B", "Gemma 3 1B"} <= set(MQA_MODELS)
+
+
+def test_moving_a_slider_leaves_the_preset(widget):
+    widget.n_heads.value = 48
+    assert widget.preset.value == CUSTOM
+    v = widget.readout_values()
+    assert v["reduction"] == 48 and (v["mha_bytes"], v["mqa_bytes"]) == by_hand(48, 64, 32, 2048)
+    widget.preset.value = "PaLM 540B"
+    assert (widget.n_heads.value, widget.head_dim.value, widget.n_layers.value, widget.context.value) == \
+        (48, 256, 118, 2048)
+    widget.batch.value = 4  # batch and dtype are not part of a model's shape: the preset stays
+    assert widget.preset.value == "PaLM 540B"
+
+
+def test_readout_shows_the_numbers_and_assumptions(widget):
+    widget.preset.value = "StarCoder 15.5B"
+    widget.dtype.value = "fp32"
+    widget.batch.value = 2
+    v = widget.readout_values()
+    assert (v["mha_bytes"], v["mqa_bytes"]) == by_hand(48, 128, 40, 8192, batch=2, bytes_per_elem=4)
+    text = widget.readout.value
+    for expected in (auto_format_bytes(v["mha_bytes"]), auto_format_bytes(v["mha_bytes"], binary=True),
+                     auto_format_bytes(v["mqa_bytes"]), "48x", "8,192 tokens", "batch 2", "4 bytes per number (fp32)",
+                     "GB = 10^9 bytes", "GiB = 2^30 bytes", "StarCoder 15.5B itself is MQA"):
+        assert expected in text, expected
+
+
+def test_gemma_note_says_layers_are_treated_as_global(widget):
+    widget.preset.value = "Gemma 3 1B"
+    assert "local" in widget.readout.value and "global" in widget.readout.value
+
+
+def test_non_mqa_preset_says_what_the_real_model_is(widget):
+    widget.preset.value = "Llama-3 8B"
+    assert "Llama-3 8B itself is GQA with 8 KV heads" in widget.readout.value
+    assert widget.readout_values()["reduction"] == 32
+
+
+def test_picture_is_a_png_that_changes(widget):
+    before = widget.image.value
+    assert before[:8] == b"\x89PNG\r\n\x1a\n"
+    widget.n_heads.value = 8
+    assert widget.image.value != before
+
+
+def test_random_changes_keep_the_arithmetic(widget):
+    rng = random.Random(0)
+    for _ in range(40):
+        control = rng.choice([widget.preset, widget.n_heads, widget.head_dim, widget.n_layers, widget.context,
+                              widget.batch, widget.dtype])
+        if control is widget.n_heads or control is widget.n_layers or control is widget.batch:
+            control.value = rng.randint(control.min, control.max)
+        elif control is widget.context:
+            control.value = rng.choice([value for _, value in control.options])
+        else:
+            control.value = rng.choice(list(control.options))
+        v = widget.readout_values()
+        assert v["mha_bytes"] == v["n_heads"] * v["mqa_bytes"]
+        assert (v["mha_bytes"], v["mqa_bytes"]) == by_hand(v["n_heads"], v["head_dim"], v["n_layers"], v["context"],
+                                                           v["batch"], v["bytes_per_elem"])
+
+
+def test_update_latency(widget):
+    times = []
+    for h in (8, 16, 32, 48, 64, 96, 128, 12, 71):
+        widget.n_heads.value = h
+        times.append(widget.last_update_s)
+    median_ms = statistics.median(times) * 1000
+    print(f"mqa_cache_comparison: median update {median_ms:.0f} ms over {len(times)} changes (shared CPU: noisy)")
+    assert widget.readout_values()["n_heads"] == 71  # the last change was applied
+
+
+def test_bad_preset_lists_valid_names():
+    with pytest.raises(ValueError, match=r"preset='Falcon-8B' is not known \(valid: .*Falcon-7B, "):
+        mqa_cache_comparison("Falcon-8B")
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"n_heads": 0}, ValueError, "n_heads=0 must be a positive integer"),
+    ({"n_heads": 2.5}, TypeError, "n_heads=2.5 must be a positive integer"),
+    ({"dtype": "fp64"}, ValueError, "dtype='fp64' is not known"),
+    ({"context": 0}, ValueError, "seq_len=0 must be a positive integer"),
+])
+def test_cache_comparison_bad_input(kwargs, error, message):
+    args = {"n_heads": 8, "head_dim": 64, "n_layers": 2, "context": 16} | kwargs
+    with pytest.raises(error, match=message):
+        cache_comparison(**args)
