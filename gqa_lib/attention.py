@@ -40,6 +40,11 @@ def causal_mask(n_queries: int, n_keys: int, device=None) -> torch.Tensor:
     The queries are the last ``n_queries`` of the ``n_keys`` tokens (bottom-right aligned), which
     is right both for a prefill (n_queries == n_keys) and for a decode step against a cache.
     """
+    check_positive_int("n_queries", n_queries)
+    check_positive_int("n_keys", n_keys)
+    if n_queries > n_keys:
+        raise ValueError(f"n_queries={n_queries} must not exceed n_keys={n_keys}: the queries are the last "
+                         "tokens of the keys' sequence")
     offset = n_keys - n_queries
     q_pos = torch.arange(n_queries, device=device)[:, None] + offset
     k_pos = torch.arange(n_keys, device=device)[None, :]

@@ -68,6 +68,8 @@ def mla_cache_bytes(n_layers, d_c, d_rope, seq_len, batch=1, bytes_per_elem=2) -
 
 def layout_cache_bytes(layout: AttentionLayout, seq_len: int, batch: int = 1, dtype: str = "bf16") -> int:
     """Total cache bytes for an :class:`AttentionLayout` (all its layers)."""
+    if not isinstance(layout, AttentionLayout):
+        raise TypeError(f"layout={layout!r} must be an AttentionLayout(n_heads, n_kv_heads, head_dim, n_layers)")
     return kv_cache_bytes(layout.n_layers, layout.n_kv_heads, layout.head_dim, seq_len, batch, dtype_bytes(dtype))
 
 
@@ -95,6 +97,8 @@ def format_bytes(n_bytes: float, unit: str = "GB", digits: int = 2) -> str:
 
 def auto_format_bytes(n_bytes: float, binary: bool = False, digits: int = 2) -> str:
     """Format bytes in the largest unit that keeps the number at or above 1 (GB-style or GiB-style)."""
+    if isinstance(n_bytes, bool) or not isinstance(n_bytes, (int, float)) or n_bytes < 0:
+        raise ValueError(f"n_bytes={n_bytes!r} must be a non-negative number")
     names = ["B", "KiB", "MiB", "GiB", "TiB"] if binary else ["B", "KB", "MB", "GB", "TB"]
     base = 1024 if binary else 1000
     for i in reversed(range(len(names))):

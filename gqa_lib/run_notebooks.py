@@ -1,8 +1,8 @@
 """Re-execute notebooks top to bottom in a fresh kernel and store their outputs (``make notebooks``).
 
-Refuses to overwrite a notebook that has uncommitted changes (someone's edits would be lost)
-unless ``--force`` is given. Writes to a temporary file and renames it, so an interrupted run
-never leaves a half-written notebook.
+Refuses to overwrite a notebook that has uncommitted changes (someone's edits would be lost), or
+one whose state git cannot report, unless ``--force`` is given. Writes to a temporary file and
+renames it, so an interrupted run never leaves a half-written notebook.
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from pathlib import Path
 
 
 def has_uncommitted_changes(path: Path) -> bool:
-    """True if git knows ``path`` and it differs from HEAD (or git is not there to ask)."""
+    """True if ``path`` differs from git's HEAD, or if git cannot tell (then we refuse to be safe)."""
+    path = path.resolve()
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "--", str(path)], capture_output=True, text=True,
+        out = subprocess.run(["git", "status", "--porcelain", "--", path.name], capture_output=True, text=True,
                              cwd=path.parent, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
-        return False
+        return True  # no git, or not a repository: we cannot know what would be lost
     return any(line[:2].strip() and not line.startswith("??") for line in out.splitlines())
 
 
@@ -36,11 +37,15 @@ def execute(path: Path, timeout: int = 600) -> float:
     resources = {"metadata": {"path": str(path.parent)}}
     NotebookClient(nb, timeout=timeout, kernel_name="python3", resources=resources).execute()
     elapsed = time.perf_counter() - start
-    fd, tmp = tempfile.mkstemp(suffix=".ipynb", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        nbformat.write(nb, fh)
-    os.chmod(tmp, 0o644)  # mkstemp makes files private; a notebook is an ordinary readable file
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)  # git-ignored
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            nbformat.write(nb, fh)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; a notebook is an ordinary readable file
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)  # never leave a half-written notebook beside the real ones
+        raise
     return elapsed
 
 

@@ -135,12 +135,14 @@ class KVCacheCalculator(widgets.VBox):
         self.source = widgets.HTML()
         self.n_layers = widgets.IntSlider(32, 1, MAX_LAYERS, description="layers", style=style, layout=wide)
         self.n_heads = widgets.IntSlider(32, 1, MAX_HEADS, description="query heads", style=style, layout=wide)
+        # continuous_update=False on the two sliders whose options change: otherwise the browser pushes its
+        # old slider position back to the kernel after the options are rebuilt (seen in the browser tests).
         self.n_kv_heads = widgets.SelectionSlider(options=divisors(32), value=8, description="KV heads (groups)",
-                                                  style=style, layout=wide)
+                                                  style=style, layout=wide, continuous_update=False)
         self.head_dim = widgets.IntSlider(128, 8, MAX_HEAD_DIM, step=8, description="head dim", style=style,
                                           layout=wide)
         self.context = widgets.SelectionSlider(options=context_options(), value=8192, description="context (tokens)",
-                                               style=style, layout=wide)
+                                               style=style, layout=wide, continuous_update=False)
         self.batch = widgets.IntSlider(1, 1, MAX_BATCH, description="batch", style=style, layout=wide)
         dtype_labels = [(f"{name} ({b} byte{'s' if b > 1 else ''})", name) for name, b in DTYPE_BYTES.items()]
         self.dtype = widgets.Dropdown(options=dtype_labels, value="bf16", description="dtype", style=style,

@@ -1,0 +1,211 @@
+"""Fixtures of the browser tests: one JupyterLab server and one Chromium for the whole session.
+
+- ``lab``: JupyterLab on 127.0.0.1, a free port and a random token, serving a COPY of notebooks/ (the
+  repository's notebooks are never touched), with throw-away config/settings (lab_settings.py) and
+  the offline guard on its PYTHONPATH, so every kernel it starts refuses non-loopback connections.
+- ``browser``: Debian's Chromium (/usr/bin/chromium) driven by Playwright; nothing is downloaded.
+- ``latency_report``: browser latencies collected by the tests, printed at the end of the run and
+  written to build/browser_latency.txt.
+
+- ``executed``: on first use, every notebook that shows a widget is opened in its own tab and run
+  (Run > Run All Cells) at once; ``executed(name)`` waits for that one. The notebooks' run-all tests
+  are ordered first, so interaction and latency tests run on an otherwise idle machine.
+Any request the page makes to a host other than 127.0.0.1 fails the session.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from lab_page import NotebookPage
+from lab_settings import make_lab_home
+from series import NOTEBOOKS, ROOT, WIDGET_NOTEBOOKS
+
+BUILD = ROOT / "build"
+SCREENSHOTS = BUILD / "screenshots"
+OFFLINE_GUARD = ROOT / "tests" / "offline_guard"
+CHROMIUM = Path(os.environ.get("GQA_CHROMIUM", "/usr/bin/chromium"))  # Debian's package
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
+SERVER_START_TIMEOUT_S = 90
+
+_LATENCIES: dict[str, list[float]] = {}  # widget name -> milliseconds, one per key press
+_RUN_SECONDS: dict[str, float] = {}  # notebook -> seconds from Run All to done (runs overlap)
+_STDERR: list[tuple[str, str]] = []  # (notebook, text) of stderr outputs shown to readers (warnings)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_server(url: str, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"JupyterLab exited with code {proc.returncode}; its log:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"JupyterLab did not answer {url} within {SERVER_START_TIMEOUT_S} s; log:\n"
+                       f"{log.read_text()[-4000:]}")
+
+
+class Lab:
+    """A running JupyterLab: where it is, its token and the folder it serves."""
+
+    def __init__(self, port: int, token: str, root_dir: Path, log: Path):
+        self.port, self.token, self.root_dir, self.log = port, token, root_dir, log
+        self.base = f"http://127.0.0.1:{port}"
+
+    def notebook_url(self, name: str) -> str:
+        # ?reset starts from an empty workspace, so nothing left from another test is restored.
+        return f"{self.base}/lab/tree/{name}?reset&token={self.token}"
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory):
+    home = tmp_path_factory.mktemp("lab-home")
+    served = home / "notebooks"
+    if not NOTEBOOKS.is_dir():
+        pytest.fail(f"no notebooks folder at {NOTEBOOKS}")
+    shutil.copytree(NOTEBOOKS, served, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    env = {**os.environ, **make_lab_home(home)}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(OFFLINE_GUARD), str(ROOT), env.get("PYTHONPATH")]))
+    env["GQA_NETWORK_LOG"] = str(home / "network-attempts.log")
+    env["HF_HUB_OFFLINE"] = "1"
+    env.pop("JUPYTER_TOKEN", None)
+    port, token = _free_port(), secrets.token_hex(16)
+    log = home / "jupyterlab.log"
+    jupyter_lab = Path(sys.executable).parent / "jupyter-lab"
+    cmd = [str(jupyter_lab), "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+           "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={served}"]
+    with open(log, "w") as log_fh:
+        proc = subprocess.Popen(cmd, env=env, stdout=log_fh, stderr=subprocess.STDOUT, cwd=served)
+    try:
+        _wait_for_server(f"http://127.0.0.1:{port}/api/status?token={token}", proc, log)
+        yield Lab(port, token, served, log)
+    finally:
+        proc.terminate()  # the server shuts its kernels down on SIGTERM
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    attempts = Path(env["GQA_NETWORK_LOG"])
+    if attempts.exists() and attempts.read_text().strip():
+        pytest.fail(f"JupyterLab or a kernel tried to reach the network:\n{attempts.read_text()}")
+
+
+@pytest.fixture(scope="session")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: run `bash tests/browser/ensure_chromium.sh` as root, "
+                    "or `sudo apt-get install chromium`")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="session")
+def executed(lab, browser):
+    """``executed(name)``: the notebook open in its tab after Run All; all widget notebooks start together."""
+    ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, device_scale_factor=1)
+    ctx.set_default_timeout(30_000)
+    external: list[str] = []
+    ctx.on("request", lambda r: external.append(r.url) if urllib.parse.urlparse(r.url).hostname not in
+           (None, "127.0.0.1", "localhost") and not r.url.startswith(("data:", "blob:")) else None)
+    pages: dict[str, NotebookPage] = {}
+
+    def start(names: list[str]) -> None:
+        new = [NotebookPage(ctx.new_page(), lab, name).goto() for name in names]  # kernels start side by side
+        for nb in new:
+            nb.wait_opened().start_run_all()
+            pages[nb.name] = nb
+
+    def get(name: str) -> NotebookPage:
+        if not pages:
+            start(WIDGET_NOTEBOOKS)  # every run starts now: the kernels overlap their work and their waiting
+        if name not in pages:
+            start([name])
+        nb = pages[name]
+        if nb.run_seconds is None:
+            nb.wait_run_all()
+            _RUN_SECONDS[name] = nb.run_seconds
+        return nb
+
+    yield get
+    ctx.close()
+    if external:
+        pytest.fail(f"the page requested hosts other than 127.0.0.1: {sorted(set(external))[:10]}")
+
+
+@pytest.fixture(scope="session")
+def screenshots_dir() -> Path:
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    return SCREENSHOTS
+
+
+@pytest.fixture(scope="session")
+def latency_report():
+    """Call ``latency_report(widget, ms)`` for each measured key press; the table is printed at the end."""
+
+    def record(widget: str, ms: float) -> None:
+        _LATENCIES.setdefault(widget, []).append(ms)
+
+    return record
+
+
+@pytest.fixture(scope="session")
+def stderr_report():
+    """Call ``stderr_report(notebook, text)`` for text a notebook shows on stderr; listed at the end of the run."""
+    return lambda name, text: _STDERR.append((name, text))
+
+
+def latency_table() -> str:
+    rows = ["browser latency: key press on a slider -> readout and figure updated in the DOM (ms)",
+            f"{'widget':<28} {'presses':>7} {'median':>8} {'max':>8}"]
+    for widget, values in sorted(_LATENCIES.items()):
+        rows.append(f"{widget:<28} {len(values):>7} {statistics.median(values):>8.0f} {max(values):>8.0f}")
+    return "\n".join(rows)
+
+
+def pytest_collection_modifyitems(items):
+    """Run-all checks first (they start every notebook), then the interactions, on a quiet machine."""
+    items.sort(key=lambda item: 0 if item.originalname == "test_runs_without_errors_and_draws_widgets" else 1)
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _STDERR:
+        terminalreporter.write_sep("-", "stderr shown to readers after Run All (not errors; worth removing)")
+        for name, text in _STDERR:
+            terminalreporter.write_line(f"{name}: {' '.join(text.split())[:200]}")
+    if _RUN_SECONDS:
+        terminalreporter.write_sep("-", "Run All in the browser, all notebooks started together (s)")
+        for name, seconds in sorted(_RUN_SECONDS.items()):
+            terminalreporter.write_line(f"{name:<48} {seconds:6.0f}")
+    if not _LATENCIES:
+        return
+    table = latency_table()
+    BUILD.mkdir(exist_ok=True)
+    (BUILD / "browser_latency.txt").write_text(table + "\n")
+    terminalreporter.write_sep("-", "browser latency (also in build/browser_latency.txt)")
+    terminalreporter.write_line(table)

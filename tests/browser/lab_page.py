@@ -1,0 +1,265 @@
+"""Drive one notebook in JupyterLab the way a reader does: open it, Run All, read and move its widgets.
+
+Everything here goes through the page (menus, keyboard, DOM), never through JupyterLab's internals,
+so a test that passes here means a reader with a browser sees the same.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+
+RUN_ALL_TIMEOUT_S = 600  # all notebooks run at once on 2 cores; several load SmolLM2 (~20 s each alone)
+
+_ERROR_SCRIPT = """(root) => {
+  const found = [];
+  for (const el of root.querySelectorAll('.jp-OutputArea-output')) {
+    const mime = el.getAttribute('data-mime-type') || '';
+    const text = el.innerText || '';
+    if (mime === 'application/vnd.jupyter.stderr' && /Traceback|Error|Exception/.test(text)) {
+      found.push('error output: ' + text.slice(0, 600));
+    }
+  }
+  if (/Error displaying widget/.test(root.innerText)) {
+    found.push('a widget failed: "Error displaying widget" is shown');
+  }
+  return found;
+}"""
+
+# Opened: every cell of the file is in the DOM and the status bar says the kernel is idle (before the
+# kernel connects the toolbar indicator also reads "idle", so it cannot be trusted alone).
+_OPENED = """(nCells) => {
+  const panel = document.querySelector('.jp-NotebookPanel');
+  if (!panel || panel.querySelectorAll('.jp-Notebook .jp-Cell').length !== nCells) return false;
+  const status = Array.from(document.querySelectorAll('.jp-StatusBar-TextItem')).map(e => e.textContent).join('|');
+  return /\\| Idle/.test(status) && panel.querySelector('.jp-Notebook-ExecutionIndicator[data-status="idle"]') !== null;
+}"""
+
+_UNEXECUTED_SCRIPT = """() => Array.from(document.querySelectorAll('.jp-NotebookPanel .jp-CodeCell'))
+    .filter(c => (c.querySelector('.cm-content') || {textContent: ''}).textContent.trim() !== '')
+    .filter(c => !/\\[\\d+\\]/.test(c.querySelector('.jp-InputPrompt').textContent)).length"""
+
+# Run All is over when the kernel is idle, no cell is queued or running ([*]), and either every
+# non-empty code cell has an execution count or an error output stopped the run.
+_RUN_ALL_DONE = """() => {
+  const panel = document.querySelector('.jp-NotebookPanel');
+  if (!panel) return false;
+  const idle = panel.querySelector('.jp-Notebook-ExecutionIndicator[data-status="idle"]');
+  const prompts = Array.from(panel.querySelectorAll('.jp-CodeCell'))
+    .filter(c => (c.querySelector('.cm-content') || {textContent: ''}).textContent.trim() !== '')
+    .map(c => c.querySelector('.jp-InputPrompt').textContent);
+  if (!idle || prompts.some(t => t.includes('*'))) return false;
+  const failed = panel.querySelector('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]');
+  return prompts.every(t => /\\[\\d+\\]/.test(t)) || (failed !== null && /Traceback/.test(failed.textContent));
+}"""
+
+# Every control of a widget, by its label: sliders give the handle's aria value (the index, for a
+# SelectionSlider), the shown readout and how many positions there are; dropdowns give the shown
+# option and all option labels. HTML readouts come as plain text lines.
+_CONTROLS_SCRIPT = """(root) => {
+  const out = {sliders: {}, dropdowns: {}, html: []};
+  for (const s of root.querySelectorAll('.widget-slider')) {
+    const h = s.querySelector('[role="slider"]');
+    const label = (s.querySelector('.widget-label') || {textContent: ''}).textContent.trim();
+    out.sliders[label] = {value: Number(h.getAttribute('aria-valuenow')), min: Number(h.getAttribute('aria-valuemin')),
+                          max: Number(h.getAttribute('aria-valuemax')),
+                          readout: (s.querySelector('.widget-readout') || {textContent: ''}).textContent.trim()};
+  }
+  for (const d of root.querySelectorAll('.widget-dropdown')) {
+    const sel = d.querySelector('select');
+    const label = (d.querySelector('.widget-label') || {textContent: ''}).textContent.trim();
+    const text = (o) => o.textContent.replace(/\u00a0/g, ' ');  // ipywidgets shows spaces as no-break spaces
+    out.dropdowns[label] = {selected: sel.selectedIndex >= 0 ? text(sel.options[sel.selectedIndex]) : null,
+                            options: Array.from(sel.options).map(text)};
+  }
+  for (const h of root.querySelectorAll('.widget-html-content')) out.html.push(h.innerText);
+  return out;
+}"""
+
+_STDERR_SCRIPT = """(root) => Array.from(root.querySelectorAll(
+    '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')).map(e => e.innerText.slice(0, 300))"""
+
+_SLIDERS_SCRIPT = """(root) => Array.from(root.querySelectorAll('.widget-slider')).map(s => {
+  const h = s.querySelector('[role="slider"]');
+  return {label: (s.querySelector('.widget-label') || {}).innerText || '',
+          value: h ? Number(h.getAttribute('aria-valuenow')) : null,
+          min: h ? Number(h.getAttribute('aria-valuemin')) : null,
+          max: h ? Number(h.getAttribute('aria-valuemax')) : null,
+          readout: (s.querySelector('.widget-readout') || {}).innerText || ''};
+})"""
+
+# A one-shot probe: the start is stamped by the next keydown (capture phase), or at once for a
+# dropdown; a MutationObserver on the widget stamps every change outside the control being moved
+# (readout, figure, other controls). The update is finished at the last change before the widget
+# has been quiet for a while.
+_PROBE_SCRIPT = """([root, moved, startNow]) => {
+  const probe = {start: startNow ? performance.now() : null, last: null, changes: 0};
+  if (window.__gqaProbe) window.__gqaProbe.stop();
+  window.__gqaProbe = probe;
+  const observer = new MutationObserver((records) => {
+    if (probe.start === null) return;
+    if (records.some(r => !moved.contains(r.target))) { probe.last = performance.now(); probe.changes += 1; }
+  });
+  observer.observe(root, {subtree: true, childList: true, characterData: true, attributes: true});
+  probe.stop = () => observer.disconnect();
+  const onKey = () => { if (probe.start === null) probe.start = performance.now(); };
+  if (!startNow) document.addEventListener('keydown', onKey, {capture: true, once: true});
+}"""
+
+# Settled: the kernel is idle again (so every update it sent has arrived: its messages come in order,
+# "idle" last), something changed and nothing since ``quiet`` ms; or nothing changed for ``idle``
+# ms (a key press at the end of a slider changes nothing).
+_PROBE_SETTLED = """([quiet, idle]) => { const p = window.__gqaProbe; const now = performance.now();
+  if (!p || p.start === null) return false;
+  const status = Array.from(document.querySelectorAll('.jp-StatusBar-TextItem')).map(e => e.textContent).join('|');
+  if (!/\\| Idle/.test(status)) return false;
+  return p.last !== null ? now - p.last > quiet : now - p.start > idle; }"""
+
+
+@dataclass
+class Slider:
+    label: str
+    value: float
+    min: float
+    max: float
+    readout: str
+
+
+class NotebookPage:
+    """One notebook opened in its own browser tab."""
+
+    def __init__(self, page, lab, name: str):
+        self.page, self.lab, self.name = page, lab, name
+        self.run_seconds: float | None = None
+        self._run_started: float | None = None
+
+    # -- opening and running -------------------------------------------------------------------------
+    def goto(self) -> NotebookPage:
+        """Load JupyterLab with the notebook (returns once the page has loaded, before the notebook has)."""
+        self.page.goto(self.lab.notebook_url(self.name))
+        return self
+
+    def wait_opened(self) -> NotebookPage:
+        """Wait until all the notebook's cells are shown and its python3 kernel is connected and idle."""
+        n_cells = len(json.loads((self.lab.root_dir / self.name).read_text())["cells"])
+        self.page.wait_for_function(_OPENED, arg=n_cells, timeout=180_000, polling=250)
+        if self.page.locator(".jp-SideBar.jp-mod-left .lm-TabBar-tab.lm-mod-current").count():
+            self.page.keyboard.press("Control+b")  # hide the file browser: more room for the notebook
+        return self
+
+    def open(self) -> NotebookPage:
+        return self.goto().wait_opened()
+
+    @property
+    def notebook(self):
+        return self.page.locator(".jp-NotebookPanel:visible .jp-Notebook").first
+
+    def start_run_all(self) -> None:
+        """Run > Run All Cells (returns at once; ``wait_run_all`` waits for the end)."""
+        self._run_started = time.monotonic()
+        self.page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+        self.page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+
+    def wait_run_all(self, timeout_s: float = RUN_ALL_TIMEOUT_S) -> float:
+        """Wait until every code cell ran (or one failed, which stops Run All); return seconds since the start."""
+        self.page.wait_for_function(_RUN_ALL_DONE, timeout=timeout_s * 1000, polling=250)
+        self.page.wait_for_timeout(500)  # let the last widget views and images attach
+        self.run_seconds = time.monotonic() - self._run_started
+        return self.run_seconds
+
+    def run_all(self, timeout_s: float = RUN_ALL_TIMEOUT_S) -> float:
+        self.start_run_all()
+        return self.wait_run_all(timeout_s)
+
+    def unexecuted_code_cells(self) -> int:
+        """Non-empty code cells without an execution count (Run All stops at the first error)."""
+        return self.page.evaluate(_UNEXECUTED_SCRIPT)
+
+    def errors(self) -> list[str]:
+        return self.notebook.evaluate(_ERROR_SCRIPT)
+
+    def stderr_outputs(self) -> list[str]:
+        return self.notebook.evaluate(_STDERR_SCRIPT)
+
+    # -- widgets -------------------------------------------------------------------------------------
+    def widget_roots(self):
+        """The outermost widget view of each output that shows a widget, in notebook order."""
+        return self.page.locator(".jp-OutputArea-output > .jupyter-widgets.widget-container, "
+                                 ".jp-OutputArea-output > .jupyter-widgets.widget-box")
+
+    def sliders(self, root) -> list[Slider]:
+        return [Slider(**s) for s in root.evaluate(_SLIDERS_SCRIPT)]
+
+    def slider(self, root, label: str) -> Slider:
+        for s in self.sliders(root):
+            if s.label.strip().lower().startswith(label.lower()):
+                return s
+        raise AssertionError(f"no slider labelled {label!r}; found {[s.label for s in self.sliders(root)]}")
+
+    def controls(self, root) -> dict:
+        """{'sliders': {label: {value, min, max, readout}}, 'dropdowns': {label: {selected, options}},
+        'html': [text of each HTML readout]}."""
+        return root.evaluate(_CONTROLS_SCRIPT)
+
+    def _labelled(self, root, css: str, label: str):
+        exact = re.compile(rf"^\s*{re.escape(label)}\s*$")
+        return root.locator(css).filter(has=self.page.locator(".widget-label", has_text=exact)).first
+
+    def slider_box(self, root, label: str):
+        """The slider whose label is exactly ``label``."""
+        return self._labelled(root, ".widget-slider", label)
+
+    def _probe(self, root, moved, start_now: bool) -> None:
+        self.page.evaluate(_PROBE_SCRIPT, [root.element_handle(), moved.element_handle(), start_now])
+
+    def _settle(self, quiet_ms: int, idle_ms: int = 3000, timeout_ms: int = 30_000) -> dict:
+        """Wait for the probe to settle; return {'ms': start -> last change, 'changes': count}."""
+        self.page.wait_for_function(_PROBE_SETTLED, arg=[quiet_ms, idle_ms], timeout=timeout_ms, polling=50)
+        return self.page.evaluate("""() => { const p = window.__gqaProbe; p.stop();
+            return {ms: p.last === null ? null : p.last - p.start, changes: p.changes}; }""")
+
+    def press(self, root, label: str, key: str, times: int = 1, quiet_ms: int = 300) -> None:
+        """Focus the handle of slider ``label``, press ``key`` ``times`` times; wait until the widget has redrawn."""
+        box = self.slider_box(root, label)
+        handle = box.locator("[role='slider']").first
+        handle.focus()
+        for _ in range(times):
+            self._probe(root, box, start_now=False)
+            self.page.keyboard.press(key)
+            self._settle(quiet_ms)
+
+    def choose(self, root, label: str, option: str, quiet_ms: int = 300) -> None:
+        """Pick ``option`` (its label) in dropdown ``label``; wait until the widget has redrawn."""
+        box = self._labelled(root, ".widget-dropdown", label)
+        self._probe(root, box, start_now=True)
+        box.locator("select").select_option(label=option)
+        self._settle(quiet_ms)
+
+    def press_and_time(self, root, label: str, key: str, quiet_ms: int = 300) -> float:
+        """Press ``key`` on the slider ``label``; milliseconds from the key press to the widget's last change.
+
+        "Last change" is the last DOM change outside the moved slider (readout text, figure, other
+        controls) once the kernel is idle again and the widget has stayed unchanged for ``quiet_ms``.
+        Fails if nothing changed at all.
+        """
+        box = self.slider_box(root, label)
+        box.locator("[role='slider']").first.focus()
+        self._probe(root, box, start_now=False)
+        self.page.keyboard.press(key)
+        result = self._settle(quiet_ms)
+        assert result["changes"], f"pressing {key} on slider {label!r} changed nothing in the widget"
+        return float(result["ms"])
+
+    def screenshot(self, path, root=None) -> None:
+        """Scroll the widget's top (and the cell above it) into view and save what the reader sees."""
+        if root is not None:
+            root.evaluate("""e => { e.scrollIntoView({block: 'start'});
+                let p = e.parentElement;
+                while (p && p.scrollHeight <= p.clientHeight) p = p.parentElement;
+                if (p) p.scrollTop -= 40; }""")
+            root.evaluate("""e => Promise.all(Array.from(e.querySelectorAll('img')).map(
+                i => i.decode().catch(() => null)))""")  # every figure decoded, not half drawn
+            self.page.wait_for_timeout(300)
+        self.page.screenshot(path=str(path))

@@ -1,0 +1,93 @@
+"""Running a notebook twice gives the same checked outputs (the cells marked ``# NBVAL_CHECK_OUTPUT``).
+
+nbval (``make notebook-tests``) already compares one fresh run of every notebook with the outputs
+stored in the file, which came from another run. This test adds what that leaves open, for a chosen
+notebook: two fresh runs in a row on this machine, with different Python hash seeds (set and dict
+orders of strings differ between them), compared exactly, not through nbval's lax sanitizers; and
+both compared with the stored outputs. To keep ``make test`` short it runs the fast notebooks only,
+those that load no trained model (default: the first of them); set GQA_DETERMINISM_NOTEBOOKS to a
+comma-separated list of name prefixes (e.g. ``01,07``) or to ``all`` to choose.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+MARK = "# NBVAL_CHECK_OUTPUT"
+SLOW_WORDS = ("smollm", "train_kv", "load_corpus")  # a notebook mentioning these loads a model or a corpus
+
+
+def _source(path: Path) -> str:
+    return "\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
+
+
+def chosen() -> list[Path]:
+    wanted = os.environ.get("GQA_DETERMINISM_NOTEBOOKS", "").strip()
+    if wanted == "all":
+        return NOTEBOOKS
+    if wanted:
+        prefixes = [w.strip() for w in wanted.split(",") if w.strip()]
+        return [p for p in NOTEBOOKS if any(p.name.startswith(x) for x in prefixes)]
+    fast = [p for p in NOTEBOOKS if not any(w in _source(p).lower() for w in SLOW_WORDS)]
+    return fast[:1]
+
+
+def checked_outputs(nb) -> list[tuple[int, list[str]]]:
+    """(cell index, outputs) of every checked cell: stream text, text/plain results, error names, picture kinds."""
+    out = []
+    for i, cell in enumerate(nb.cells):
+        if cell.cell_type != "code" or not cell.source.lstrip().startswith(MARK):
+            continue
+        shown = []
+        for o in cell.get("outputs", []):
+            if o["output_type"] == "stream":
+                shown.append(f"{o['name']}: {o['text']}")
+            elif o["output_type"] in ("execute_result", "display_data"):
+                data = o.get("data", {})
+                shown.append(data["text/plain"] if "text/plain" in data and len(data) == 1 else
+                             "display: " + ", ".join(sorted(k for k in data if k != "text/plain")))
+            elif o["output_type"] == "error":
+                shown.append(f"error: {o['ename']}")
+        out.append((i, shown))
+    return out
+
+
+def execute_copy(path: Path, hash_seed: int, tmp: Path):
+    """Execute ``path`` in a fresh kernel (its own process, this hash seed); return the executed notebook."""
+    target = tmp / f"seed{hash_seed}-{path.name}"
+    env = {**os.environ, "PYTHONHASHSEED": str(hash_seed),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    code = ("import nbformat, sys\nfrom nbclient import NotebookClient\n"
+            "nb = nbformat.read(sys.argv[1], as_version=4)\n"
+            "NotebookClient(nb, timeout=600, kernel_name='python3', "
+            "resources={'metadata': {'path': sys.argv[3]}}).execute()\n"
+            "nbformat.write(nb, sys.argv[2])\n")
+    result = subprocess.run([sys.executable, "-c", code, str(path), str(target), str(path.parent)], env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, f"{path.name} failed with PYTHONHASHSEED={hash_seed}:\n{result.stderr[-3000:]}"
+    return nbformat.read(target, as_version=4)
+
+
+@pytest.mark.parametrize("path", chosen(), ids=lambda p: p.stem)
+def test_two_runs_give_the_same_checked_outputs(path, tmp_path):
+    stored = checked_outputs(nbformat.read(path, as_version=4))
+    assert stored, f"{path.name} has no cell marked {MARK}: nothing would be compared"
+    first = checked_outputs(execute_copy(path, 1, tmp_path))
+    second = checked_outputs(execute_copy(path, 2, tmp_path))
+    for (i, a), (_, b) in zip(first, second, strict=True):
+        assert a == b, f"{path.name} cell {i} differs between two runs:\n{a}\n---\n{b}"
+    for (i, a), (_, s) in zip(first, stored, strict=True):
+        assert a == s, f"{path.name} cell {i} differs from the stored output (re-run make notebooks?):\n{a}\n---\n{s}"
+
+
+def test_a_notebook_is_chosen():
+    assert chosen(), "no notebook chosen for the determinism test"

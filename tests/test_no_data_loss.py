@@ -1,0 +1,182 @@
+"""Nothing a person made is lost by the series' own commands.
+
+- ``python -m gqa_lib.run_notebooks`` (``make notebooks``) refuses to overwrite a notebook whose edits
+  are not committed, unless ``--force``; a notebook that fails to run is left as it was; an interrupted
+  write leaves the old file. Tested in a throw-away git repository, never on the real notebooks.
+- ``gqa_lib.results.write_results`` writes to a temporary file and renames it, and refuses to replace
+  an existing results file unless ``overwrite=True``; an interrupted write leaves the old file.
+- Every experiment command in benchmarks/ that writes results refuses, before doing any work, to
+  replace an existing file unless given ``--overwrite``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from gqa_lib import results, run_notebooks
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = sorted((ROOT / "benchmarks").glob("*.py"))
+GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.org", "-c", "commit.gpgsign=false"]
+
+
+def _notebook(source: str) -> nbformat.NotebookNode:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(source)]
+    return nb
+
+
+def _run_notebooks(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-m", "gqa_lib.run_notebooks", *args], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A git repository holding one committed notebook, notebooks/a.ipynb, that prints 42."""
+    subprocess.run([*GIT, "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "notebooks").mkdir()
+    nbformat.write(_notebook("print(6 * 7)"), tmp_path / "notebooks" / "a.ipynb")
+    subprocess.run([*GIT, "add", "-A"], cwd=tmp_path, check=True)
+    subprocess.run([*GIT, "commit", "-q", "-m", "notebook"], cwd=tmp_path, check=True)
+    return tmp_path
+
+
+def _edit(path: Path, source: str) -> bytes:
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[0].source = source
+    nbformat.write(nb, path)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("style", ["relative", "absolute"])
+def test_refuses_a_notebook_with_uncommitted_edits(repo, style):
+    """``make notebooks`` passes relative paths (notebooks/*.ipynb), so both spellings must be refused."""
+    path = repo / "notebooks" / "a.ipynb"
+    edited = _edit(path, "print('my unsaved work')")
+    result = _run_notebooks(repo, "notebooks/a.ipynb" if style == "relative" else str(path))
+    assert result.returncode != 0
+    assert "refusing to overwrite" in result.stderr and "a.ipynb" in result.stderr and "FORCE=1" in result.stderr
+    assert path.read_bytes() == edited, "the edited notebook was changed"
+
+
+def test_refuses_staged_but_uncommitted_edits(repo):
+    path = repo / "notebooks" / "a.ipynb"
+    edited = _edit(path, "print('staged work')")
+    subprocess.run([*GIT, "add", "-A"], cwd=repo, check=True)
+    assert _run_notebooks(repo, "notebooks/a.ipynb").returncode != 0
+    assert path.read_bytes() == edited
+
+
+def test_force_overwrites_and_keeps_the_edited_source(repo):
+    path = repo / "notebooks" / "a.ipynb"
+    _edit(path, "print('my work, run')")
+    result = _run_notebooks(repo, "--force", "notebooks/a.ipynb")
+    assert result.returncode == 0, result.stderr
+    cell = nbformat.read(path, as_version=4).cells[0]
+    assert cell.source == "print('my work, run')" and cell.outputs[0]["text"] == "my work, run\n"
+
+
+def test_a_committed_notebook_is_executed_in_place(repo):
+    path = repo / "notebooks" / "a.ipynb"
+    result = _run_notebooks(repo, "notebooks/a.ipynb")
+    assert result.returncode == 0, result.stderr
+    assert nbformat.read(path, as_version=4).cells[0].outputs[0]["text"] == "42\n"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["a.ipynb"], "a temporary file was left behind"
+    assert oct(path.stat().st_mode & 0o777) == "0o644", "the rewritten notebook must stay readable by others"
+
+
+def test_a_failing_notebook_is_left_as_it_was(repo):
+    path = repo / "notebooks" / "a.ipynb"
+    _edit(path, "1 / 0")
+    subprocess.run([*GIT, "commit", "-q", "-am", "broken"], cwd=repo, check=True)
+    before = path.read_bytes()
+    result = _run_notebooks(repo, "notebooks/a.ipynb")
+    assert result.returncode != 0 and "ZeroDivisionError" in result.stderr
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["a.ipynb"]
+
+
+def test_an_interrupted_write_keeps_the_old_notebook(tmp_path, monkeypatch):
+    """The disk fills up (or the user presses Ctrl-C) while the executed notebook is written."""
+    path = tmp_path / "a.ipynb"
+    nbformat.write(_notebook("x = 1"), path)
+    before = path.read_bytes()
+
+    def interrupted(nb, fh, *args, **kwargs):
+        fh.write('{"cells": [')  # half a notebook
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(nbformat, "write", interrupted)
+    monkeypatch.setattr("nbclient.NotebookClient.execute", lambda self, **kwargs: self.nb)  # no kernel needed
+    with pytest.raises(OSError, match="No space left"):
+        run_notebooks.execute(path, timeout=120)
+    assert path.read_bytes() == before
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != "a.ipynb"]
+    assert not leftovers, f"half-written temporary notebook left in the notebooks folder: {leftovers}"
+
+
+# ---- results files -------------------------------------------------------------------------
+
+ROWS = [{"n_kv_heads": 8, "median_ms": 1.5}, {"n_kv_heads": 1, "median_ms": 0.4}]
+
+
+def test_results_are_not_replaced_unless_asked(tmp_path):
+    path = tmp_path / "decode.csv"
+    results.write_results(path, ROWS, {"command": "first run"})
+    shipped = path.read_bytes()
+    with pytest.raises(results.ResultsExistError, match="--overwrite"):
+        results.write_results(path, ROWS[:1], {"command": "trial run"})
+    assert path.read_bytes() == shipped
+    results.write_results(path, ROWS[:1], {"command": "asked to replace"}, overwrite=True)
+    assert results.read_metadata(path) == {"command": "asked to replace"}
+
+
+@pytest.mark.parametrize("fail_at", ["fsync", "replace"])
+def test_an_interrupted_results_write_keeps_the_old_file(tmp_path, monkeypatch, fail_at):
+    path = tmp_path / "decode.csv"
+    results.write_results(path, ROWS, {"command": "first run"})
+    shipped = path.read_bytes()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, fail_at, interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        results.write_results(path, ROWS[:1], {"command": "interrupted"}, overwrite=True)
+    assert path.read_bytes() == shipped
+    assert [p.name for p in tmp_path.iterdir()] == ["decode.csv"], "a temporary file was left behind"
+
+
+def _writes_results(script: Path) -> bool:
+    return "write_results" in script.read_text()
+
+
+@pytest.mark.parametrize("script", [s for s in BENCHMARKS if _writes_results(s)], ids=lambda p: p.name)
+def test_experiment_commands_refuse_to_replace_results(script, tmp_path):
+    """Run with --out pointing at an existing file and no --overwrite: it must stop at once, file untouched."""
+    text = script.read_text()
+    assert "--overwrite" in text and "--out" in text, f"{script.name} must offer --out and --overwrite"
+    existing = tmp_path / "results.csv"
+    existing.write_text("# command: shipped\nn_kv_heads,median_ms\n8,1.5\n")
+    before = existing.read_bytes()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, str(script), "--out", str(existing)], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0, f"{script.name} went ahead:\n{result.stdout[-2000:]}"
+    assert "--overwrite" in result.stderr, result.stderr[-2000:]
+    assert existing.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]
+
+
+def test_some_experiment_command_writes_results():
+    """Guards the parametrized test above against silently testing nothing."""
+    assert any(_writes_results(s) for s in BENCHMARKS), "no benchmarks/*.py writes results with write_results"

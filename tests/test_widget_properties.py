@@ -1,0 +1,157 @@
+"""Random sequences of control changes on every cache widget: no exception, no invalid state, readouts = arithmetic.
+
+Hypothesis drives each widget the way a restless reader would: pick any control, set it to any
+value that control offers right now (slider positions on its step grid, the options a dropdown or
+selection slider lists at that moment), again and again. After every change:
+
+- nothing raised;
+- the KV-head control offers exactly the divisors of the query heads, and its value is one of them;
+- the readout shows the numbers ``gqa_lib.cache_math`` gives for the controls' current values,
+  recomputed here from the controls (not taken from the widget), and ``readout_values()`` agrees;
+- a model preset, when one is shown, matches the sliders.
+
+Each example builds a fresh widget (so every example replays exactly, as Hypothesis needs) and a
+failure message lists the changes made to it. The per-widget tests (tests/test_widget_*.py) pin single
+behaviours; this file is the cross-widget random-sequence check.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+
+import ipywidgets as ipw
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gqa_lib import widgets
+from gqa_lib.cache_math import auto_format_bytes, dtype_bytes, kv_cache_bytes, mla_cache_bytes, reduction_vs_mha
+from gqa_lib.layout import attention_kind, divisors
+from gqa_lib.models import get_model
+
+EXAMPLES = 10  # random sequences per widget (a build takes ~0.3-1.5 s, each update draws a PNG: ~0.1-0.5 s)
+MAX_STEPS = 8
+CONTROL_TYPES = (ipw.IntSlider, ipw.SelectionSlider, ipw.Dropdown, ipw.ToggleButtons, ipw.Checkbox)
+NOT_CONTROLS = {"readout", "image", "plot", "source", "note"}
+
+
+def controls_of(w) -> dict:
+    """The widget's controls by attribute name (what a reader can change)."""
+    return {name: c for name, c in sorted(vars(w).items())
+            if isinstance(c, CONTROL_TYPES) and not name.startswith("_") and name not in NOT_CONTROLS}
+
+
+def offered(control) -> list:
+    """Every value the control offers right now."""
+    if isinstance(control, ipw.IntSlider):
+        return list(range(control.min, control.max + 1, control.step))
+    if isinstance(control, ipw.Checkbox):
+        return [False, True]
+    return list(control._options_values)  # selection widgets: the values behind the shown labels
+
+
+def text_of(readout_html: str) -> str:
+    return html.unescape(re.sub(r"<[^>]+>", "", readout_html))
+
+
+def check_kv_choices(w) -> None:
+    if hasattr(w, "n_heads") and isinstance(getattr(w, "n_kv_heads", None), CONTROL_TYPES):
+        options, h = list(w.n_kv_heads._options_values), w.n_heads.value
+        assert options == divisors(h), f"KV-head choices {options} for {h} query heads; valid: {divisors(h)}"
+        assert w.n_kv_heads.value in options
+
+
+def expect_in(readout_html: str, *facts: str) -> None:
+    text = text_of(readout_html)
+    missing = [f for f in facts if f not in text]
+    assert not missing, f"readout lacks {missing}:\n{text}"
+
+
+def size(n: int) -> str:
+    return f"{auto_format_bytes(n)} ({auto_format_bytes(n, binary=True)})"
+
+
+# ---- the arithmetic each widget must show, from its controls ------------------------------------
+
+def oracle_calculator(w) -> None:
+    b = dtype_bytes(w.dtype.value)
+    L, h, kv, d = w.n_layers.value, w.n_heads.value, w.n_kv_heads.value, w.head_dim.value
+    total = kv_cache_bytes(L, kv, d, w.context.value, w.batch.value, b)
+    mha = kv_cache_bytes(L, h, d, w.context.value, w.batch.value, b)
+    expect_in(w.readout.value, f"Kind: {attention_kind(h, kv)} ({h} query heads, {kv} KV heads",
+              f"Cache: {size(total)} = {total:,} bytes",
+              f"{reduction_vs_mha(h, kv):.2f}x (MHA would cache {size(mha)})",
+              f"batch {w.batch.value:,}, {w.context.value:,} tokens, {w.dtype.value} = {b} byte")
+    assert w.readout_values()["bytes"] == total
+    if w.preset.value != "(custom)":
+        spec = get_model(w.preset.value)
+        assert (L, h, kv, d) == (spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.head_dim), \
+            f"preset {spec.name} is shown but the sliders say {(L, h, kv, d)}"
+
+
+def oracle_group_explorer(w) -> None:
+    h, kv, d, ctx = w.n_heads.value, w.n_kv_heads.value, w.head_dim.value, w.context.value
+    v = w.readout_values()
+    b = dtype_bytes(v["dtype"])
+    total = kv_cache_bytes(v["n_layers"], kv, d, ctx, v["batch"], b)
+    mha = kv_cache_bytes(v["n_layers"], h, d, ctx, v["batch"], b)
+    expect_in(w.readout.value, f"{attention_kind(h, kv)}: {h} query heads read {kv} KV heads",
+              f"KV cache: {size(total)}", f"MHA of the same shape: {auto_format_bytes(mha)}",
+              f"{reduction_vs_mha(h, kv):g}x smaller", f"x {kv} KV heads x head dim {d} x {ctx:,} tokens")
+    assert (v["n_heads"], v["n_kv_heads"], v["cache_bytes"]) == (h, kv, total), "readout_values() is stale"
+
+
+def oracle_mqa(w) -> None:
+    b = dtype_bytes(w.dtype.value)
+    args = (w.head_dim.value, w.context.value, w.batch.value, b)
+    mha = kv_cache_bytes(w.n_layers.value, w.n_heads.value, *args)
+    mqa = kv_cache_bytes(w.n_layers.value, 1, *args)
+    expect_in(w.readout.value, f"{auto_format_bytes(mha)} = {auto_format_bytes(mha, binary=True)}",
+              f"{auto_format_bytes(mqa)} = {auto_format_bytes(mqa, binary=True)}", f"Reduction: {w.n_heads.value}x",
+              f"Assumes {w.context.value:,} tokens, batch {w.batch.value}")
+    assert (w.readout_values()["mha_bytes"], w.readout_values()["mqa_bytes"]) == (mha, mqa)
+
+
+def oracle_mla(w) -> None:
+    b = dtype_bytes(w.dtype.value)
+    L, d, n = w.n_layers.value, w.head_dim.value, w.seq_len.value
+    per_token = {"MHA": kv_cache_bytes(L, w.n_heads.value, d, 1, 1, b),
+                 "GQA": kv_cache_bytes(L, w.n_kv_heads.value, d, 1, 1, b),
+                 "MQA": kv_cache_bytes(L, 1, d, 1, 1, b),
+                 "MLA": mla_cache_bytes(L, w.d_c.value, w.d_rope.value, 1, 1, b)}
+    facts = [f"at {n:,} tokens"]
+    for per in per_token.values():
+        facts += [f"{per:,} B", f"{auto_format_bytes(per * n)} = {auto_format_bytes(per * n, binary=True)}"]
+    expect_in(w.readout.value, *facts)
+    assert w.readout_values()["per_token"] == per_token
+
+
+WIDGETS = {
+    "kv_cache_calculator": oracle_calculator,
+    "group_explorer": oracle_group_explorer,
+    "mqa_cache_comparison": oracle_mqa,
+    "mla_cache_comparison": oracle_mla,
+}
+
+
+@pytest.mark.parametrize("name", list(WIDGETS))
+@settings(max_examples=EXAMPLES, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_control_changes_keep_the_widget_valid_and_right(name, data):
+    w, log = getattr(widgets, name)(), []
+    oracle = WIDGETS[name]
+    check_kv_choices(w)  # the freshly built widget must already be right
+    oracle(w)
+    controls = controls_of(w)
+    assert controls, f"{name} exposes no controls as attributes"
+    for _ in range(data.draw(st.integers(1, MAX_STEPS), label="steps")):
+        control = data.draw(st.sampled_from(sorted(controls)), label="control")
+        value = data.draw(st.sampled_from(offered(controls[control])), label=f"{control} value")
+        log.append(f"{control}={value!r}")
+        try:
+            controls[control].value = value
+            check_kv_choices(w)
+            oracle(w)
+        except Exception as e:
+            raise AssertionError(f"{name} after the changes {', '.join(log)}: {type(e).__name__}: {e}") from e
