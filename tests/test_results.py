@@ -1,0 +1,66 @@
+"""The results writer: metadata header, atomic replace, and no silent overwrite of shipped results."""
+
+import os
+
+import pytest
+
+from gqa_lib import results
+from gqa_lib.results import ResultsExistError, read_metadata, read_results, write_results
+
+ROWS = [{"impl": "gqa_lib", "median_ms": 1.5, "note": "has # and , inside"}, {"impl": "sdpa", "median_ms": 2.0,
+                                                                              "note": ""}]
+
+
+def test_round_trip_keeps_metadata_and_table(tmp_path):
+    path = write_results(tmp_path / "r.csv", ROWS, {"command": "python x.py --flag", "torch": "2.13"})
+    assert read_metadata(path) == {"command": "python x.py --flag", "torch": "2.13"}
+    df = read_results(path)
+    assert list(df.columns) == ["impl", "median_ms", "note"]
+    assert df["median_ms"].tolist() == [1.5, 2.0]
+    assert df["note"][0] == "has # and , inside"  # a '#' in a cell is data, not a comment
+
+
+def test_refuses_to_replace_existing_results_without_overwrite(tmp_path):
+    path = write_results(tmp_path / "r.csv", ROWS, {"run": "first"})
+    with pytest.raises(ResultsExistError, match="--overwrite"):
+        write_results(path, ROWS[:1], {"run": "second"})
+    assert read_metadata(path) == {"run": "first"} and len(read_results(path)) == 2
+    write_results(path, ROWS[:1], {"run": "second"}, overwrite=True)
+    assert read_metadata(path) == {"run": "second"} and len(read_results(path)) == 1
+
+
+def test_failed_write_leaves_old_file_and_no_temporary(tmp_path, monkeypatch):
+    path = write_results(tmp_path / "r.csv", ROWS, {"run": "first"})
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(results.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        write_results(path, ROWS[:1], {"run": "second"}, overwrite=True)
+    assert read_metadata(path) == {"run": "first"}
+    assert os.listdir(tmp_path) == ["r.csv"]  # the temporary file was removed
+
+
+def test_bad_rows_and_metadata_fail_early(tmp_path):
+    with pytest.raises(ValueError, match="rows is empty"):
+        write_results(tmp_path / "r.csv", [], {})
+    with pytest.raises(ValueError, match="row 1 has columns"):
+        write_results(tmp_path / "r.csv", [{"a": 1}, {"b": 2}], {})
+    with pytest.raises(ValueError, match="newlines"):
+        write_results(tmp_path / "r.csv", ROWS, {"command": "two\nlines"})
+    assert not (tmp_path / "r.csv").exists()
+
+
+def test_missing_results_file_says_how_to_make_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="benchmarks/README.md"):
+        read_results(tmp_path / "nope.csv")
+
+
+def test_shipped_results_record_how_they_were_made():
+    shipped = sorted(results.RESULTS_DIR.glob("*.csv"))
+    assert shipped, "data/results/ holds no CSV"
+    for path in shipped:
+        meta = read_metadata(path)
+        for key in ("command", "python", "torch", "date_utc"):
+            assert meta.get(key), f"{path.name} lacks '# {key}:' in its header"
