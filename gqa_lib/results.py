@@ -101,6 +101,7 @@ def write_results(path: str | Path, rows: list[dict], metadata: dict[str, str], 
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes the file private (0600); a results file is for everyone to read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

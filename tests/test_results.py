@@ -20,6 +20,11 @@ def test_round_trip_keeps_metadata_and_table(tmp_path):
     assert df["note"][0] == "has # and , inside"  # a '#' in a cell is data, not a comment
 
 
+def test_written_file_is_readable_by_everyone(tmp_path):
+    path = write_results(tmp_path / "r.csv", ROWS, {"run": "first"})
+    assert path.stat().st_mode & 0o777 == 0o644
+
+
 def test_refuses_to_replace_existing_results_without_overwrite(tmp_path):
     path = write_results(tmp_path / "r.csv", ROWS, {"run": "first"})
     with pytest.raises(ResultsExistError, match="--overwrite"):
