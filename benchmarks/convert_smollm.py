@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -153,6 +154,7 @@ def main(argv=None) -> int:
         "corpus_python": corpus.python, "corpus_sha256": corpus.sha256,
         "corpus_matches_shipped": str(corpus.matches_shipped), "seed": str(args.seed),
         "wall_seconds": f"{time.perf_counter() - start:.0f}",
+        "loadavg_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
     try:
         path = write_results(args.out, rows, meta, overwrite=args.overwrite)

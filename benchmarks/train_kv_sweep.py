@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import queue
 import sys
 import time
@@ -137,6 +138,7 @@ def main(argv=None) -> int:
         "command": command_line(), **environment_metadata(),
         "workers": str(args.workers), "threads_per_worker": str(args.threads),
         "wall_seconds": f"{wall:.0f}",
+        "loadavg_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "corpus": "top-level .py files of the Python standard library, sorted by name (gqa_lib/corpus.py)",
         "corpus_python": corpus.python, "corpus_sha256": corpus.sha256,
         "corpus_matches_shipped": str(corpus.matches_shipped),
