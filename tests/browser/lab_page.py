@@ -189,6 +189,27 @@ class NotebookPage:
         return self.page.locator(".jp-OutputArea-output > .jupyter-widgets.widget-container, "
                                  ".jp-OutputArea-output > .jupyter-widgets.widget-box")
 
+    def widget_with_slider(self, label: str):
+        """The first widget in the notebook that has a slider labelled ``label``."""
+        roots = self.widget_roots()
+        for i in range(roots.count()):
+            if self.slider_box(roots.nth(i), label).count():
+                return roots.nth(i)
+        raise AssertionError(f"{self.name}: no widget with a {label!r} slider")
+
+    def values_reachable_by_keyboard(self, root, label: str, read, n_choices: str) -> list:
+        """What the widget shows at every position of slider ``label``: Home, then ArrowRight to the end.
+
+        ``read(nb, root)`` returns a dict of what the widget shows, with the slider's number of
+        positions under the key ``n_choices``; one such dict is returned per position.
+        """
+        self.press(root, label, "Home")
+        seen = [read(self, root)]
+        for _ in range(seen[0][n_choices] - 1):
+            self.press(root, label, "ArrowRight")
+            seen.append(read(self, root))
+        return seen
+
     def sliders(self, root) -> list[Slider]:
         return [Slider(**s) for s in root.evaluate(_SLIDERS_SCRIPT)]
 

@@ -66,23 +66,15 @@ def check(nb, root, what: str) -> dict:
 
 
 def kv_choices_by_keyboard(nb, root) -> list[int]:
-    nb.press(root, KV, "Home")
-    seen = [shown(nb, root)["n_kv_heads"]]
-    for _ in range(shown(nb, root)["kv_choices"] - 1):
-        nb.press(root, KV, "ArrowRight")
-        seen.append(shown(nb, root)["n_kv_heads"])
-    return seen
+    """Every KV-head value the reader can reach with the keyboard, as the readout reports it."""
+    return [v["n_kv_heads"] for v in nb.values_reachable_by_keyboard(root, KV, shown, "kv_choices")]
 
 
 @pytest.fixture(scope="module")
 def explorer(executed):
     nb = executed(NOTEBOOK)
     assert not nb.errors(), nb.errors()
-    roots = nb.widget_roots()
-    for i in range(roots.count()):
-        if nb.slider_box(roots.nth(i), KV).count():
-            return nb, roots.nth(i)
-    raise AssertionError(f"{NOTEBOOK}: no widget with a {KV!r} slider")
+    return nb, nb.widget_with_slider(KV)
 
 
 def test_initial_readout_is_the_arithmetic(explorer):
