@@ -4,7 +4,7 @@ Every variant of one seed starts from the same shared weights and sees the same 
 same order (see gqa_lib/train.py), so its validation loss can be compared with MHA's seed by seed.
 The corpus is the running Python's standard library (gqa_lib/corpus.py); its SHA-256 is checked.
 
-    .venv/bin/python benchmarks/train_kv_sweep.py                       # the shipped sweep (~12 min on 2 idle cores)
+    .venv/bin/python benchmarks/train_kv_sweep.py                       # the shipped sweep (~10 min on 2 idle cores)
     .venv/bin/python benchmarks/train_kv_sweep.py --seeds 2 --steps 50 --out /tmp/sweep.csv   # a quick try
 
 Writes data/results/kv_sweep.csv (refuses to replace it without --overwrite) and prints the
@@ -33,7 +33,7 @@ from gqa_lib.results import RESULTS_DIR, ResultsExistError, command_line, enviro
 from gqa_lib.tiny_lm import TinyLMConfig  # noqa: E402
 from gqa_lib.train import TrainConfig, run_variant, summarize_sweep  # noqa: E402
 
-# The shipped sweep's model and training (~12 min on 2 idle cores; see benchmarks/README.md).
+# The shipped sweep's model and training (~10 min on 2 idle cores; see benchmarks/README.md).
 MODEL = dict(d_model=128, n_layers=2, n_heads=8, d_ff=384)
 TRAIN = dict(steps=600, batch=32, seq_len=64, lr=3e-3, warmup=30, eval_windows=2048)
 REPORT_EVERY = 25  # steps between progress messages from a worker

@@ -10,6 +10,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from .kv_cache import KVCache
 from .layout import AttentionLayout, check_positive_int
@@ -57,8 +58,14 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal:
 
     q: (batch, n_heads, s_q, head_dim); k, v: (batch, n_kv_heads, s_k, head_dim).
     The query heads of one group are stacked into the row dimension, so each KV head is read once:
-    (batch, n_kv_heads, group_size * s_q, head_dim) @ (batch, n_kv_heads, head_dim, s_k).
+    (batch, n_kv_heads, group_size * s_q, head_dim) against (batch, n_kv_heads, s_k, head_dim).
+    With ``causal`` the queries are the last ``s_q`` of the ``s_k`` tokens (see :func:`causal_mask`).
     Returns (batch, n_heads, s_q, head_dim) and, if asked, the weights (batch, n_heads, s_q, s_k).
+
+    Without ``return_weights`` the stacked rows go to PyTorch's fused ``scaled_dot_product_attention``
+    as ordinary attention with n_kv_heads heads, which never writes the score matrix to memory; a
+    single query (a decode step) may see every key, so it gets no mask at all. With
+    ``return_weights`` the scores are written out, because the caller wants to see them.
     """
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(f"q, k, v must be 4-D (batch, heads, seq, head_dim); got {tuple(q.shape)}, "
@@ -74,15 +81,16 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal:
         raise ValueError(f"causal attention needs s_q <= s_k, got q.shape[2]={s_q} queries for k.shape[2]={s_k} keys")
     g = n_heads // n_kv
     qg = q.reshape(b, n_kv, g * s_q, d)  # (batch, n_kv_heads, group_size * s_q, head_dim); K and V are not copied
+    # Row r of a group is query head r // s_q at position r % s_q, so the mask repeats once per query head.
+    mask = causal_mask(s_q, s_k, q.device).repeat(g, 1) if causal and s_q > 1 else None  # (group_size * s_q, s_k)
+    if not return_weights:
+        return F.scaled_dot_product_attention(qg, k, v, attn_mask=mask).reshape(b, n_heads, s_q, d)
     scores = qg @ k.transpose(-2, -1) / math.sqrt(d)  # (batch, n_kv_heads, group_size * s_q, s_k)
-    if causal:
-        mask = causal_mask(s_q, s_k, q.device).repeat(g, 1)  # (group_size * s_q, s_k)
+    if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     weights = scores.softmax(dim=-1)
     out = (weights @ v).reshape(b, n_heads, s_q, d)  # (batch, n_heads, s_q, head_dim)
-    if return_weights:
-        return out, weights.reshape(b, n_heads, s_q, s_k)
-    return out
+    return out, weights.reshape(b, n_heads, s_q, s_k)
 
 
 class GroupedQueryAttention(nn.Module):

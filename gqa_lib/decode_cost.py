@@ -127,8 +127,11 @@ def counted_generation_macs(model: TinyLM, idx: torch.Tensor, n_new: int, use_ca
     """MACs of each generation step, counted by running the model under ``FlopCounterMode``.
 
     PyTorch's counter sees every matrix product the model really performs and reports FLOPs,
-    2 per multiply-add. This is the brute-force check of :func:`generation_macs`.
+    2 per multiply-add. This is the brute-force check of :func:`generation_macs`. Attention runs on
+    PyTorch's reference ("math") kernel here, which is built from matrix products the counter sees;
+    the fused CPU kernel it uses otherwise does the same products but is not counted by this version.
     """
+    from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     counts, previous = [], [0]
@@ -139,7 +142,7 @@ def counted_generation_macs(model: TinyLM, idx: torch.Tensor, n_new: int, use_ca
         counts.append((total - previous[0]) // 2)
         previous[0] = total
 
-    with counter:
+    with sdpa_kernel(SDPBackend.MATH), counter:
         model.generate(idx, n_new, use_cache=use_cache, on_step=record)
     return counts
 

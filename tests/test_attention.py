@@ -167,17 +167,34 @@ def test_attention_weights_are_causal_rows_that_sum_to_one(qkv):
     torch.testing.assert_close(out, weights @ expand_kv(v, q.shape[1] // k.shape[1]), atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("s_q,s_k", [(1, 9), (5, 5), (3, 11)])  # decode, prefill, a chunk against a cache
+@pytest.mark.parametrize("n_kv_heads", [6, 3, 2, 1])
+def test_fused_path_equals_the_path_that_writes_out_the_weights(n_kv_heads, s_q, s_k, causal):
+    g = torch.Generator().manual_seed(s_q * 10 + n_kv_heads)
+    q = torch.randn(2, 6, s_q, 8, generator=g)
+    k, v = torch.randn(2, 2, n_kv_heads, s_k, 8, generator=g)
+    out_w, _ = grouped_attention(q, k, v, causal, return_weights=True)
+    torch.testing.assert_close(grouped_attention(q, k, v, causal), out_w, atol=1e-5, rtol=1e-5)
+
+
 class ShapeRecorder(TorchFunctionMode):
-    """Records the size of every tensor that a torch function returns while the mode is on."""
+    """Records the size of every tensor that a torch function takes or returns while the mode is on.
+
+    A fused kernel (scaled_dot_product_attention) hides what it allocates inside, so what it is
+    handed is recorded too: ``inputs`` holds (name, shapes of the tensor arguments) per call.
+    """
 
     def __init__(self):
         super().__init__()
-        self.sizes = []
+        self.sizes, self.inputs = [], []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        name = getattr(func, "__name__", str(func))
+        self.inputs.append((name, [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]))
         if isinstance(out, torch.Tensor):
-            self.sizes.append((getattr(func, "__name__", str(func)), tuple(out.shape)))
+            self.sizes.append((name, tuple(out.shape)))
         return out
 
 
@@ -192,6 +209,9 @@ def test_decode_step_never_builds_the_n_heads_wide_copy_of_k_and_v():
             layer(torch.randn(1, 1, 32), cache)  # one decode step
     biggest = max(rec.sizes, key=lambda item: math.prod(item[1]))
     assert math.prod(biggest[1]) < expanded, f"{biggest} is as large as an expanded K or V"
+    # The fused kernel is handed K and V with 2 heads, the 8 query heads stacked as rows of those 2.
+    sdpa = [shapes for name, shapes in rec.inputs if name == "scaled_dot_product_attention"]
+    assert sdpa == [[(1, 2, 4, 16), (1, 2, 16, 16), (1, 2, 16, 16)]]
     # The recorder does see such a copy when one is made:
     with ShapeRecorder() as rec:
         expand_kv(cache.k[:, :, :16], layer.group_size)

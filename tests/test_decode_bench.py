@@ -3,22 +3,21 @@
 import pytest
 import torch
 
-from gqa_lib.attention import expand_kv, grouped_attention
+from gqa_lib.attention import expand_kv
 from gqa_lib.decode_bench import (
     IMPLEMENTATIONS,
-    PROTOTYPES,
+    VARIANTS,
     benchmark_case,
     cache_bytes_read,
     check_agree,
     check_targets,
     make_decode_inputs,
     measure_read_bandwidth,
-    proposed_grouped_attention,
     repeat_kv,
 )
 
 pytestmark = pytest.mark.usefixtures("single_thread")
-ALL = {**IMPLEMENTATIONS, **PROTOTYPES}
+ALL = {**IMPLEMENTATIONS, **VARIANTS}
 
 
 def reference_decode(q, k, v):
@@ -50,17 +49,6 @@ def test_check_agree_catches_a_wrong_implementation():
     wrong = lambda q, k, v: IMPLEMENTATIONS["gqa_lib"](q, k.flip(1), v.flip(1))  # noqa: E731  KV heads swapped
     with pytest.raises(AssertionError, match="wrong disagrees with gqa_lib"):
         check_agree(q, k, v, {"gqa_lib": IMPLEMENTATIONS["gqa_lib"], "wrong": wrong})
-
-
-@pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("s_q,s_k", [(1, 9), (5, 5), (3, 11)])  # decode, prefill, a chunk against a cache
-@pytest.mark.parametrize("n_kv_heads", [6, 3, 2, 1])
-def test_proposed_grouped_attention_matches_gqa_lib(n_kv_heads, s_q, s_k, causal):
-    g = torch.Generator().manual_seed(s_q * 10 + n_kv_heads)
-    q = torch.randn(2, 6, s_q, 8, generator=g)
-    k, v = torch.randn(2, 2, n_kv_heads, s_k, 8, generator=g)
-    torch.testing.assert_close(proposed_grouped_attention(q, k, v, causal), grouped_attention(q, k, v, causal),
-                               atol=1e-5, rtol=1e-5)
 
 
 def test_cache_bytes_read_counts_k_and_v():
