@@ -79,16 +79,17 @@ class GroupExplorer(widgets.VBox):
         self.n_layers, self.batch = check_positive_int("n_layers", n_layers), check_positive_int("batch", batch)
         self.dtype, self.bytes_per_elem = dtype, dtype_bytes(dtype)
         self.seed = seed
-        style = {"description_width": "120px"}
+        style = {"description_width": "140px"}  # wide enough for "KV heads (= groups)" in full
+        wide = widgets.Layout(width="400px")
         self.n_heads = widgets.IntSlider(value=n_heads, min=1, max=MAX_HEADS, description="query heads",
-                                         style=style, continuous_update=False)
+                                         style=style, layout=wide, continuous_update=False)
         self.n_kv_heads = widgets.SelectionSlider(options=divisors(n_heads), value=n_kv_heads,
                                                   description="KV heads (= groups)", style=style,
-                                                  continuous_update=False)
+                                                  layout=wide, continuous_update=False)
         self.head_dim = widgets.SelectionSlider(options=HEAD_DIMS, value=head_dim, description="head dim",
-                                                style=style, continuous_update=False)
+                                                style=style, layout=wide, continuous_update=False)
         self.context = widgets.SelectionSlider(options=[(_context_label(c), c) for c in CONTEXTS], value=context,
-                                               description="context (tokens)", style=style,
+                                               description="context (tokens)", style=style, layout=wide,
                                                continuous_update=False)
         self.readout = widgets.HTML()
         self.image = widgets.Image(format="png", layout=widgets.Layout(align_self="flex-start"))  # natural size

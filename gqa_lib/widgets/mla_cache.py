@@ -23,6 +23,19 @@ TOKEN_CHOICES = (4_096, 32_768, 100_000, 131_072)
 # DeepSeek-V3's shape (data/models.json): 61 layers, 128 heads of 128, d_c 512, d_rope 64.
 DEFAULTS = {"n_layers": 61, "n_heads": 128, "n_kv_heads": 8, "head_dim": 128, "d_c": 512, "d_rope": 64,
             "dtype": "bf16", "seq_len": 100_000}
+# (min, max, step) of each integer slider: a starting value must be one the slider can show.
+SLIDER_RANGES = {"n_layers": (1, 128, 1), "n_heads": (1, 128, 1), "head_dim": (16, 256, 16), "d_c": (32, 2048, 32),
+                 "d_rope": (0, 256, 16)}
+
+
+def check_slider_value(name: str, value: int) -> None:
+    """Refuse a starting value outside a slider's range or off its step, rather than let the slider move it."""
+    lo, hi, step = SLIDER_RANGES[name]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}={value!r} must be an integer (got {type(value).__name__})")
+    if not lo <= value <= hi or (value - lo) % step:
+        grid = f"{lo}..{hi}" if step == 1 else f"{lo}..{hi} in steps of {step}"
+        raise ValueError(f"{name}={value} is not on the slider (valid: {grid})")
 
 
 def closest_divisor(n: int, wanted: int) -> int:
@@ -53,19 +66,23 @@ class MLACacheComparison(widgets.VBox):
         v = DEFAULTS | values
         for name in ("n_layers", "n_heads", "head_dim", "d_c"):
             check_positive_int(name, v[name])
+        for name in SLIDER_RANGES:
+            check_slider_value(name, v[name])
         check_kv_heads(v["n_heads"], v["n_kv_heads"])
         dtype_bytes(v["dtype"])
+        if v["seq_len"] not in TOKEN_CHOICES:
+            raise ValueError(f"seq_len={v['seq_len']!r} is not offered (valid: {', '.join(map(str, TOKEN_CHOICES))})")
         self._syncing = False
-        slider = dict(continuous_update=False, style={"description_width": "150px"},
-                      layout=widgets.Layout(width="420px"))
-        self.n_layers = widgets.IntSlider(v["n_layers"], min=1, max=128, description="layers", **slider)
-        self.n_heads = widgets.IntSlider(v["n_heads"], min=1, max=128, description="query heads", **slider)
+        slider = dict(continuous_update=False, style={"description_width": "185px"},  # labels in full
+                      layout=widgets.Layout(width="455px"))
+        r = SLIDER_RANGES
+        self.n_layers = widgets.IntSlider(v["n_layers"], *r["n_layers"], description="layers", **slider)
+        self.n_heads = widgets.IntSlider(v["n_heads"], *r["n_heads"], description="query heads", **slider)
         self.n_kv_heads = widgets.SelectionSlider(options=divisors(v["n_heads"]), value=v["n_kv_heads"],
                                                   description="GQA KV heads (= groups)", **slider)
-        self.head_dim = widgets.IntSlider(v["head_dim"], min=16, max=256, step=16, description="head dim", **slider)
-        self.d_c = widgets.IntSlider(v["d_c"], min=32, max=2048, step=32, description="MLA latent d_c", **slider)
-        self.d_rope = widgets.IntSlider(v["d_rope"], min=0, max=256, step=16, description="MLA RoPE key d_h^R",
-                                        **slider)
+        self.head_dim = widgets.IntSlider(v["head_dim"], *r["head_dim"], description="head dim", **slider)
+        self.d_c = widgets.IntSlider(v["d_c"], *r["d_c"], description="MLA latent d_c", **slider)
+        self.d_rope = widgets.IntSlider(v["d_rope"], *r["d_rope"], description="MLA RoPE key d_h^R", **slider)
         self.dtype = widgets.Dropdown(options=list(DTYPE_BYTES), value=v["dtype"], description="dtype",
                                       style=slider["style"])
         self.seq_len = widgets.Dropdown(options=[(f"{n:,}", n) for n in TOKEN_CHOICES], value=v["seq_len"],
