@@ -37,7 +37,15 @@ from gqa_lib.conversion_eval import (  # noqa: E402
     window_token_ids,
 )
 from gqa_lib.corpus import load_corpus  # noqa: E402
-from gqa_lib.results import RESULTS_DIR, ResultsExistError, command_line, environment_metadata, write_results  # noqa: E402
+from gqa_lib.results import (  # noqa: E402
+    ResultsExistError,
+    add_output_options,
+    command_line,
+    environment_metadata,
+    output_blocked,
+    require_at_least_one,
+    write_results,
+)
 
 
 def parse_args(argv=None):
@@ -50,14 +58,11 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of uptraining (default 1e-3)")
     p.add_argument("--seed", type=int, default=0, help="seed of random init and of the uptraining batches")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
-    p.add_argument("--out", type=Path, default=RESULTS_DIR / "smollm_conversion.csv", help="CSV to write")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_output_options(p, "smollm_conversion.csv")
     p.add_argument("--allow-other-corpus", action="store_true",
                    help="run even if this Python's standard library differs from the shipped corpus")
     args = p.parse_args(argv)
-    for name in ("eval_windows", "window", "uptrain_steps", "eval_every", "batch", "threads"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be at least 1")
+    require_at_least_one(p, args, ("eval_windows", "window", "uptrain_steps", "eval_every", "batch", "threads"))
     return args
 
 
@@ -123,8 +128,7 @@ def run(args, model, tok, corpus) -> list[dict]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.out.exists() and not args.overwrite:
-        print(f"{args.out} exists; pass --overwrite to replace it, or --out to write elsewhere", file=sys.stderr)
+    if output_blocked(args.out, args.overwrite):
         return 1
     torch.set_num_threads(args.threads)
     start = time.perf_counter()

@@ -37,7 +37,15 @@ from gqa_lib.decode_bench import (  # noqa: E402
     measure_read_bandwidth,
     run_decode_benchmark,
 )
-from gqa_lib.results import RESULTS_DIR, ResultsExistError, command_line, environment_metadata, write_results  # noqa: E402
+from gqa_lib.results import (  # noqa: E402
+    ResultsExistError,
+    add_output_options,
+    command_line,
+    environment_metadata,
+    output_blocked,
+    require_at_least_one,
+    write_results,
+)
 
 
 def parse_args(argv=None):
@@ -58,12 +66,9 @@ def parse_args(argv=None):
                    help="also time grouped attention with the scores written out (separates the gain of "
                         "not copying K/V from that of the fused kernel)")
     p.add_argument("--bandwidth-mb", type=int, default=512, help="size of the tensor summed for bandwidth (MB)")
-    p.add_argument("--out", type=Path, default=RESULTS_DIR / "decode_attention_cpu.csv", help="CSV to write")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_output_options(p, "decode_attention_cpu.csv")
     args = p.parse_args(argv)
-    for name in ("reps", "threads", "n_heads", "head_dim", "bandwidth_mb"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be at least 1")
+    require_at_least_one(p, args, ("reps", "threads", "n_heads", "head_dim", "bandwidth_mb"))
     for kv in args.kv_heads:
         if kv < 1 or args.n_heads % kv:
             p.error(f"--kv-heads {kv} must divide --n-heads={args.n_heads}")
@@ -91,8 +96,7 @@ def print_targets(targets: list[dict]) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.out.exists() and not args.overwrite:
-        print(f"{args.out} exists; pass --overwrite to replace it, or --out to write elsewhere", file=sys.stderr)
+    if output_blocked(args.out, args.overwrite):
         return 1
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()

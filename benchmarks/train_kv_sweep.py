@@ -29,7 +29,15 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from gqa_lib.corpus import load_corpus  # noqa: E402
 from gqa_lib.layout import divisors  # noqa: E402
-from gqa_lib.results import RESULTS_DIR, ResultsExistError, command_line, environment_metadata, write_results  # noqa: E402
+from gqa_lib.results import (  # noqa: E402
+    ResultsExistError,
+    add_output_options,
+    command_line,
+    environment_metadata,
+    output_blocked,
+    require_at_least_one,
+    write_results,
+)
 from gqa_lib.tiny_lm import TinyLMConfig  # noqa: E402
 from gqa_lib.train import TrainConfig, run_variant, summarize_sweep  # noqa: E402
 
@@ -67,14 +75,11 @@ def parse_args(argv=None):
                    help="KV-head counts to train (default: every divisor of n_heads; MHA is always included)")
     p.add_argument("--workers", type=int, default=2, help="runs trained at once, one process each (default 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
-    p.add_argument("--out", type=Path, default=RESULTS_DIR / "kv_sweep.csv", help="CSV to write")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    add_output_options(p, "kv_sweep.csv")
     p.add_argument("--allow-other-corpus", action="store_true",
                    help="train even if this Python's standard library differs from the shipped corpus")
     args = p.parse_args(argv)
-    for name in ("seeds", "steps", "workers", "threads"):
-        if getattr(args, name) < 1:
-            p.error(f"--{name}={getattr(args, name)} must be at least 1")
+    require_at_least_one(p, args, ("seeds", "steps", "workers", "threads"))
     return args
 
 
@@ -127,8 +132,7 @@ def print_summary(summary: list[dict]) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.out.exists() and not args.overwrite:
-        print(f"{args.out} exists; pass --overwrite to replace it, or --out to write elsewhere", file=sys.stderr)
+    if output_blocked(args.out, args.overwrite):
         return 1
     corpus = load_corpus(strict=not args.allow_other_corpus)
     print(f"corpus: {corpus.describe()}")

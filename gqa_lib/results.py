@@ -130,3 +130,27 @@ def read_results(path: str | Path):
         raise FileNotFoundError(f"no results file at {path}; the command that makes it is in benchmarks/README.md")
     n_header = len(read_metadata(path))
     return pd.read_csv(path, skiprows=n_header)  # not comment="#": a cell may hold a '#'
+
+
+# --- options every benchmark command shares (benchmarks/*.py) -----------------------------------
+
+def add_output_options(parser, default_name: str) -> None:
+    """Add ``--out`` (default ``data/results/<default_name>``) and ``--overwrite`` to an argparse parser."""
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / default_name,
+                        help=f"CSV to write (default data/results/{default_name})")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+
+
+def require_at_least_one(parser, args, names) -> None:
+    """Stop with argparse's usage error if any of ``names`` (attribute names of ``args``) is below 1."""
+    for name in names:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be at least 1")
+
+
+def output_blocked(path: Path, overwrite: bool) -> bool:
+    """True (after saying why on stderr) when ``path`` exists and may not be replaced: check before a long run."""
+    if path.exists() and not overwrite:
+        print(f"{path} exists; pass --overwrite to replace it, or --out to write elsewhere", file=sys.stderr)
+        return True
+    return False

@@ -163,12 +163,13 @@ def _writes_results(script: Path) -> bool:
 @pytest.mark.parametrize("script", [s for s in BENCHMARKS if _writes_results(s)], ids=lambda p: p.name)
 def test_experiment_commands_refuse_to_replace_results(script, tmp_path):
     """Run with --out pointing at an existing file and no --overwrite: it must stop at once, file untouched."""
-    text = script.read_text()
-    assert "--overwrite" in text and "--out" in text, f"{script.name} must offer --out and --overwrite"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    usage = subprocess.run([sys.executable, str(script), "--help"], cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=120).stdout
+    assert "--overwrite" in usage and "--out" in usage, f"{script.name} must offer --out and --overwrite"
     existing = tmp_path / "results.csv"
     existing.write_text("# command: shipped\nn_kv_heads,median_ms\n8,1.5\n")
     before = existing.read_bytes()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run([sys.executable, str(script), "--out", str(existing)], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0, f"{script.name} went ahead:\n{result.stdout[-2000:]}"

@@ -69,3 +69,27 @@ def test_shipped_results_record_how_they_were_made():
         meta = read_metadata(path)
         for key in ("command", "python", "torch", "date_utc"):
             assert meta.get(key), f"{path.name} lacks '# {key}:' in its header"
+
+
+def test_benchmark_options_default_to_the_shipped_file_and_check_counts(tmp_path, capsys):
+    import argparse
+
+    p = argparse.ArgumentParser(prog="bench")
+    p.add_argument("--reps", type=int, default=3)
+    results.add_output_options(p, "x.csv")
+    args = p.parse_args([])
+    assert args.out == results.RESULTS_DIR / "x.csv" and args.overwrite is False
+    results.require_at_least_one(p, args, ("reps",))  # 3 is fine
+    with pytest.raises(SystemExit):
+        results.require_at_least_one(p, p.parse_args(["--reps", "0"]), ("reps",))
+    assert "--reps=0 must be at least 1" in capsys.readouterr().err
+
+
+def test_output_blocked_only_for_an_existing_file_without_overwrite(tmp_path, capsys):
+    path = tmp_path / "r.csv"
+    assert not results.output_blocked(path, overwrite=False)
+    path.write_text("old")
+    assert results.output_blocked(path, overwrite=False)
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert not results.output_blocked(path, overwrite=True)
+    assert path.read_text() == "old"  # checking never touches the file
