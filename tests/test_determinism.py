@@ -42,21 +42,29 @@ def chosen() -> list[Path]:
 
 
 def checked_outputs(nb) -> list[tuple[int, list[str]]]:
-    """(cell index, outputs) of every checked cell: stream text, text/plain results, error names, picture kinds."""
+    """(cell index, outputs) of every checked cell: stream text, text/plain results, error names, picture kinds.
+
+    Consecutive pieces of one stream are joined, as Jupyter shows them: how the kernel splits a cell's
+    prints into messages depends on timing (a slow step between two prints), not on what was printed.
+    """
     out = []
     for i, cell in enumerate(nb.cells):
         if cell.cell_type != "code" or not cell.source.lstrip().startswith(MARK):
             continue
-        shown = []
+        shown, previous = [], None
         for o in cell.get("outputs", []):
             if o["output_type"] == "stream":
-                shown.append(f"{o['name']}: {o['text']}")
+                if previous is not None and previous["output_type"] == "stream" and previous["name"] == o["name"]:
+                    shown[-1] += o["text"]  # the same stream continued
+                else:
+                    shown.append(f"{o['name']}: {o['text']}")
             elif o["output_type"] in ("execute_result", "display_data"):
                 data = o.get("data", {})
                 shown.append(data["text/plain"] if "text/plain" in data and len(data) == 1 else
                              "display: " + ", ".join(sorted(k for k in data if k != "text/plain")))
             elif o["output_type"] == "error":
                 shown.append(f"error: {o['ename']}")
+            previous = o
         out.append((i, shown))
     return out
 
@@ -91,3 +99,15 @@ def test_two_runs_give_the_same_checked_outputs(path, tmp_path):
 
 def test_a_notebook_is_chosen():
     assert chosen(), "no notebook chosen for the determinism test"
+
+
+def test_one_stream_split_into_messages_reads_as_one_output():
+    cell = nbformat.v4.new_code_cell(MARK + "\nprint(1); slow(); print(2)")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="1\n"),
+                    nbformat.v4.new_output("stream", name="stdout", text="2\n"),
+                    nbformat.v4.new_output("stream", name="stderr", text="warning\n")]
+    joined = nbformat.v4.new_code_cell(cell.source)
+    joined.outputs = [nbformat.v4.new_output("stream", name="stdout", text="1\n2\n"),
+                      nbformat.v4.new_output("stream", name="stderr", text="warning\n")]
+    nb, nb_joined = nbformat.v4.new_notebook(cells=[cell]), nbformat.v4.new_notebook(cells=[joined])
+    assert checked_outputs(nb) == checked_outputs(nb_joined) == [(0, ["stdout: 1\n2\n", "stderr: warning\n"])]
