@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from gqa_lib import results  # noqa: E402  (CSV writing and the options every benchmark shares)
 from gqa_lib.conversion_eval import (  # noqa: E402
     convert_kv_heads,
     kv_heads_of,
@@ -37,15 +38,6 @@ from gqa_lib.conversion_eval import (  # noqa: E402
     window_token_ids,
 )
 from gqa_lib.corpus import load_corpus  # noqa: E402
-from gqa_lib.results import (  # noqa: E402
-    ResultsExistError,
-    add_output_options,
-    command_line,
-    environment_metadata,
-    output_blocked,
-    require_at_least_one,
-    write_results,
-)
 
 
 def parse_args(argv=None):
@@ -58,11 +50,11 @@ def parse_args(argv=None):
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of uptraining (default 1e-3)")
     p.add_argument("--seed", type=int, default=0, help="seed of random init and of the uptraining batches")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
-    add_output_options(p, "smollm_conversion.csv")
+    results.add_output_options(p, "smollm_conversion.csv")
     p.add_argument("--allow-other-corpus", action="store_true",
                    help="run even if this Python's standard library differs from the shipped corpus")
     args = p.parse_args(argv)
-    require_at_least_one(p, args, ("eval_windows", "window", "uptrain_steps", "eval_every", "batch", "threads"))
+    results.require_at_least_one(p, args, ("eval_windows", "window", "uptrain_steps", "eval_every", "batch", "threads"))
     return args
 
 
@@ -128,7 +120,7 @@ def run(args, model, tok, corpus) -> list[dict]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if output_blocked(args.out, args.overwrite):
+    if results.output_blocked(args.out, args.overwrite):
         return 1
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
@@ -147,7 +139,7 @@ def main(argv=None) -> int:
     print(f"expansion to MHA: largest logit change {rows[1]['max_abs_logit_diff']:.3g}")
     meta = {
         "what": "SmolLM2-135M converted from 3 to 1 KV heads per layer; loss (nats per token) on held-out stdlib text",
-        "command": command_line(), **environment_metadata(), "model": MODEL_FILE_INFO["name"],
+        "command": results.command_line(), **results.environment_metadata(), "model": MODEL_FILE_INFO["name"],
         "model_file": f"{MODEL_FILE_INFO['file']} ({MODEL_FILE_INFO['quantization']})",
         "model_sha256": MODEL_FILE_INFO["sha256"],
         "eval_text": f"{args.eval_windows} evenly spaced windows of {args.window} SmolLM2 tokens of the corpus "
@@ -161,8 +153,8 @@ def main(argv=None) -> int:
         "loadavg_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
     try:
-        path = write_results(args.out, rows, meta, overwrite=args.overwrite)
-    except ResultsExistError as err:
+        path = results.write_results(args.out, rows, meta, overwrite=args.overwrite)
+    except results.ResultsExistError as err:
         print(err, file=sys.stderr)
         return 1
     print(f"wrote {path}")

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import torch  # noqa: E402
 
+from gqa_lib import results  # noqa: E402  (CSV writing and the options every benchmark shares)
 from gqa_lib.decode_bench import (  # noqa: E402
     DTYPES,
     IMPLEMENTATIONS,
@@ -36,15 +37,6 @@ from gqa_lib.decode_bench import (  # noqa: E402
     check_targets,
     measure_read_bandwidth,
     run_decode_benchmark,
-)
-from gqa_lib.results import (  # noqa: E402
-    ResultsExistError,
-    add_output_options,
-    command_line,
-    environment_metadata,
-    output_blocked,
-    require_at_least_one,
-    write_results,
 )
 
 
@@ -66,9 +58,9 @@ def parse_args(argv=None):
                    help="also time grouped attention with the scores written out (separates the gain of "
                         "not copying K/V from that of the fused kernel)")
     p.add_argument("--bandwidth-mb", type=int, default=512, help="size of the tensor summed for bandwidth (MB)")
-    add_output_options(p, "decode_attention_cpu.csv")
+    results.add_output_options(p, "decode_attention_cpu.csv")
     args = p.parse_args(argv)
-    require_at_least_one(p, args, ("reps", "threads", "n_heads", "head_dim", "bandwidth_mb"))
+    results.require_at_least_one(p, args, ("reps", "threads", "n_heads", "head_dim", "bandwidth_mb"))
     for kv in args.kv_heads:
         if kv < 1 or args.n_heads % kv:
             p.error(f"--kv-heads {kv} must divide --n-heads={args.n_heads}")
@@ -96,7 +88,7 @@ def print_targets(targets: list[dict]) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if output_blocked(args.out, args.overwrite):
+    if results.output_blocked(args.out, args.overwrite):
         return 1
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
@@ -123,7 +115,7 @@ def main(argv=None) -> int:
         print_targets(check_targets(rows, read_bps, biggest, args.n_heads, 8, "gqa_lib"))
     meta = {
         "what": "one decode step of attention (batch 1, one new token) against a KV cache; median over reps",
-        "command": command_line(), **environment_metadata(), "clock": args.clock,
+        "command": results.command_line(), **results.environment_metadata(), "clock": args.clock,
         "cache_flush": "no" if args.no_flush else "512 MB read before each timed call",
         "read_bandwidth_GBps": f"{read_bps / 1e9:.3f}",
         "read_bandwidth_wall_GBps": f"{bw['bytes_per_s'] / 1e9:.3f}",
@@ -133,8 +125,8 @@ def main(argv=None) -> int:
         "wall_seconds": f"{time.perf_counter() - start:.0f}",
     }
     try:
-        path = write_results(args.out, rows, meta, overwrite=args.overwrite)
-    except ResultsExistError as err:
+        path = results.write_results(args.out, rows, meta, overwrite=args.overwrite)
+    except results.ResultsExistError as err:
         print(err, file=sys.stderr)
         return 1
     print(f"\nwrote {path} ({len(rows)} rows)")

@@ -27,17 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
+from gqa_lib import results  # noqa: E402  (CSV writing and the options every benchmark shares)
 from gqa_lib.corpus import load_corpus  # noqa: E402
 from gqa_lib.layout import divisors  # noqa: E402
-from gqa_lib.results import (  # noqa: E402
-    ResultsExistError,
-    add_output_options,
-    command_line,
-    environment_metadata,
-    output_blocked,
-    require_at_least_one,
-    write_results,
-)
 from gqa_lib.tiny_lm import TinyLMConfig  # noqa: E402
 from gqa_lib.train import TrainConfig, run_variant, summarize_sweep  # noqa: E402
 
@@ -75,11 +67,11 @@ def parse_args(argv=None):
                    help="KV-head counts to train (default: every divisor of n_heads; MHA is always included)")
     p.add_argument("--workers", type=int, default=2, help="runs trained at once, one process each (default 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
-    add_output_options(p, "kv_sweep.csv")
+    results.add_output_options(p, "kv_sweep.csv")
     p.add_argument("--allow-other-corpus", action="store_true",
                    help="train even if this Python's standard library differs from the shipped corpus")
     args = p.parse_args(argv)
-    require_at_least_one(p, args, ("seeds", "steps", "workers", "threads"))
+    results.require_at_least_one(p, args, ("seeds", "steps", "workers", "threads"))
     return args
 
 
@@ -132,14 +124,14 @@ def print_summary(summary: list[dict]) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if output_blocked(args.out, args.overwrite):
+    if results.output_blocked(args.out, args.overwrite):
         return 1
     corpus = load_corpus(strict=not args.allow_other_corpus)
     print(f"corpus: {corpus.describe()}")
     rows, wall = run_sweep(args)
     meta = {
         "what": "validation loss of tiny byte-level LMs that differ only in n_kv_heads; seeds pair the runs",
-        "command": command_line(), **environment_metadata(),
+        "command": results.command_line(), **results.environment_metadata(),
         "workers": str(args.workers), "threads_per_worker": str(args.threads),
         "wall_seconds": f"{wall:.0f}",
         "loadavg_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
@@ -153,8 +145,8 @@ def main(argv=None) -> int:
         "kv_bytes_per_token": "fp32, all layers, K and V",
     }
     try:
-        path = write_results(args.out, rows, meta, overwrite=args.overwrite)
-    except ResultsExistError as err:
+        path = results.write_results(args.out, rows, meta, overwrite=args.overwrite)
+    except results.ResultsExistError as err:
         print(err, file=sys.stderr)
         return 1
     print_summary(summarize_sweep(rows))
