@@ -154,16 +154,21 @@ def plot_head_maps(weights, tokens, heads=None, ncols: int | None = None, vmax: 
 
 def plot_distance_matrix(distance, ax=None, title: str | None = None, vmax: float | None = None,
                          annotate: bool = True, label: str = "Jensen-Shannon distance", cmap: str = HEATMAP_CMAP,
-                         colorbar: bool = True):
+                         colorbar: bool = True, group_size: int | None = None):
     """Draw the (n_heads, n_heads) head-to-head distance matrix with its values; return the ``AxesImage``.
 
     ``distance`` is ``gqa_lib.diversity.pairwise_head_distance(weights)``: 0 on the diagonal, larger
     where two heads attend more differently. The scale runs from 0 to ``vmax`` (default 1, the
-    largest possible Jensen-Shannon distance in base 2).
+    largest possible Jensen-Shannon distance in base 2). With ``group_size`` (query heads per KV head,
+    contiguous groups) white lines separate the groups, so the pairs that share a KV head are the
+    squares on the diagonal.
     """
     d = _as_array(distance, "distance")
     if d.ndim != 2 or d.shape[0] != d.shape[1] or d.shape[0] == 0:
         raise ValueError(f"distance.shape={tuple(d.shape)} must be square (n_heads, n_heads)")
+    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int)
+                                   or group_size < 1 or d.shape[0] % group_size):
+        raise ValueError(f"group_size={group_size!r} must be a positive integer that divides n_heads={d.shape[0]}")
     if ax is None:
         import matplotlib.pyplot as plt
 
@@ -182,6 +187,10 @@ def plot_distance_matrix(distance, ax=None, title: str | None = None, vmax: floa
                 light = d[i, j] < 0.6 * vmax  # viridis is dark at the bottom: write white there
                 ax.text(j, i, f"{d[i, j]:.2f}", ha="center", va="center", fontsize=7,
                         color="white" if light else "black")
+    if group_size is not None and 1 < group_size < n:
+        for edge in range(group_size, n, group_size):
+            ax.axhline(edge - 0.5, color="white", lw=2)
+            ax.axvline(edge - 0.5, color="white", lw=2)
     if colorbar:
         ax.figure.colorbar(im, ax=ax, shrink=0.85, label=label)
     if title:

@@ -1,4 +1,4 @@
-"""Running a notebook twice gives the same checked outputs (the cells marked ``# NBVAL_CHECK_OUTPUT``).
+"""Running a notebook twice gives the same checked outputs (the cells tagged ``nbval-check-output``).
 
 nbval (``make notebook-tests``) already compares one fresh run of every notebook with the outputs
 stored in the file, which came from another run. This test adds what that leaves open, for a chosen
@@ -22,7 +22,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
-MARK = "# NBVAL_CHECK_OUTPUT"
+TAG = "nbval-check-output"  # the cell tag nbval reads with --nbval-lax
 SLOW_WORDS = ("smollm", "train_kv", "load_corpus")  # a notebook mentioning these loads a model or a corpus
 
 
@@ -49,7 +49,7 @@ def checked_outputs(nb) -> list[tuple[int, list[str]]]:
     """
     out = []
     for i, cell in enumerate(nb.cells):
-        if cell.cell_type != "code" or not cell.source.lstrip().startswith(MARK):
+        if cell.cell_type != "code" or TAG not in cell.get("metadata", {}).get("tags", []):
             continue
         shown, previous = [], None
         for o in cell.get("outputs", []):
@@ -88,7 +88,7 @@ def execute_copy(path: Path, hash_seed: int, tmp: Path):
 @pytest.mark.parametrize("path", chosen(), ids=lambda p: p.stem)
 def test_two_runs_give_the_same_checked_outputs(path, tmp_path):
     stored = checked_outputs(nbformat.read(path, as_version=4))
-    assert stored, f"{path.name} has no cell marked {MARK}: nothing would be compared"
+    assert stored, f"{path.name} has no cell tagged {TAG}: nothing would be compared"
     first = checked_outputs(execute_copy(path, 1, tmp_path))
     second = checked_outputs(execute_copy(path, 2, tmp_path))
     for (i, a), (_, b) in zip(first, second, strict=True):
@@ -102,11 +102,11 @@ def test_a_notebook_is_chosen():
 
 
 def test_one_stream_split_into_messages_reads_as_one_output():
-    cell = nbformat.v4.new_code_cell(MARK + "\nprint(1); slow(); print(2)")
+    cell = nbformat.v4.new_code_cell("print(1); slow(); print(2)", metadata={"tags": [TAG]})
     cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text="1\n"),
                     nbformat.v4.new_output("stream", name="stdout", text="2\n"),
                     nbformat.v4.new_output("stream", name="stderr", text="warning\n")]
-    joined = nbformat.v4.new_code_cell(cell.source)
+    joined = nbformat.v4.new_code_cell(cell.source, metadata={"tags": [TAG]})
     joined.outputs = [nbformat.v4.new_output("stream", name="stdout", text="1\n2\n"),
                       nbformat.v4.new_output("stream", name="stderr", text="warning\n")]
     nb, nb_joined = nbformat.v4.new_notebook(cells=[cell]), nbformat.v4.new_notebook(cells=[joined])

@@ -161,3 +161,14 @@ def test_distance_matrix_axes_values_and_scale():
 def test_distance_matrix_must_be_square():
     with pytest.raises(ValueError, match=r"distance\.shape=\(3, 4\) must be square"):
         plot_distance_matrix(torch.zeros(3, 4))
+
+
+def test_distance_matrix_marks_group_boundaries_and_rejects_a_size_that_does_not_divide():
+    d = torch.rand(6, 6)
+    im = plot_distance_matrix(d, group_size=2)
+    lines = im.axes.get_lines()
+    assert sorted({round(x, 1) for ln in lines for x in ln.get_xdata()} - {0.0, 1.0}) == [1.5, 3.5]
+    assert len(lines) == 4  # 2 horizontal + 2 vertical boundaries
+    assert not plot_distance_matrix(d, group_size=6).axes.get_lines()  # one group: nothing to separate
+    with pytest.raises(ValueError, match="group_size=4 must be a positive integer that divides n_heads=6"):
+        plot_distance_matrix(d, group_size=4)
