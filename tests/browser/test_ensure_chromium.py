@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,10 +15,18 @@ SCRIPT = Path(__file__).with_name("ensure_chromium.sh")
 
 
 def run(env_extra: dict, as_user: str | None = None) -> subprocess.CompletedProcess:
-    cmd = ["bash", str(SCRIPT)]
-    if as_user:
-        cmd = ["runuser", "-u", as_user, "--", *cmd]
-    return subprocess.run(cmd, env={**os.environ, **env_extra}, capture_output=True, text=True, timeout=60)
+    """Run the script; as another user, from a world-readable copy, since the clone may sit in a folder
+    only its owner can enter (a `mktemp -d` folder, root's home), which that user cannot read."""
+    if not as_user:
+        return subprocess.run(["bash", str(SCRIPT)], env={**os.environ, **env_extra}, capture_output=True,
+                              text=True, timeout=60)
+    with tempfile.TemporaryDirectory() as folder:
+        os.chmod(folder, 0o755)
+        copy = Path(folder) / SCRIPT.name
+        shutil.copy(SCRIPT, copy)
+        os.chmod(copy, 0o755)
+        return subprocess.run(["runuser", "-u", as_user, "--", "bash", str(copy)], cwd=folder,
+                              env={**os.environ, **env_extra}, capture_output=True, text=True, timeout=60)
 
 
 def test_present_chromium_passes_quietly():
