@@ -68,6 +68,8 @@ class LayerKV:
     v_seen: torch.Tensor  # (n_heads, seq, head_dim)
     output: torch.Tensor  # (seq, d_model): the layer's output
     param_bytes: int  # memory the layer's weights take
+    q: torch.Tensor | None = None  # (n_heads, seq, head_dim): the queries, after RoPE
+    o_weight: torch.Tensor | None = None  # (d_model, n_heads * head_dim): o_proj's weight, in the layer's dtype
 
     @property
     def group_size(self) -> int:
@@ -77,8 +79,10 @@ class LayerKV:
 def capture_llama_kv(name: str, seq_len: int = 6, dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> LayerKV:
     """Run ``seq_len`` random token vectors through a random-weight layer shaped like ``name``; keep K and V.
 
-    K and V are taken with hooks on the layer's own k_proj and v_proj, rotated with transformers'
-    ``apply_rotary_pos_emb`` and expanded with transformers' ``repeat_kv``, as its attention does.
+    Q, K and V are taken with hooks on the layer's own q_proj, k_proj and v_proj (before RoPE),
+    rotated with transformers' ``apply_rotary_pos_emb`` and K, V expanded with transformers'
+    ``repeat_kv``, as its attention does. With ``q``, ``k_seen``, ``v_seen`` and ``o_weight`` the
+    layer's ``output`` can be rebuilt by hand (notebook 05 does; tests/test_llama_shapes.py checks it).
     """
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 1 <= seq_len <= 512:
         raise ValueError(f"seq_len={seq_len!r} must be an integer in 1..512")
@@ -97,7 +101,7 @@ def _capture_llama_kv(name: str, seq_len: int, dtype: torch.dtype, seed: int) ->
     pos = LlamaRotaryEmbedding(cfg)(x, torch.arange(seq_len)[None])  # cos, sin: (1, seq, head_dim)
     seen = {}
     hooks = [getattr(attn, f"{n}_proj").register_forward_hook(lambda m, a, out, n=n: seen.__setitem__(n, out))
-             for n in "kv"]
+             for n in "qkv"]
     mask = torch.full((seq_len, seq_len), float("-inf")).triu(1).to(dtype)[None, None]  # (1, 1, seq, seq) causal
     try:
         out, _ = attn(x, position_embeddings=pos, attention_mask=mask)
@@ -105,13 +109,14 @@ def _capture_llama_kv(name: str, seq_len: int, dtype: torch.dtype, seed: int) ->
         for h in hooks:
             h.remove()
     d = cfg.head_dim
-    k, v = (seen[n].view(1, seq_len, -1, d).transpose(1, 2) for n in "kv")  # (1, n_kv_heads, seq, head_dim)
-    _, k = apply_rotary_pos_emb(k, k, *pos)
+    q, k, v = (seen[n].view(1, seq_len, -1, d).transpose(1, 2) for n in "qkv")  # (1, heads, seq, head_dim)
+    q, k = apply_rotary_pos_emb(q, k, *pos)
     g_size = cfg.num_attention_heads // cfg.num_key_value_heads
     nbytes = sum(p.numel() * p.element_size() for p in attn.parameters())
     return LayerKV(name=name, n_heads=cfg.num_attention_heads, n_kv_heads=cfg.num_key_value_heads,
                    k=k[0].float(), v=v[0].float(), k_seen=repeat_kv(k, g_size)[0].float(),
-                   v_seen=repeat_kv(v, g_size)[0].float(), output=out[0].float(), param_bytes=nbytes)
+                   v_seen=repeat_kv(v, g_size)[0].float(), output=out[0].float(), param_bytes=nbytes,
+                   q=q[0].float(), o_weight=attn.o_proj.weight.detach())
 
 
 def head_difference(x: torch.Tensor) -> torch.Tensor:

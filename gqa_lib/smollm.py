@@ -193,6 +193,32 @@ def _check_text(text) -> str:
     return text
 
 
+def _check_max_tokens(max_tokens) -> int | None:
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
+        raise ValueError(f"max_tokens={max_tokens!r} must be a positive integer, or None for no cap")
+    return max_tokens
+
+
+def count_tokens(text: str) -> int:
+    """How many tokens SmolLM2's tokenizer makes of ``text`` (what ``max_tokens`` is compared with)."""
+    _check_text(text)
+    _, tok = load_smollm()
+    return len(tok(text)["input_ids"])
+
+
+def _tokenize(tok, text: str, max_tokens: int | None, truncate: bool):
+    """(ids for the model, number of tokens in the whole text); over ``max_tokens``: cut or refuse."""
+    ids = tok(text, return_tensors="pt")  # input_ids, attention_mask: (1, seq)
+    n = ids["input_ids"].shape[1]
+    if max_tokens is not None and n > max_tokens:
+        if not truncate:
+            raise ValueError(f"text has {n} tokens, more than max_tokens={max_tokens}; attention maps take memory "
+                             f"that grows with the square of the tokens, so shorten the text, raise max_tokens, "
+                             f"or pass truncate=True to keep the first {max_tokens} tokens")
+        ids = {key: value[:, :max_tokens] for key, value in ids.items()}
+    return ids, n
+
+
 # ---------------------------------------------------------------------------------------------
 # Looking inside one attention layer
 # ---------------------------------------------------------------------------------------------
@@ -209,6 +235,7 @@ class Capture:
     v: torch.Tensor  # (n_kv_heads, seq, head_dim)
     weights: torch.Tensor  # (n_heads, seq, seq): attention probabilities
     output: torch.Tensor  # (seq, d_model): the attention block's output (after o_proj)
+    text_tokens: int | None = None  # tokens in the whole text; more than len(tokens) if max_tokens cut it
 
     @property
     def group_size(self) -> int:
@@ -241,21 +268,29 @@ class _SeenEnough(Exception):
 
 
 @torch.no_grad()
-def capture_layers(text: str, layers=None) -> list[Capture]:
+def capture_layers(text: str, layers=None, max_tokens: int | None = None, truncate: bool = False) -> list[Capture]:
     """Run ``text`` through SmolLM2 once and return a ``Capture`` for each layer in ``layers`` (default: all).
 
-    Everything is taken from transformers' own modules with forward hooks: the attention input, the
-    outputs of q_proj, k_proj and v_proj, the rotary cos/sin the layer received (applied with
-    transformers' ``apply_rotary_pos_emb``), the attention probabilities and the output. The pass
-    stops after the highest requested layer.
+    Taken with forward hooks on transformers' own modules: the attention input, the outputs of
+    q_proj, k_proj and v_proj (before RoPE), the rotary cos/sin the layer received, the attention
+    probabilities and the output. Recomputed here: q and k are rotated with those cos/sin by
+    transformers' ``apply_rotary_pos_emb``, as the layer does, so ``Capture.k`` is K as the cache
+    stores it (``cached_kv`` checks this). The pass stops after the highest requested layer.
+
+    Memory grows with the square of the tokens (each layer keeps n_heads maps of seq x seq).
+    ``max_tokens``: None (default) for no cap; otherwise a text with more tokens raises ValueError
+    naming both counts, or, with ``truncate=True``, only its first ``max_tokens`` tokens are run and
+    each ``Capture.text_tokens`` says how many the whole text had.
     """
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     _check_text(text)  # bad input fails before the model is loaded
+    _check_max_tokens(max_tokens)
     layers = list(range(N_LAYERS)) if layers is None else [_check_layer(i) for i in layers]
     if not layers or len(set(layers)) != len(layers):
         raise ValueError(f"layers={layers!r} must name at least one layer, each once")
     model, tok = load_smollm()
+    ids, text_tokens = _tokenize(tok, text, max_tokens, truncate)
     seen = {i: {} for i in layers}
     handles = []
 
@@ -283,7 +318,6 @@ def capture_layers(text: str, layers=None) -> list[Capture]:
         handles.append(attn.register_forward_hook(keep_output(seen[i], i == max(layers)), with_kwargs=True))
         handles += [getattr(attn, f"{n}_proj").register_forward_hook(keep(seen[i], n)) for n in "qkv"]
     try:
-        ids = tok(text, return_tensors="pt")
         with one_cpu_thread():
             model.model(**ids, use_cache=False)  # the decoder only: the next-token head is not needed here
     except _SeenEnough:
@@ -299,13 +333,34 @@ def capture_layers(text: str, layers=None) -> list[Capture]:
         q, k, v = (s[n].view(*s[n].shape[:-1], -1, d).transpose(1, 2) for n in "qkv")  # (1, heads, seq, d)
         q, k = apply_rotary_pos_emb(q, k, *s["pos"])
         captures.append(Capture(tokens=tokens, layer=i, hidden=s["hidden"][0], q=q[0], k=k[0], v=v[0],
-                                weights=s["weights"][0], output=s["output"][0]))
+                                weights=s["weights"][0], output=s["output"][0], text_tokens=text_tokens))
     return captures
 
 
-def capture(text: str, layer: int = 0) -> Capture:
-    """Run ``text`` through SmolLM2 and return layer ``layer``'s queries, keys, values and weights."""
-    return capture_layers(text, [_check_layer(layer)])[0]
+def capture(text: str, layer: int = 0, max_tokens: int | None = None, truncate: bool = False) -> Capture:
+    """Run ``text`` through SmolLM2 and return layer ``layer``'s queries, keys, values and weights.
+
+    ``max_tokens`` and ``truncate`` as in ``capture_layers``.
+    """
+    return capture_layers(text, [_check_layer(layer)], max_tokens=max_tokens, truncate=truncate)[0]
+
+
+@torch.no_grad()
+def cached_kv(text: str, max_tokens: int | None = None, truncate: bool = False):
+    """The KV cache SmolLM2 itself keeps after reading ``text`` (``use_cache=True``), per layer.
+
+    Returns a list of N_LAYERS (k, v) pairs, each (1, n_kv_heads, seq, head_dim): the tensors
+    transformers' ``DynamicCache`` holds, K after RoPE. ``max_tokens`` and ``truncate`` as in
+    ``capture_layers``.
+    """
+    _check_text(text)
+    _check_max_tokens(max_tokens)
+    model, tok = load_smollm()
+    ids, _ = _tokenize(tok, text, max_tokens, truncate)
+    with one_cpu_thread():
+        out = model.model(**ids, use_cache=True)
+    cache = out["cache"] if "cache" in out else out["past_key_values"]  # renamed in transformers 5
+    return [(layer.keys, layer.values) for layer in cache.layers]
 
 
 def kv_seen_by_query_heads(cap: Capture) -> tuple[torch.Tensor, torch.Tensor]:

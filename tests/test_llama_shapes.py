@@ -84,3 +84,17 @@ def test_head_difference_rejects_wrong_shapes():
 def test_bad_seq_len_is_refused():
     with pytest.raises(ValueError, match="seq_len=0 must be"):
         capture_llama_kv("Llama-3 8B", seq_len=0)
+
+
+@pytest.mark.parametrize("name", ["Llama-3 8B", "Llama-3 70B"])
+def test_output_rebuilt_by_hand_from_captured_q_k_v_is_the_layers_output(captured, name):
+    c = captured[name]
+    n, d_head = c.q.shape[1], c.q.shape[2]
+    assert c.q.shape == (c.n_heads, 5, 128) and c.o_weight.shape == (get_model(name).d_model, c.n_heads * 128)
+    w = (c.q @ c.k_seen.transpose(-1, -2) / d_head**0.5).masked_fill(torch.ones(n, n).triu(1).bool(), float("-inf"))
+    rebuilt = (w.softmax(-1) @ c.v_seen).transpose(0, 1).reshape(n, -1) @ c.o_weight.float().T
+    scale = c.output.abs().max()
+    assert (rebuilt - c.output).abs().max() < 0.02 * scale  # bf16 layer vs float32 rebuild
+    # without the causal mask the rebuild is clearly wrong: the check can fail
+    wrong = ((c.q @ c.k_seen.transpose(-1, -2) / d_head**0.5).softmax(-1) @ c.v_seen).transpose(0, 1).reshape(n, -1)
+    assert (wrong @ c.o_weight.float().T - c.output).abs().max() > 0.05 * scale

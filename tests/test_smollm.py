@@ -249,3 +249,61 @@ def test_bad_input_fails_before_the_model_is_loaded(monkeypatch):
                  lambda: smollm.projection_blocks(30, "k_proj")):
         with pytest.raises(ValueError):
             call()
+
+
+# ------------------------------------------------------------------ the model's own cache
+
+def test_cached_kv_is_the_captured_k_after_rope_and_v(cap):
+    cache = smollm.cached_kv(SENTENCE)
+    assert len(cache) == 30
+    k, v = cache[3]
+    assert k.shape == v.shape == (1, 3, len(cap.tokens), 64)
+    torch.testing.assert_close((k[0], v[0]), (cap.k, cap.v), rtol=0, atol=0)
+    # the cache holds K after RoPE: the k_proj output before rotation differs from it (not at position 0)
+    raw_k = cap.hidden @ smollm.projection_blocks(3, "k_proj").reshape(192, 576).T  # (seq, 192)
+    raw_k = raw_k.view(-1, 3, 64).transpose(0, 1)  # (3, seq, 64)
+    torch.testing.assert_close(raw_k[:, 0], k[0, :, 0], rtol=1e-4, atol=1e-4)
+    assert (raw_k[:, 1:] - k[0, :, 1:]).abs().max() > 0.1
+
+
+# ------------------------------------------------------------------ a cap on the tokens (memory ~ tokens^2)
+
+LONG = " ".join([SENTENCE] * 3)  # 30 tokens
+
+
+def test_capture_without_a_cap_keeps_every_token():
+    c = smollm.capture(LONG, 0)
+    assert len(c.tokens) == c.text_tokens == smollm.count_tokens(LONG) == 30
+
+
+def test_text_over_the_cap_is_refused_with_both_counts():
+    with pytest.raises(ValueError, match=r"text has 30 tokens, more than max_tokens=12.*truncate=True"):
+        smollm.capture(LONG, 0, max_tokens=12)
+    with pytest.raises(ValueError, match="max_tokens=12"):
+        smollm.cached_kv(LONG, max_tokens=12)
+
+
+def test_truncate_keeps_the_first_tokens_and_says_how_many_the_text_had():
+    cut = smollm.capture_layers(LONG, [0, 5], max_tokens=12, truncate=True)
+    full = smollm.capture_layers(LONG, [0, 5])
+    for c, f in zip(cut, full, strict=True):
+        assert len(c.tokens) == 12 and c.tokens == f.tokens[:12] and c.text_tokens == 30
+        assert c.weights.shape == (9, 12, 12)
+        # causal attention: the first 12 tokens are computed exactly as in the full text
+        torch.testing.assert_close(c.weights, f.weights[:, :12, :12], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(c.output, f.output[:12], rtol=1e-4, atol=1e-4)
+    k, _ = smollm.cached_kv(LONG, max_tokens=12, truncate=True)[0]
+    assert k.shape == (1, 3, 12, 64)
+
+
+def test_text_within_the_cap_is_untouched():
+    c = smollm.capture(SENTENCE, 2, max_tokens=10)
+    assert len(c.tokens) == c.text_tokens == 10
+
+
+@pytest.mark.parametrize("bad", [0, -5, 2.5, True, "20"])
+def test_bad_max_tokens_fails_before_the_model_is_loaded(monkeypatch, bad):
+    monkeypatch.setattr(smollm, "load_smollm", lambda: pytest.fail("model loaded for a bad max_tokens"))
+    for call in (smollm.capture, smollm.capture_layers, smollm.cached_kv):
+        with pytest.raises(ValueError, match=rf"max_tokens={bad!r} must be a positive integer, or None"):
+            call(SENTENCE, max_tokens=bad)
