@@ -65,8 +65,8 @@ class _CopyLog(TorchDispatchMode):
         return out
 
 
-def copies_made(fn: Callable[[], object], **named: torch.Tensor) -> list[Copy]:
-    """Run ``fn()`` and return the copies it made, in order.
+def copies_made(fn: Callable[..., object], *args, **named: torch.Tensor) -> list[Copy]:
+    """Run ``fn(*args)`` and return the copies it made, in order.
 
     ``named``: the tensors to recognise as sources (``q=q, k=k``); a copy of a view of one of them
     (an ``expand``, a ``transpose``) is reported under that name, since it shares the same storage.
@@ -78,5 +78,5 @@ def copies_made(fn: Callable[[], object], **named: torch.Tensor) -> list[Copy]:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name}={type(t).__name__} must be a torch.Tensor to be recognised as a source")
     with _CopyLog(named) as log:
-        fn()
+        fn(*args)
     return log.copies
