@@ -193,6 +193,10 @@ def _tiny_notebook(tmp_path: Path, prose: str) -> Path:
     code.outputs = [nbformat.v4.new_output("stream", name="stdout", text="cache 36,864 bytes, ratio 3.00x\n")]
     figure = nbformat.v4.new_output("display_data", data={"image/png": "", "text/plain": "<Figure size 850x360>"})
     code.outputs.append(figure)
+    widget = nbformat.v4.new_output("display_data", data={
+        "application/vnd.jupyter.widget-view+json": {"model_id": "x", "version_major": 2, "version_minor": 0},
+        "text/plain": "IntSlider(value=77)"})
+    code.outputs.append(widget)
     nb.cells = [nbformat.v4.new_markdown_cell("# 09 · A test\n\n## 2. Section"), code,
                 nbformat.v4.new_markdown_cell(prose)]
     path = tmp_path / "09_tiny.ipynb"
@@ -207,7 +211,7 @@ def test_a_typed_in_number_is_caught(tmp_path):
     nb = nbformat.read(_tiny_notebook(tmp_path, honest), as_version=4)
     assert offending_numbers(nb, {}, names) == []
     for typed in ("The cache holds 36,000 bytes.", "It is 3.5× larger.", "The figure is 850 wide.",
-                  "Reduced by 16x.", "About 2.9 times more."):
+                  "The slider starts at 77.", "Reduced by 16x.", "About 2.9 times more."):
         nb = nbformat.read(_tiny_notebook(tmp_path, typed), as_version=4)
         bad = offending_numbers(nb, {}, names)
         assert len(bad) == 1 and bad[0].startswith("cell 2: "), (typed, bad)
