@@ -60,7 +60,10 @@ def _rope_cases() -> list[Case]:
     for i, (b, h, s, d, start, dtype) in enumerate(rows):
         label = (f"x of shape ({b}, {h}, {s}, {d}) = (batch, heads, seq, head_dim), "
                  f"{str(dtype).removeprefix('torch.')}, start_pos {start:,}")
-        cases.append(Case(label, (randn(gen, b, h, s, d, dtype=dtype), start), size=i))
+        # float32 angles at position 100,000 are only good to about 1e-2 rad (its float32 spacing is 2**-7), so
+        # a correct float64 computation differs from the float32 reference that much; known mistakes differ by O(1).
+        tol = (3e-2, 1e-2) if start >= 100_000 else None
+        cases.append(Case(label, (randn(gen, b, h, s, d, dtype=dtype), start), size=i, tol=tol))
     return cases
 
 
