@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import textwrap
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -272,7 +273,9 @@ class Exercise:
             lines += _expected_received(expected, received, why)
             mistake = self._recognise(case, expected, received)
             if mistake is not None:
-                lines.append(f"  known mistake, {mistake.name}: {mistake.message(case)}")
+                lines.append(textwrap.fill(f"known mistake, {mistake.name}: {mistake.message(case)}", 110,
+                                           initial_indent="  ", subsequent_indent="    ", break_long_words=False,
+                                           break_on_hyphens=False))
             return Result("wrong", "\n".join(lines), mistake.name if mistake else None)
         shown = [f"  - {self.summary}"] if self.summary else [f"  - {c.label}" for c in cases]
         return Result("correct", f"correct: {title}\n  {len(cases)} inputs agree with {self.reference_name}:\n"
