@@ -213,11 +213,12 @@ def _call(fn: Callable, case: Case) -> Any:
     return out
 
 
-def _where_in_learner_code(err: BaseException) -> str:
-    tb = err.__traceback__
-    last = None
+def _where_in_learner_code(err: BaseException, fn: Callable) -> str:
+    """' (line N of name)': the last line of the learner's own file (their cell) that the error passed through."""
+    own = getattr(getattr(fn, "__code__", None), "co_filename", None)
+    tb, last = err.__traceback__, None
     while tb is not None:
-        if "gqa_lib" not in tb.tb_frame.f_code.co_filename:
+        if tb.tb_frame.f_code.co_filename == own:
             last = tb
         tb = tb.tb_next
     return f" (line {last.tb_lineno} of {last.tb_frame.f_code.co_name})" if last is not None else ""
@@ -264,7 +265,7 @@ class Exercise:
                                          "and run the cell again.")
             except Exception as e:  # the learner's code failed: report it, never raise
                 return Result("wrong", f"wrong: {title}\n  smallest failing input: {case.label}\n"
-                                       f"  your function raised {type(e).__name__}{_where_in_learner_code(e)}: "
+                                       f"  your function raised {type(e).__name__}{_where_in_learner_code(e, fn)}: "
                                        f"{' '.join(str(e).split())[:400]}")
             why = compare(expected, received, case.tol)
             if why is None:
