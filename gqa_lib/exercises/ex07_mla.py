@@ -63,9 +63,9 @@ def _cache_cases() -> list[Case]:
             (get_model("DeepSeek-V3 671B"), 131_072, 4, 1)]
     cases = []
     for i, (m, tokens, batch, nb) in enumerate(rows):
-        label = (f"{m.name} ({m.n_layers} layers, {m.n_heads} heads, head_dim {m.head_dim}, d_c {m.mla.d_c}, d_rope "
-                 f"{m.mla.d_rope}, v_head_dim {m.mla.v_head_dim}), {tokens:,} tokens, batch {batch}, "
-                 f"{nb} bytes per number")
+        label = (f"{m.name} ({m.n_layers} layer{'s' * (m.n_layers > 1)}, {m.n_heads} heads, head_dim {m.head_dim}, "
+                 f"d_c {m.mla.d_c}, d_rope {m.mla.d_rope}, v_head_dim {m.mla.v_head_dim}), {tokens:,} tokens, "
+                 f"batch {batch}, {nb} bytes per number")
         cases.append(Case(label, (m, tokens, batch, nb), size=i))
     return cases
 

@@ -313,7 +313,7 @@ def kv_head_of_tiled(query_head, n_heads, n_kv_heads):
 
 
 @exhibit("kv_head_of", "n_kv_heads used as the group size", lambda c: (
-    f"query head {c.args[0]} // n_kv_heads = {c.args[0]} // {c.args[2]}: you divided by the number of KV heads "
+    f"you computed query_head // n_kv_heads = {c.args[0]} // {c.args[2]}: you divided by the number of KV heads "
     f"(= groups), not by group_size = n_heads // n_kv_heads = {c.args[1] // c.args[2]}, the query heads per group. "
     "'Groups' means one thing in some texts and the other in others; a published calculator made this slip."))
 def kv_head_of_groups_confused(query_head, n_heads, n_kv_heads):
@@ -404,7 +404,7 @@ def same_kv_head_groups_confused(n_heads, n_kv_heads):
 # --------------------------------------------------------------------------------------- notebook 06
 @exhibit("mean_pool_kv", "tiled `.repeat` order", lambda c: (
     f"new KV head 0 must be the mean of old KV heads 0..{c.args[1] // c.args[2] - 1}, the contiguous block whose "
-    f"query heads it will serve; you averaged old heads 0, {c.args[2]}, ... (every {c.args[2]}th): the tiled "
+    f"query heads it will serve; you averaged old heads 0, {c.args[2]}, ... ({c.args[2]} apart): the tiled "
     "order of `.repeat`."))
 def pool_tiled(w, n_kv_heads, new_n_kv_heads):
     """Averages old heads j, j + new, j + 2 new, ...: each new head mixes heads from different groups, so no
