@@ -1,0 +1,310 @@
+"""What every exercise checker shares: run the learner's function on chosen inputs, compare, explain.
+
+An :class:`Exercise` holds a reference implementation, a list of :class:`Case` inputs (smallest first)
+and the known mistakes for it (from :mod:`gqa_lib.exercises.museum`). ``Exercise.evaluate(fn)`` never
+raises on the learner's behalf: whatever ``fn`` does (raise, return None, return the wrong shape or
+wrong numbers) becomes a :class:`Result` with one of three statuses:
+
+- ``"not yet"``: ``fn`` raised ``NotImplementedError`` or returned None (an unfinished skeleton);
+- ``"wrong"``: the smallest input on which ``fn`` disagrees with the reference, the expected and the
+  received values and, when the received value is exactly what a known mistake gives, that mistake's
+  name and explanation;
+- ``"correct"``: every case agreed; the message lists what was checked.
+
+``Exercise.check(fn)`` prints the message; that is the one call a notebook cell makes.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import textwrap
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+# Tolerances for comparing floating-point results. A different but valid formulation (einsum instead
+# of matmul, a loop over heads, SDPA instead of softmax) reorders sums: about 1e-6 relative in float32,
+# a few units of bf16's 8-bit mantissa (2**-8 = 0.4 %) in bfloat16. Known mistakes differ by O(1).
+TOLERANCES = {torch.float32: (1e-4, 1e-4), torch.float64: (1e-8, 1e-8),
+              torch.bfloat16: (5e-2, 2e-2), torch.float16: (1e-2, 1e-2)}
+
+
+@dataclass
+class Case:
+    """One input to an exercise: positional ``args``, a ``label`` a learner can read, and its ``size``
+    (cases run smallest first, so the first failure is the smallest failing input). ``info`` holds
+    facts about the case that mistake explanations may quote (e.g. ``n_heads``). ``tol`` widens the tolerance where the
+    reference itself is only that accurate (float32 RoPE angles at position 100,000)."""
+
+    label: str
+    args: tuple
+    size: int = 0
+    info: dict = field(default_factory=dict)
+    tol: tuple[float, float] | None = None  # (atol, rtol) for this case instead of TOLERANCES
+
+
+@dataclass
+class Mistake:
+    """A known wrong implementation and what to tell a learner whose result equals its result.
+
+    ``explain`` is a string, or a function ``(case) -> str`` for a message that names the case's numbers.
+    """
+
+    name: str
+    fn: Callable
+    explain: str | Callable[[Case], str]
+
+    def message(self, case: Case) -> str:
+        return self.explain(case) if callable(self.explain) else self.explain
+
+
+@dataclass
+class Result:
+    """What a check found. ``status`` is 'correct', 'wrong' or 'not yet'; ``mistake`` names a recognised
+    known mistake (or None); ``message`` is what ``check`` prints."""
+
+    status: str
+    message: str
+    mistake: str | None = None
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class _NotYet(Exception):
+    pass
+
+
+def generator(name: str) -> torch.Generator:
+    """A generator seeded from ``name``, so an exercise draws the same inputs every time."""
+    return torch.Generator().manual_seed(zlib.crc32(name.encode()))
+
+
+def randn(gen: torch.Generator, *shape: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.randn(*shape, generator=gen).to(dtype)
+
+
+def clone(value: Any) -> Any:
+    """A deep copy of tensors, modules, tuples, lists and dicts, so no call sees another's changes."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, torch.nn.Module):
+        return copy.deepcopy(value)
+    if isinstance(value, tuple):
+        return tuple(clone(v) for v in value)
+    if isinstance(value, list):
+        return [clone(v) for v in value]
+    if isinstance(value, dict):
+        return {k: clone(v) for k, v in value.items()}
+    return value
+
+
+def _fmt_number(x) -> str:
+    if isinstance(x, bool):
+        return str(x)
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        return f"{x:.6g}"
+    return repr(x)
+
+
+def describe(value: Any) -> str:
+    """A short, readable rendering of a value (tensors: shape, dtype and a few numbers)."""
+    if isinstance(value, torch.Tensor):
+        head = f"tensor of shape {tuple(value.shape)}, {str(value.dtype).removeprefix('torch.')}"
+        if value.numel() == 0:
+            return head
+        if value.dtype == torch.bool:
+            return f"{head}: {value.int().tolist()}" if value.numel() <= 16 else head
+        flat = value.detach().float().flatten()
+        shown = ", ".join(f"{v:.4f}" for v in flat[:6].tolist())
+        return f"{head}: [{shown}{', ...' if flat.numel() > 6 else ''}]"
+    if isinstance(value, (tuple, list)):
+        return "(" + ", ".join(describe(v) for v in value) + ")"
+    return _fmt_number(value)
+
+
+def _index_str(idx: tuple[int, ...]) -> str:
+    return "[" + ", ".join(str(i) for i in idx) + "]"
+
+
+def compare(expected: Any, received: Any, tol: tuple[float, float] | None = None) -> str | None:
+    """None when ``received`` matches ``expected``; otherwise one line saying how it differs.
+    ``tol``: (atol, rtol) for floating-point tensors instead of ``TOLERANCES``."""
+    if isinstance(expected, torch.Tensor):
+        if not isinstance(received, torch.Tensor):
+            return f"expected a tensor of shape {tuple(expected.shape)}, received a {type(received).__name__}"
+        if received.shape != expected.shape:
+            return f"expected shape {tuple(expected.shape)}, received shape {tuple(received.shape)}"
+        if expected.dtype == torch.bool or received.dtype == torch.bool:
+            if received.dtype != expected.dtype:
+                return f"expected dtype {expected.dtype}, received dtype {received.dtype}"
+            wrong = (received != expected).nonzero()
+            if len(wrong):
+                idx = tuple(wrong[0].tolist())
+                return (f"first wrong entry at {_index_str(idx)}: expected {bool(expected[idx])}, "
+                        f"received {bool(received[idx])}")
+            return None
+        if received.dtype != expected.dtype:
+            return (f"expected dtype {str(expected.dtype).removeprefix('torch.')} (the inputs' dtype), received "
+                    f"{str(received.dtype).removeprefix('torch.')}")
+        atol, rtol = tol or TOLERANCES.get(expected.dtype, (1e-4, 1e-4))
+        e, r = expected.detach().double(), received.detach().double()
+        if torch.isnan(r).any() and not torch.isnan(e).any():
+            idx = tuple((torch.isnan(r)).nonzero()[0].tolist())
+            return f"received NaN at {_index_str(idx)} where {e[idx].item():.4f} was expected"
+        excess = (r - e).abs() - (atol + rtol * e.abs())
+        if not (excess > 0).any():
+            return None
+        idx = tuple(int(i) for i in torch.unravel_index(excess.argmax(), excess.shape))
+        return (f"largest difference at index {_index_str(idx)}: expected {e[idx].item():.4f}, received "
+                f"{r[idx].item():.4f} (tolerance {atol:g} + {rtol:g} x |expected|)")
+    if isinstance(expected, (tuple, list)):
+        if not isinstance(received, (tuple, list)) or len(received) != len(expected):
+            return f"expected {len(expected)} values {describe(expected)}, received {describe(received)}"
+        for i, (e, r) in enumerate(zip(expected, received, strict=True)):
+            why = compare(e, r, tol)
+            if why:
+                return f"value {i}: {why}"
+        return None
+    if isinstance(expected, bool) or isinstance(expected, int):
+        if isinstance(received, torch.Tensor) and received.numel() == 1:
+            received = received.item()
+        if isinstance(received, float) and received.is_integer():
+            received = int(received)
+        if not isinstance(received, int) or isinstance(received, bool) != isinstance(expected, bool):
+            return f"expected {_fmt_number(expected)}, received {describe(received)} ({type(received).__name__})"
+        return None if received == expected else f"expected {_fmt_number(expected)}, received {_fmt_number(received)}"
+    if isinstance(expected, float):
+        try:
+            ok = math.isclose(float(received), expected, rel_tol=1e-6)
+        except (TypeError, ValueError):
+            ok = False
+        return None if ok else f"expected {_fmt_number(expected)}, received {describe(received)}"
+    return None if received == expected else f"expected {describe(expected)}, received {describe(received)}"
+
+
+def _expected_received(expected: Any, received: Any, why: str) -> list[str]:
+    """Lines showing the expected and received values where they differ most (a tensor: that row)."""
+    if (isinstance(expected, torch.Tensor) and isinstance(received, torch.Tensor) and expected.ndim >= 1
+            and received.shape == expected.shape and expected.dtype != torch.bool and expected.numel() > 6):
+        diff = (received.detach().double() - expected.detach().double()).abs().nan_to_num(float("inf"))
+        idx = tuple(int(i) for i in torch.unravel_index(diff.argmax(), diff.shape))[:-1]
+        where = _index_str(idx)[:-1] + (", :]" if idx else ":]")
+        return [f"  expected{where} {describe(expected[idx])}", f"  received{where} {describe(received[idx])}"]
+    if why.startswith("expected ") and not isinstance(expected, (torch.Tensor, tuple, list)):
+        return []
+    return [f"  expected: {describe(expected)}", f"  received: {describe(received)}"]
+
+
+def _call(fn: Callable, case: Case) -> Any:
+    """Run ``fn`` on fresh copies of the case's inputs; NotImplementedError or None becomes _NotYet."""
+    try:
+        out = fn(*clone(case.args))
+    except NotImplementedError as e:
+        raise _NotYet(f"it raised NotImplementedError{': ' + str(e) if str(e) else ''}") from None
+    if out is None:
+        raise _NotYet("it returned None (is a `return` missing?)")
+    return out
+
+
+def _where_in_learner_code(err: BaseException, fn: Callable) -> str:
+    """' (line N of name)': the last line of the learner's own file (their cell) that the error passed through."""
+    own = getattr(getattr(fn, "__code__", None), "co_filename", None)
+    tb, last = err.__traceback__, None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == own:
+            last = tb
+        tb = tb.tb_next
+    return f" (line {last.tb_lineno} of {last.tb_frame.f_code.co_name})" if last is not None else ""
+
+
+class Exercise:
+    """One exercise: a reference, its cases (built on demand) and the mistakes it recognises."""
+
+    def __init__(self, name: str, title: str, reference: Callable, cases: Callable[[], list[Case]],
+                 mistakes: list[Mistake] | None = None, reference_name: str = "", summary: str = ""):
+        self.name, self.title, self.reference, self.summary = name, title, reference, summary
+        self._cases, self.mistakes = cases, list(mistakes or [])
+        self.reference_name = reference_name or f"the reference `{reference.__module__}.{reference.__name__}`"
+
+    def cases(self) -> list[Case]:
+        return sorted(self._cases(), key=lambda c: c.size)
+
+    def _recognise(self, case: Case, expected: Any, received: Any) -> Mistake | None:
+        for mistake in self.mistakes:
+            try:
+                buggy = mistake.fn(*clone(case.args))
+            except Exception:  # a mistake that cannot run on this input did not make this output
+                continue
+            if compare(expected, buggy, case.tol) is not None and compare(buggy, received, case.tol) is None:
+                return mistake
+        return None
+
+    def evaluate(self, fn: Callable) -> Result:
+        """Run ``fn`` on every case, smallest first; never raises for anything ``fn`` does."""
+        title = self.title
+        if not callable(fn):
+            return Result("wrong", f"wrong: {title}\n  expected a function, received {describe(fn)}")
+        with torch.no_grad():
+            return self._evaluate(fn, title)
+
+    def _evaluate(self, fn: Callable, title: str) -> Result:
+        cases = self.cases()
+        for case in cases:
+            expected = self.reference(*clone(case.args))
+            try:
+                received = _call(fn, case)
+            except _NotYet as e:
+                return Result("not yet", f"not yet: {title}: {e}. Replace `raise NotImplementedError` with your code "
+                                         "and run the cell again.")
+            except Exception as e:  # the learner's code failed: report it, never raise
+                return Result("wrong", f"wrong: {title}\n  smallest failing input: {case.label}\n"
+                                       f"  your function raised {type(e).__name__}{_where_in_learner_code(e, fn)}: "
+                                       f"{' '.join(str(e).split())[:400]}")
+            why = compare(expected, received, case.tol)
+            if why is None:
+                continue
+            lines = [f"wrong: {title}", f"  smallest failing input: {case.label}", f"  {why}"]
+            lines += _expected_received(expected, received, why)
+            mistake = self._recognise(case, expected, received)
+            if mistake is not None:
+                lines.append(textwrap.fill(f"known mistake, {mistake.name}: {mistake.message(case)}", 110,
+                                           initial_indent="  ", subsequent_indent="    ", break_long_words=False,
+                                           break_on_hyphens=False))
+            return Result("wrong", "\n".join(lines), mistake.name if mistake else None)
+        shown = [f"  - {self.summary}"] if self.summary else [f"  - {c.label}" for c in cases]
+        return Result("correct", f"correct: {title}\n  {len(cases)} inputs agree with {self.reference_name}:\n"
+                                 + "\n".join(shown))
+
+    def check(self, fn: Callable) -> None:
+        """Print whether ``fn`` is correct, not yet written, or wrong (and how)."""
+        try:
+            result = self.evaluate(fn)
+        except Exception as e:  # a defect of the checker itself must not look like the learner's error
+            print(f"the checker for {self.title!r} failed ({type(e).__name__}: {e}); please report this")
+            return
+        print(result.message)
+
+
+def attention_label(batch: int, n_heads: int, n_kv_heads: int, s_q: int, s_k: int, head_dim: int,
+                    dtype: torch.dtype) -> str:
+    """'batch 2, 6 query heads, 2 KV heads (GQA), 3 queries against 7 keys, head_dim 8, float32'."""
+    kind = "MHA" if n_kv_heads == n_heads else "MQA" if n_kv_heads == 1 else "GQA"
+    return (f"batch {batch}, {n_heads} query head{'s' * (n_heads > 1)}, {n_kv_heads} KV head{'s' * (n_kv_heads > 1)} "
+            f"({kind}), "
+            f"{s_q} quer{'ies' if s_q > 1 else 'y'} against {s_k} key{'s' * (s_k > 1)}, head_dim {head_dim}, "
+            f"{str(dtype).removeprefix('torch.')}")
+
+
+def qkv(gen: torch.Generator, batch: int, n_heads: int, n_kv_heads: int, s_q: int, s_k: int, head_dim: int,
+        dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random q (batch, n_heads, s_q, head_dim), k and v (batch, n_kv_heads, s_k, head_dim)."""
+    return (randn(gen, batch, n_heads, s_q, head_dim, dtype=dtype),
+            randn(gen, batch, n_kv_heads, s_k, head_dim, dtype=dtype),
+            randn(gen, batch, n_kv_heads, s_k, head_dim, dtype=dtype))

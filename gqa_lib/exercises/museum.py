@@ -1,0 +1,533 @@
+"""The museum of real bugs: wrong implementations of the exercises, each a mistake made in public code.
+
+Every exhibit is a function with the same signature as the exercise it belongs to, and a docstring
+that says what the mistake is. The checkers run these exhibits on the failing input: when a learner's
+result equals an exhibit's result, the checker names the mistake and explains it. Run one yourself::
+
+    from gqa_lib.exercises import museum, ex04_gqa
+    ex04_gqa.check_expand_kv(museum.expand_kv_tiled_repeat)
+
+``EXHIBITS`` lists them all, by exercise, with the name each checker gives them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional as F
+
+from ..attention import causal_mask
+from .checking import Case, Mistake
+
+
+@dataclass(frozen=True)
+class Exhibit:
+    exercise: str  # the Exercise.name it belongs to
+    mistake: Mistake
+
+
+EXHIBITS: list[Exhibit] = []
+
+
+def exhibit(exercise: str, name: str, explain: str | Callable[[Case], str]):
+    """Register the decorated wrong implementation under ``exercise`` with its name and explanation."""
+
+    def register(fn: Callable) -> Callable:
+        EXHIBITS.append(Exhibit(exercise, Mistake(name, fn, explain)))
+        return fn
+
+    return register
+
+
+def mistakes_for(exercise: str) -> list[Mistake]:
+    return [e.mistake for e in EXHIBITS if e.exercise == exercise]
+
+
+def _tiled_story(n_heads: int, n_kv_heads: int, query_head: int | None = None) -> str:
+    g = n_heads // n_kv_heads
+    i = query_head if query_head is not None else next(i for i in range(n_heads) if i % n_kv_heads != i // g)
+    return (f"query head {i} reads KV head {i % n_kv_heads}: this is the tiled order of `.repeat` "
+            f"(query head i reads KV head i % n_kv_heads). With contiguous groups, as `repeat_interleave`, "
+            f"SDPA's `enable_gqa=True` and transformers' `repeat_kv` use, query head {i} reads KV head "
+            f"i // group_size = {i} // {g} = {i // g}.")
+
+
+def _tokens(n: int) -> str:
+    return f"{n:,} token{'s' * (n != 1)}"
+
+
+def _bf16_story(start_pos: int, seq: int) -> str:
+    rounded = [(p, torch.tensor(float(p)).to(torch.bfloat16).item()) for p in range(start_pos, start_pos + seq)]
+    moved = [(p, r) for p, r in rounded if r != p]
+    first = (f"position {moved[0][0]:,} rounds to {moved[0][1]:,.0f} in bf16 (8 significant bits), and the "
+             "frequencies lose precision too") if moved else "the frequencies lose precision in bf16"
+    return (f"your angles were computed in bfloat16: {first}. Keep inv_freq and the angles in float32 "
+            "(transformers keeps that buffer out of `model.to(torch.bfloat16)` for this reason) and cast only cos "
+            "and sin to x's dtype.")
+
+
+def _attention(q, k, v, mask=None, scale=None):
+    """Plain attention with per-query-head K and V; ``mask`` True where a query may look."""
+    scale = 1 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = (q.float() @ k.float().transpose(-2, -1)) * scale
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return (scores.softmax(-1) @ v.float()).to(q.dtype)
+
+
+# --------------------------------------------------------------------------------------- notebook 01
+def _cache_bytes(n_layers, n_kv_heads, head_dim, tokens, batch, bytes_per_number):
+    return 2 * n_layers * n_kv_heads * head_dim * tokens * batch * bytes_per_number
+
+
+@exhibit("cache_bytes", "head_dim taken as d_model / n_heads", lambda c: (
+    f"this model's head_dim is {c.args[0].head_dim}, but d_model / n_heads = {c.args[0].d_model} / "
+    f"{c.args[0].n_heads} = {c.args[0].d_model // c.args[0].n_heads}. Read `head_dim` from the model: several "
+    "models (Gemma among them) choose it independently of d_model."))
+def cache_bytes_head_dim_from_width(model, tokens, batch=1, bytes_per_number=2):
+    """Derives head_dim as d_model // n_heads, true of GPT-2 and LLaMA but not of every model: Gemma 3 1B
+    has 4 query heads of 256 in a width of 1152, not 288. Calculators that assume it get such models wrong."""
+    return _cache_bytes(model.n_layers, model.n_kv_heads, model.d_model // model.n_heads, tokens, batch,
+                        bytes_per_number)
+
+
+@exhibit("cache_bytes", "a cache sized by query heads", lambda c: (
+    f"only KV heads are cached: {c.args[0].n_kv_heads} per layer here, not the {c.args[0].n_heads} query heads. "
+    "Query vectors are used once and thrown away."))
+def cache_bytes_query_heads(model, tokens, batch=1, bytes_per_number=2):
+    """Multiplies by n_heads (query heads) instead of n_kv_heads: right for MHA only, so it hides exactly
+    the saving that MQA and GQA exist for."""
+    return _cache_bytes(model.n_layers, model.n_heads, model.head_dim, tokens, batch, bytes_per_number)
+
+
+@exhibit("cache_bytes", "keys only",
+         "a KV cache stores a key AND a value vector for every KV head: the formula starts with 2 x ...")
+def cache_bytes_keys_only(model, tokens, batch=1, bytes_per_number=2):
+    """Forgets the values: half the real cache. Notebook 01 found this slip behind two of the lecture's figures."""
+    return _cache_bytes(model.n_layers, model.n_kv_heads, model.head_dim, tokens, batch, bytes_per_number) // 2
+
+
+def _n_global(n_layers, local_per_global):
+    return n_layers // (local_per_global + 1)
+
+
+@exhibit("sliding_window_cache_bytes", "sliding-window layers counted as global", lambda c: (
+    f"{c.args[0].n_layers - _n_global(c.args[0].n_layers, c.args[3])} of the {c.args[0].n_layers} layers are "
+    f"local: they keep only the last {c.args[2]:,} tokens, not all {c.args[1]:,}."))
+def sliding_counted_as_global(model, tokens, window, local_per_global, batch=1, bytes_per_number=2):
+    """Treats every layer as global, as most cache calculators (and data/models.json's plain figures) do:
+    an upper bound that overstates the cache of Gemma-style models several times at long context."""
+    return _cache_bytes(model.n_layers, model.n_kv_heads, model.head_dim, tokens, batch, bytes_per_number)
+
+
+@exhibit("sliding_window_cache_bytes", "a window longer than the text", lambda c: (
+    f"a local layer keeps min(tokens, window) tokens: with {c.args[1]:,} tokens and a window of {c.args[2]:,} "
+    f"it holds {min(c.args[1], c.args[2]):,}, not {c.args[2]:,}."))
+def sliding_window_not_capped(model, tokens, window, local_per_global, batch=1, bytes_per_number=2):
+    """Sizes every local layer for a full window even when fewer tokens exist (a preallocated ring buffer
+    is that large, but the question is what is stored)."""
+    n_global = _n_global(model.n_layers, local_per_global)
+    per_token_layer = _cache_bytes(1, model.n_kv_heads, model.head_dim, 1, batch, bytes_per_number)
+    return per_token_layer * (n_global * tokens + (model.n_layers - n_global) * window)
+
+
+# --------------------------------------------------------------------------------------- notebook 02
+def _split(t, n_heads):
+    b, s, _ = t.shape
+    return t.view(b, s, n_heads, -1).transpose(1, 2)
+
+
+def _merge(t):
+    b, h, s, d = t.shape
+    return t.transpose(1, 2).reshape(b, s, h * d)
+
+
+@exhibit("mha", "heads split with view(b, n_heads, seq, head_dim)",
+         "`t.view(b, n_heads, seq, head_dim)` has the right shape but cuts memory in the wrong places: "
+         "'head 0' gets the first tokens' whole vectors, mixing heads and positions. Split the last "
+         "dimension first, then move the heads forward: `t.view(b, seq, n_heads, head_dim).transpose(1, 2)`.")
+def mha_split_without_transpose(x, W_q, W_k, W_v, W_o, n_heads):
+    """Reshapes (batch, seq, n_heads * head_dim) straight to (batch, n_heads, seq, head_dim) and back:
+    no error, every shape right, every number wrong."""
+    b, s, _ = x.shape
+    q, k, v = (W(x).reshape(b, n_heads, s, -1) for W in (W_q, W_k, W_v))
+    out = _attention(q, k, v, causal_mask(s, s, x.device))
+    return W_o(out.reshape(b, s, -1))
+
+
+@exhibit("mha", "head_dim taken as d_model / n_heads", lambda c: (
+    f"the scores must be divided by sqrt(head_dim) = sqrt({c.info['head_dim']}); d_model / n_heads = "
+    f"{c.info['d_model']} / {c.info['n_heads']} = {c.info['d_model'] // c.info['n_heads']} is not this layer's "
+    "head size. Take head_dim from the projections (`W_q.out_features // n_heads`) or from q's shape."))
+def mha_head_dim_from_width(x, W_q, W_k, W_v, W_o, n_heads):
+    """Scales by sqrt(d_model // n_heads): right only when the heads share out the model width exactly."""
+    q, k, v = (_split(W(x), n_heads) for W in (W_q, W_k, W_v))
+    s = x.shape[1]
+    out = _attention(q, k, v, causal_mask(s, s, x.device), scale=1 / math.sqrt(x.shape[-1] // n_heads))
+    return W_o(_merge(out))
+
+
+@exhibit("mha", "no causal mask",
+         "token t attended to tokens after it. A decoder's token t may look at tokens 0..t only: mask the "
+         "scores above the diagonal with -inf before the softmax.")
+def mha_no_causal_mask(x, W_q, W_k, W_v, W_o, n_heads):
+    """Forgets the causal mask: every token sees the future, as in an encoder."""
+    q, k, v = (_split(W(x), n_heads) for W in (W_q, W_k, W_v))
+    return W_o(_merge(_attention(q, k, v)))
+
+
+def _rope_tables(head_dim, positions, base=10000.0, dtype=torch.float32):
+    inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+    angles = positions.to(dtype)[:, None] * inv_freq.to(dtype)[None, :]
+    return angles.float().cos(), angles.float().sin()
+
+
+@exhibit("rope", "interleaved pairs (GPT-J layout)",
+         "you rotated neighbouring pairs (x[0], x[1]), (x[2], x[3]), ... . gqa_lib, transformers' LLaMA and "
+         "SmolLM2's weights use the rotate_half layout: pair i is (x[i], x[i + head_dim/2]). Both are valid "
+         "RoPE, but weights trained with one give wrong scores with the other.")
+def rope_interleaved(x, start_pos, base=10000.0):
+    """Rotates adjacent pairs, as GPT-J and Meta's original LLaMA code do. Loading rotate_half weights
+    into it (or the reverse) without permuting q_proj and k_proj is a known porting bug."""
+    d = x.shape[-1]
+    cos, sin = _rope_tables(d, torch.arange(start_pos, start_pos + x.shape[2]), base)
+    x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
+    out = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
+    return out.to(x.dtype)
+
+
+@exhibit("rope", "RoPE not advanced by start_pos", lambda c: (
+    f"token t sits at position start_pos + t, so the first token here is at position {c.args[1]:,}; you "
+    "rotated it as position 0. A decode step must pass the cache length as start_pos."))
+def rope_not_advanced(x, start_pos, base=10000.0):
+    """Ignores start_pos: every call rotates as if its first token were at position 0."""
+    d = x.shape[-1]
+    cos, sin = _rope_tables(d, torch.arange(x.shape[2]), base)
+    x1, x2 = x.float().chunk(2, dim=-1)
+    cos, sin = torch.cat([cos, cos], -1), torch.cat([sin, sin], -1)
+    return (x.float() * cos + torch.cat([-x2, x1], -1) * sin).to(x.dtype)
+
+
+@exhibit("rope", "positions rounded by a bf16 frequency buffer", lambda c: _bf16_story(c.args[1], c.args[0].shape[2]))
+def rope_bf16_frequencies(x, start_pos, base=10000.0):
+    """Computes positions * inv_freq in the model's dtype, as a model cast with ``.to(torch.bfloat16)`` does
+    when inv_freq is an ordinary buffer: large positions collapse onto a few representable values."""
+    d = x.shape[-1]
+    cos, sin = _rope_tables(d, torch.arange(start_pos, start_pos + x.shape[2]), base, dtype=x.dtype)
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = torch.cat([cos, cos], -1).to(x.dtype), torch.cat([sin, sin], -1).to(x.dtype)
+    return x * cos + torch.cat([-x2, x1], -1) * sin
+
+
+def _decode_parts(q, k, v, k_cache, v_cache, rope, pos):
+    q_r, k_r = rope(q, pos), rope(k, pos)
+    return q_r, torch.cat([k_cache, k_r], dim=2), torch.cat([v_cache, v], dim=2)
+
+
+@exhibit("decode_step", "RoPE not advanced by the cache length", lambda c: (
+    f"the cache holds {_tokens(c.info['cached'])}, so the new token sits at position {c.info['cached']}; you "
+    "rotated its query and key as position 0. Pass the cache length as start_pos: `rope(q, k_cache.shape[2])`."))
+def decode_rope_not_advanced(q, k, v, k_cache, v_cache, rope):
+    """Rotates the new token's q and k as if at position 0: every decode step then looks like the first
+    token of a text, relative distances are wrong, and generation drifts without any error."""
+    q_r, k_all, v_all = _decode_parts(q, k, v, k_cache, v_cache, rope, 0)
+    return F.scaled_dot_product_attention(q_r, k_all, v_all)
+
+
+@exhibit("decode_step", "RoPE position off by one", lambda c: (
+    f"the new token is token number {c.info['cached']} counting from 0 (the cache holds {_tokens(c.info['cached'])}), "
+    f"so its position is {c.info['cached']}; you used {c.info['cached'] + 1}, the length after appending it."))
+def decode_rope_off_by_one(q, k, v, k_cache, v_cache, rope):
+    """Takes the position from the sequence length after the append (cache length + 1)."""
+    q_r, k_all, v_all = _decode_parts(q, k, v, k_cache, v_cache, rope, k_cache.shape[2] + 1)
+    return F.scaled_dot_product_attention(q_r, k_all, v_all)
+
+
+@exhibit("decode_step", "is_causal=True for a decode step (top-left mask)", lambda c: (
+    f"SDPA's `is_causal=True` aligns the mask at the top-left corner, so the one new query saw key 0 only, "
+    f"not all {c.info['cached'] + 1} keys. A single new token may see every key: pass no mask."))
+def decode_is_causal(q, k, v, k_cache, v_cache, rope):
+    """Passes ``is_causal=True`` to scaled_dot_product_attention for one query against a cache: the mask
+    is built as tril(ones(1, n_keys)), which hides everything but the first key."""
+    q_r, k_all, v_all = _decode_parts(q, k, v, k_cache, v_cache, rope, k_cache.shape[2])
+    return F.scaled_dot_product_attention(q_r, k_all, v_all, is_causal=True)
+
+
+# --------------------------------------------------------------------------------------- notebook 03
+def _top_left_story(s_q: int, s_k: int) -> str:
+    first = s_k - s_q
+    who = "the one query is the last" if s_q == 1 else f"the {s_q} queries are the LAST {s_q}"
+    return (f"{who} of the {s_k} tokens, so query 0 sits at position {first} and may see keys 0..{first}. "
+            "`torch.ones(s_q, s_k).tril()` and SDPA's `is_causal=True` align the mask at the top-left corner and "
+            "let it see key 0 only. Align the mask bottom-right, as `gqa_lib.causal_mask(s_q, s_k)` does "
+            "(one query needs no mask at all).")
+
+
+
+@exhibit("mqa", "softmax over the queries",
+         "softmax(dim=-2) normalised each key's column, over the queries; each query's row of weights must "
+         "sum to 1: softmax over the keys, dim=-1.")
+def mqa_softmax_over_queries(q, k, v):
+    """Normalises along the wrong axis; the masked entries even make whole columns uniform."""
+    s = q.shape[2]
+    scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    scores = scores.masked_fill(~causal_mask(s, s, q.device), float("-inf"))
+    return (scores.softmax(dim=-2).nan_to_num() @ v.float()).to(q.dtype)
+
+
+@exhibit("mqa", "scores not scaled", lambda c: (
+    f"divide the scores by sqrt(head_dim) = sqrt({c.args[0].shape[-1]}) before the softmax; without it the "
+    "softmax saturates as head_dim grows."))
+def mqa_no_scale(q, k, v):
+    """Leaves out 1/sqrt(head_dim)."""
+    s = q.shape[2]
+    return _attention(q, k, v, causal_mask(s, s, q.device), scale=1.0)
+
+
+@exhibit("attend_new_tokens", "a causal mask for several new tokens against a longer cache, aligned top-left",
+         lambda c: _top_left_story(c.info["s_q"], c.info["s_k"]))
+def new_tokens_top_left_mask(q, k, v):
+    """Builds the mask as tril(ones(s_q, s_k)) (what is_causal=True does): right for a prefill, wrong as
+    soon as the keys include a cache: the new tokens lose sight of most of the cache."""
+    s_q, s_k = q.shape[2], k.shape[2]
+    return _attention(q, k, v, torch.ones(s_q, s_k, dtype=torch.bool).tril())
+
+
+@exhibit("attend_new_tokens", "no mask for several new tokens",
+         "with one new token no mask is needed, but with several, new token t must not see the new tokens after "
+         "it: use a bottom-right aligned causal mask (`gqa_lib.causal_mask(s_q, s_k)`).")
+def new_tokens_no_mask(q, k, v):
+    """Drops the mask because 'decode steps need none': true for one query, not for several."""
+    return _attention(q, k, v)
+
+
+# --------------------------------------------------------------------------------------- notebook 04
+@exhibit("kv_head_of", "tiled `.repeat` order", lambda c: _tiled_story(c.args[1], c.args[2], c.args[0]))
+def kv_head_of_tiled(query_head, n_heads, n_kv_heads):
+    """query_head % n_kv_heads: the order ``.repeat`` gives. It works as long as the model is trained with it;
+    loading weights trained with contiguous groups into it silently scrambles every layer (notebook 04)."""
+    return query_head % n_kv_heads
+
+
+@exhibit("kv_head_of", "n_kv_heads used as the group size", lambda c: (
+    f"you computed query_head // n_kv_heads = {c.args[0]} // {c.args[2]}: you divided by the number of KV heads "
+    f"(= groups), not by group_size = n_heads // n_kv_heads = {c.args[1] // c.args[2]}, the query heads per group. "
+    "'Groups' means one thing in some texts and the other in others; a published calculator made this slip."))
+def kv_head_of_groups_confused(query_head, n_heads, n_kv_heads):
+    """query_head // n_kv_heads: mixes up the two meanings of "groups" (how many, and how big)."""
+    return query_head // n_kv_heads
+
+
+@exhibit("expand_kv", "tiled `.repeat` order", lambda c: _tiled_story(c.info["n_heads"], c.info["n_kv_heads"]))
+def expand_kv_tiled_repeat(x, group_size):
+    """``x.repeat(1, group_size, 1, 1)``: tiles the whole block of KV heads instead of copying each in place."""
+    return x.repeat(1, group_size, 1, 1)
+
+
+@exhibit("expand_kv", "copied along the token axis",
+         "you copied along dim=2 (tokens): every KV head got group_size times as many tokens. Copy along the "
+         "head axis, dim=1, so that there is one KV head per query head.")
+def expand_kv_tokens_axis(x, group_size):
+    """``repeat_interleave(group_size, dim=2)``: the right call on the wrong axis."""
+    return x.repeat_interleave(group_size, dim=2)
+
+
+@exhibit("gqa", "tiled `.repeat` order", lambda c: _tiled_story(c.info["n_heads"], c.info["n_kv_heads"]))
+def gqa_tiled_repeat(q, k, v):
+    """Expands K and V with ``.repeat`` before attending: query head i reads KV head i % n_kv_heads."""
+    g = q.shape[1] // k.shape[1]
+    s_q, s_k = q.shape[2], k.shape[2]
+    return _attention(q, k.repeat(1, g, 1, 1), v.repeat(1, g, 1, 1), causal_mask(s_q, s_k, q.device))
+
+
+@exhibit("gqa", "the stacked rows' mask repeated row by row", lambda c: (
+    f"row r of a group's stacked queries is query head r // s_q at position r % s_q, so the ({c.info['s_q']}, "
+    f"{c.info['s_k']}) mask must be tiled once per head, `mask.repeat(group_size, 1)`; `repeat_interleave` "
+    "gave each position's row to a whole head."))
+def gqa_mask_interleaved(q, k, v):
+    """Stacks each group's query heads into rows correctly, then repeats the mask with
+    ``repeat_interleave(group_size, dim=0)``: the masks of different positions land on the wrong rows."""
+    b, n_heads, s_q, d = q.shape
+    n_kv, s_k = k.shape[1], k.shape[2]
+    g = n_heads // n_kv
+    rows = q.reshape(b, n_kv, g * s_q, d)
+    mask = causal_mask(s_q, s_k, q.device).repeat_interleave(g, dim=0)
+    return _attention(rows, k, v, mask).reshape(b, n_heads, s_q, d)
+
+
+@exhibit("gqa", "a causal mask for several new tokens against a longer cache, aligned top-left",
+         lambda c: _top_left_story(c.info["s_q"], c.info["s_k"]))
+def gqa_top_left_mask(q, k, v):
+    """Grouped attention with a mask built as tril(ones(s_q, s_k)): right for a prefill only."""
+    g = q.shape[1] // k.shape[1]
+    s_q, s_k = q.shape[2], k.shape[2]
+    mask = torch.ones(s_q, s_k, dtype=torch.bool).tril()
+    return _attention(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1), mask)
+
+
+# --------------------------------------------------------------------------------------- notebook 05
+@exhibit("expand_kv_projection", "tiled `.repeat` order", lambda c: _tiled_story(c.args[1], c.args[2]))
+def projection_tiled(w, n_heads, n_kv_heads):
+    """``w.repeat(group_size, 1)``: the whole stack of KV-head blocks tiled, so query head i gets KV head
+    i % n_kv_heads's projection."""
+    return w.repeat(n_heads // n_kv_heads, 1)
+
+
+@exhibit("expand_kv_projection", "rows copied instead of head blocks",
+         "`w.repeat_interleave(group_size, dim=0)` copies every ROW group_size times; what must be copied is each "
+         "KV head's block of head_dim rows. View the weight as (n_kv_heads, head_dim, d_model) first, then "
+         "repeat_interleave along the head axis.")
+def projection_rows_interleaved(w, n_heads, n_kv_heads):
+    """repeat_interleave on the flat (n_kv_heads * head_dim, d_model) weight: rows, not heads, are copied."""
+    return w.repeat_interleave(n_heads // n_kv_heads, dim=0)
+
+
+@exhibit("same_kv_head", "tiled `.repeat` order", lambda c: _tiled_story(c.args[0], c.args[1]))
+def same_kv_head_tiled(n_heads, n_kv_heads):
+    """Groups heads i % n_kv_heads: the zeros of the difference matrix would fall on stripes, not blocks."""
+    kv = torch.arange(n_heads) % n_kv_heads
+    return kv[:, None] == kv[None, :]
+
+
+@exhibit("same_kv_head", "n_kv_heads used as the group size", lambda c: (
+    f"you divided the query head by n_kv_heads = {c.args[1]}; the group size is n_heads // n_kv_heads = "
+    f"{c.args[0] // c.args[1]} (query heads per KV head)."))
+def same_kv_head_groups_confused(n_heads, n_kv_heads):
+    """Uses i // n_kv_heads: the "groups" ambiguity again."""
+    kv = torch.arange(n_heads) // n_kv_heads
+    return kv[:, None] == kv[None, :]
+
+
+# --------------------------------------------------------------------------------------- notebook 06
+@exhibit("mean_pool_kv", "tiled `.repeat` order", lambda c: (
+    f"new KV head 0 must be the mean of old KV heads 0..{c.args[1] // c.args[2] - 1}, the contiguous block whose "
+    f"query heads it will serve; you averaged old heads 0, {c.args[2]}, ... ({c.args[2]} apart): the tiled "
+    "order of `.repeat`."))
+def pool_tiled(w, n_kv_heads, new_n_kv_heads):
+    """Averages old heads j, j + new, j + 2 new, ...: each new head mixes heads from different groups, so no
+    query head keeps keys close to the ones it was trained with."""
+    d = w.shape[-1]
+    r = n_kv_heads // new_n_kv_heads
+    return w.reshape(r, new_n_kv_heads, -1, d).mean(0).reshape(-1, d)
+
+
+@exhibit("mean_pool_kv", "rows averaged inside a head",
+         "your reshape cut the (n_kv_heads * head_dim) rows in the wrong place: it averaged rows from inside one "
+         "head. View the weight as (new_n_kv_heads, r, head_dim, d_model), r = old heads per new head, and "
+         "average over the r axis.")
+def pool_wrong_axis(w, n_kv_heads, new_n_kv_heads):
+    """``w.reshape(new, head_dim, r, d).mean(2)``: the right shapes, but it averages interleaved rows."""
+    d = w.shape[-1]
+    r = n_kv_heads // new_n_kv_heads
+    head_dim = w.shape[0] // n_kv_heads
+    return w.reshape(new_n_kv_heads, head_dim, r, d).mean(2).reshape(-1, d)
+
+
+@exhibit("decode_attention", "is_causal=True for a decode step (top-left mask)", lambda c: (
+    f"SDPA's `is_causal=True` aligns its mask at the top-left, so the one query saw key 0 of {c.info['s_k']} "
+    "only (its output is token 0's value). The newest token may see every cached token: pass no mask."))
+def decode_is_causal_gqa(q, k, v):
+    """``scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)`` with one query row."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+
+@exhibit("decode_attention", "tiled `.repeat` order", lambda c: _tiled_story(c.info["n_heads"], c.info["n_kv_heads"]))
+def decode_tiled_gqa(q, k, v):
+    """Expands the KV heads with ``.repeat`` before the decode step."""
+    g = q.shape[1] // k.shape[1]
+    return _attention(q, k.repeat(1, g, 1, 1), v.repeat(1, g, 1, 1))
+
+
+@exhibit("decode_cost", "a cache sized by query heads", lambda c: (
+    f"the step reads the cached K and V of the {c.args[1]} KV heads, not of the {c.args[0]} query heads: "
+    "that is the whole point of GQA and MQA."))
+def cost_bytes_by_query_heads(n_heads, n_kv_heads, seq_len, head_dim, bytes_per_elem):
+    """Counts the bytes read as if every query head had its own cached K and V."""
+    flops = 2 * 2 * n_heads * seq_len * head_dim
+    return 2 * n_heads * seq_len * head_dim * bytes_per_elem, flops
+
+
+@exhibit("decode_cost", "arithmetic counted per KV head",
+         "fewer KV heads cut the bytes, not the arithmetic: every QUERY head still takes a dot product with every "
+         "key and a weighted sum of every value, 2 x 2 x n_heads x seq_len x head_dim FLOPs.")
+def cost_flops_by_kv_heads(n_heads, n_kv_heads, seq_len, head_dim, bytes_per_elem):
+    """Lets the FLOPs shrink with the KV heads, which would make MQA's step n_heads times cheaper in arithmetic."""
+    return 2 * n_kv_heads * seq_len * head_dim * bytes_per_elem, 2 * 2 * n_kv_heads * seq_len * head_dim
+
+
+@exhibit("decode_cost", "keys only", "the step reads the cached values as well as the keys: 2 x n_kv_heads x ...")
+def cost_keys_only(n_heads, n_kv_heads, seq_len, head_dim, bytes_per_elem):
+    """Counts the keys but not the values."""
+    return n_kv_heads * seq_len * head_dim * bytes_per_elem, 2 * 2 * n_heads * seq_len * head_dim
+
+
+# --------------------------------------------------------------------------------------- notebook 07
+def _mla_parts(q_c, q_r, latent, k_rope, w_uk):
+    q_lat = torch.einsum("bhsd,hdc->bhsc", q_c.float(), w_uk.float())
+    content = q_lat @ latent.float()[:, None].transpose(-2, -1)
+    position = q_r.float() @ k_rope.float()[:, None].transpose(-2, -1)
+    return content, position
+
+
+@exhibit("mla_scores", "MLA's softmax scale without the RoPE dims", lambda c: (
+    f"each head's query and key have head_dim + d_rope = {c.info['head_dim']} + {c.info['d_rope']} numbers, so "
+    f"the dot product is scaled by 1/sqrt({c.info['head_dim'] + c.info['d_rope']}), not 1/sqrt({c.info['head_dim']}) "
+    "(DeepSeek-V2, eq. 18)."))
+def mla_scale_without_rope(q_c, q_r, latent, k_rope, w_uk):
+    """Scales by 1/sqrt(head_dim), forgetting that the decoupled RoPE part lengthens the dot product."""
+    content, position = _mla_parts(q_c, q_r, latent, k_rope, w_uk)
+    return ((content + position) / math.sqrt(q_c.shape[-1])).to(q_c.dtype)
+
+
+@exhibit("mla_scores", "scaled by the latent size", lambda c: (
+    f"the score is a dot product between a head's query and key, of head_dim + d_rope = "
+    f"{c.info['head_dim'] + c.info['d_rope']} numbers; that it is computed in latent space (d_c = {c.info['d_c']}) "
+    "changes nothing. Scale by 1/sqrt(head_dim + d_rope)."))
+def mla_scale_latent(q_c, q_r, latent, k_rope, w_uk):
+    """Scales by 1/sqrt(d_c) because the absorbed product runs over the latent."""
+    content, position = _mla_parts(q_c, q_r, latent, k_rope, w_uk)
+    return ((content + position) / math.sqrt(latent.shape[-1])).to(q_c.dtype)
+
+
+@exhibit("mla_scores", "the decoupled RoPE part left out",
+         "the score is q_C . k_C + q_R . k_R: add the position part, `q_r @ k_rope^T` (one RoPE key per token, "
+         "shared by all heads).")
+def mla_rope_part_missing(q_c, q_r, latent, k_rope, w_uk):
+    """Scores the absorbed content part only: no position information reaches the attention."""
+    content, _ = _mla_parts(q_c, q_r, latent, k_rope, w_uk)
+    return (content / math.sqrt(q_c.shape[-1] + q_r.shape[-1])).to(q_c.dtype)
+
+
+def _mla(model):
+    return model.mla
+
+
+@exhibit("mla_cache_bytes", "an MLA cache holding per-head keys and values", lambda c: (
+    f"MLA caches the latent ({_mla(c.args[0]).d_c} numbers) and one RoPE key ({_mla(c.args[0]).d_rope}) per token "
+    f"and layer; the {c.args[0].n_heads} heads' keys and values are rebuilt from them and never stored."))
+def mla_cache_per_head_kv(model, tokens, batch=1, bytes_per_number=2):
+    """Caches the rebuilt per-head keys (head_dim + d_rope) and values (v_head_dim), as DeepSeek's reference
+    code does in its non-default "naive" mode: 500 GB instead of 7 GB for DeepSeek-V3 at 100,000 tokens."""
+    m = _mla(model)
+    per_token_layer = model.n_heads * (model.head_dim + m.d_rope + m.v_head_dim)
+    return per_token_layer * model.n_layers * tokens * batch * bytes_per_number
+
+
+@exhibit("mla_cache_bytes", "a RoPE key per head", lambda c: (
+    f"the decoupled RoPE key is ONE vector of d_rope = {_mla(c.args[0]).d_rope} per token, shared by all "
+    f"{c.args[0].n_heads} heads (like an MQA key); only the queries have a RoPE part per head."))
+def mla_cache_rope_per_head(model, tokens, batch=1, bytes_per_number=2):
+    """Counts n_heads RoPE keys per token."""
+    m = _mla(model)
+    return (m.d_c + model.n_heads * m.d_rope) * model.n_layers * tokens * batch * bytes_per_number
+
+
+@exhibit("mla_cache_bytes", "the RoPE key left out", lambda c: (
+    f"besides the latent of d_c = {_mla(c.args[0]).d_c}, each token and layer caches its RoPE key of "
+    f"d_rope = {_mla(c.args[0]).d_rope}, already rotated: d_c + d_rope numbers."))
+def mla_cache_without_rope(model, tokens, batch=1, bytes_per_number=2):
+    """Counts the latent only."""
+    return _mla(model).d_c * model.n_layers * tokens * batch * bytes_per_number

@@ -1,0 +1,38 @@
+"""Solutions to notebook 02's exercises: MHA from scratch, RoPE, one cached decode step."""
+
+import math
+
+import torch
+
+
+def mha(x, W_q, W_k, W_v, W_o, n_heads):
+    b, s, _ = x.shape
+
+    def split(t):  # (b, s, n_heads * head_dim) -> (b, n_heads, s, head_dim)
+        return t.view(b, s, n_heads, -1).transpose(1, 2)
+
+    q, k, v = split(W_q(x)), split(W_k(x)), split(W_v(x))
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (b, n_heads, s, s); head_dim from q
+    mask = torch.ones(s, s, dtype=torch.bool).tril()
+    weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    out = (weights @ v).transpose(1, 2).reshape(b, s, -1)  # (b, s, n_heads * head_dim)
+    return W_o(out)
+
+
+def rope(x, start_pos, base=10000.0):
+    d = x.shape[-1]
+    inv_freq = base ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)  # (d/2,), float32 whatever x is
+    positions = torch.arange(start_pos, start_pos + x.shape[2], dtype=torch.float32)  # (seq,)
+    angles = positions[:, None] * inv_freq[None, :]  # (seq, d/2)
+    cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()  # (seq, d)
+    x1, x2 = x.chunk(2, dim=-1)  # rotate_half layout: pair i is (x[i], x[i + d/2])
+    return x * cos.to(x.dtype) + torch.cat([-x2, x1], dim=-1) * sin.to(x.dtype)
+
+
+def decode_step(q, k, v, k_cache, v_cache, rope):
+    pos = k_cache.shape[2]  # the new token's position: how many tokens came before it
+    q, k = rope(q, pos), rope(k, pos)
+    keys = torch.cat([k_cache, k], dim=2)  # (b, heads, pos + 1, head_dim)
+    values = torch.cat([v_cache, v], dim=2)
+    weights = (q @ keys.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(dim=-1)  # no mask: one query sees all
+    return weights @ values

@@ -1,0 +1,291 @@
+"""The exercises' checkers: references pass, other valid formulations pass, every museum bug fails with its
+own message, unfinished skeletons print "not yet", and nothing a learner writes makes a checker raise."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+import gqa_lib.exercises as ex
+from gqa_lib import MultiHeadLatentAttention, causal_mask
+from gqa_lib.exercises import museum
+
+ROOT = Path(__file__).resolve().parents[1]
+SOLUTIONS = ROOT / "solutions"
+DTYPE_NAME = {1: "int8", 2: "bf16", 4: "fp32"}
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def _solution_module(notebook: str):
+    (path,) = SOLUTIONS.glob(f"nb{notebook}_*.py")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def printed(exercise, fn) -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exercise.check(fn)
+    return out.getvalue()
+
+
+ALL = [(nb, e) for nb, exs in ex.BY_NOTEBOOK.items() for e in exs]
+
+
+def test_every_notebook_has_two_to_four_exercises():
+    assert sorted(ex.BY_NOTEBOOK) == ["01", "02", "03", "04", "05", "06", "07"]
+    for nb, exs in ex.BY_NOTEBOOK.items():
+        assert 2 <= len(exs) <= 4, f"notebook {nb} has {len(exs)} exercises"
+
+
+@pytest.mark.parametrize(("notebook", "exercise"), ALL, ids=[e.name for _, e in ALL])
+def test_reference_solution_passes(notebook, exercise):
+    solution = getattr(_solution_module(notebook), exercise.name)
+    result = exercise.evaluate(solution)
+    assert result.status == "correct", result.message
+    assert printed(exercise, solution).startswith(f"correct: {exercise.title}")
+
+
+@pytest.mark.parametrize("exhibit", museum.EXHIBITS, ids=[f"{e.exercise}-{e.mistake.name}" for e in museum.EXHIBITS])
+def test_museum_entry_fails_with_its_own_message(exhibit):
+    assert exhibit.mistake.fn.__doc__, f"{exhibit.mistake.fn.__name__} needs a docstring saying what the mistake is"
+    result = ex.EXERCISES[exhibit.exercise].evaluate(exhibit.mistake.fn)
+    assert result.status == "wrong", result.message
+    assert result.mistake == exhibit.mistake.name, result.message
+    assert f"known mistake, {exhibit.mistake.name}:" in " ".join(result.message.split())  # the message is wrapped
+    assert "smallest failing input:" in result.message
+
+
+def test_museum_names_are_unique_within_an_exercise_and_cover_the_issue_list():
+    names = [(e.exercise, e.mistake.name) for e in museum.EXHIBITS]
+    assert len(names) == len(set(names))
+    all_names = {n for _, n in names}
+    for wanted in ("tiled `.repeat` order", "is_causal=True for a decode step (top-left mask)",
+                   "RoPE not advanced by the cache length", "a cache sized by query heads",
+                   "head_dim taken as d_model / n_heads",
+                   "a causal mask for several new tokens against a longer cache, aligned top-left",
+                   "sliding-window layers counted as global", "MLA's softmax scale without the RoPE dims",
+                   "an MLA cache holding per-head keys and values", "positions rounded by a bf16 frequency buffer"):
+        assert wanted in all_names
+
+
+def test_tiled_repeat_message_names_the_head_and_the_order():
+    msg = " ".join(ex.ex04_gqa.kv_head_of.evaluate(museum.kv_head_of_tiled).message.split())
+    assert "query head 1 reads KV head 1: this is the tiled order of `.repeat`" in msg
+    assert "i // group_size = 1 // 3 = 0" in msg
+
+
+# ---------------------------------------------------------------- other valid formulations must pass
+def _mha_loop(x, W_q, W_k, W_v, W_o, n_heads):
+    b, s, _ = x.shape
+    head_dim = W_q.out_features // n_heads
+    outs = []
+    for h in range(n_heads):  # one head at a time, through PyTorch's fused kernel
+        cols = slice(h * head_dim, (h + 1) * head_dim)
+        q, k, v = (W(x)[..., cols][:, None] for W in (W_q, W_k, W_v))
+        outs.append(F.scaled_dot_product_attention(q, k, v, is_causal=True)[:, 0])
+    return W_o(torch.cat(outs, dim=-1))
+
+
+def _rope_complex(x, start_pos, base=10000.0):
+    d = x.shape[-1]
+    inv_freq = 1.0 / base ** (torch.arange(d // 2, dtype=torch.float64) * 2 / d)
+    angles = torch.arange(start_pos, start_pos + x.shape[2], dtype=torch.float64)[:, None] * inv_freq
+    x1, x2 = x.double().chunk(2, dim=-1)
+    z = torch.complex(x1, x2) * torch.polar(torch.ones_like(angles), angles)  # rotate each pair as a complex number
+    return torch.cat([z.real, z.imag], dim=-1).to(x.dtype)
+
+
+def _decode_sdpa(q, k, v, k_cache, v_cache, rope):
+    n = k_cache.shape[2]
+    keys, values = torch.cat([k_cache, rope(k, n)], 2), torch.cat([v_cache, v], 2)
+    return F.scaled_dot_product_attention(rope(q, n), keys, values)
+
+
+def _mqa_expand(q, k, v):
+    h = q.shape[1]
+    return F.scaled_dot_product_attention(q, k.expand(-1, h, -1, -1), v.expand(-1, h, -1, -1), is_causal=True)
+
+
+def _new_tokens_loop(q, k, v):
+    s_q, s_k = q.shape[2], k.shape[2]
+    rows = []
+    for t in range(s_q):  # query t may see keys 0 .. s_k - s_q + t
+        seen = s_k - s_q + t + 1
+        w = (q[:, :, t:t + 1] @ k[:, :, :seen].transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(-1)
+        rows.append(w @ v[:, :, :seen])
+    return torch.cat(rows, dim=2)
+
+
+def _gqa_per_head(q, k, v):
+    g = q.shape[1] // k.shape[1]
+    mask = causal_mask(q.shape[2], k.shape[2])
+    heads = [F.scaled_dot_product_attention(q[:, i], k[:, i // g], v[:, i // g], attn_mask=mask)
+             for i in range(q.shape[1])]
+    return torch.stack(heads, dim=1)
+
+
+def _projection_cat(w, n_heads, n_kv_heads):
+    head_dim = w.shape[0] // n_kv_heads
+    return torch.cat([w[(i // (n_heads // n_kv_heads)) * head_dim:][:head_dim] for i in range(n_heads)])
+
+
+def _pool_loop(w, n_kv_heads, new_n_kv_heads):
+    head_dim, r = w.shape[0] // n_kv_heads, n_kv_heads // new_n_kv_heads
+    blocks = [sum(w[(j * r + i) * head_dim:(j * r + i + 1) * head_dim].float() for i in range(r)) / r
+              for j in range(new_n_kv_heads)]
+    return torch.cat(blocks).to(w.dtype)
+
+
+def _mla_explicit(q_c, q_r, latent, k_rope, w_uk):
+    k_c = torch.einsum("bsc,hdc->bhsd", latent, w_uk)  # rebuild every head's keys
+    h = q_c.shape[1]
+    k = torch.cat([k_c, k_rope[:, None].expand(-1, h, -1, -1)], dim=-1)
+    q = torch.cat([q_c, q_r], dim=-1)
+    return q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+
+
+def _sliding_loop(model, tokens, window, local_per_global, batch=1, bytes_per_number=2):
+    kept = sum(tokens if (i + 1) % (local_per_global + 1) == 0 else min(tokens, window)
+               for i in range(model.n_layers))
+    return 2 * model.n_kv_heads * model.head_dim * kept * batch * bytes_per_number
+
+
+ALTERNATIVES = {
+    "cache_bytes": lambda m, t, b=1, n=2: m.cache_bytes(t, b, DTYPE_NAME[n]),
+    "sliding_window_cache_bytes": _sliding_loop,
+    "mha": _mha_loop,
+    "rope": _rope_complex,
+    "decode_step": _decode_sdpa,
+    "mqa": _mqa_expand,
+    "attend_new_tokens": _new_tokens_loop,
+    "kv_head_of": lambda i, h, kv: i * kv // h,
+    "expand_kv": lambda x, g: x[:, torch.arange(x.shape[1] * g) // g],
+    "gqa": _gqa_per_head,
+    "same_kv_head": lambda h, kv: torch.tensor([[i * kv // h == j * kv // h for j in range(h)] for i in range(h)]),
+    "expand_kv_projection": _projection_cat,
+    "decode_cost": lambda h, kv, s, d, nb: (kv * s * d * nb * 2, h * s * d * 4),
+    "decode_attention": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True),
+    "mean_pool_kv": _pool_loop,
+    "mla_scores": _mla_explicit,
+    "mla_cache_bytes": lambda m, t, b=1, n=2: m.cache_bytes(t, b, DTYPE_NAME[n]),
+}
+
+
+def test_every_exercise_has_an_alternative_formulation():
+    assert set(ALTERNATIVES) == set(ex.EXERCISES)
+
+
+@pytest.mark.parametrize("name", sorted(ALTERNATIVES))
+def test_a_differently_written_correct_solution_passes(name):
+    result = ex.EXERCISES[name].evaluate(ALTERNATIVES[name])
+    assert result.status == "correct", result.message
+
+
+# ---------------------------------------------------------------- unfinished and broken learner code
+def _skeleton(*args):
+    # the learner's code goes here
+    raise NotImplementedError
+
+
+@pytest.mark.parametrize("name", sorted(ex.EXERCISES))
+def test_a_skeleton_prints_not_yet_and_does_not_raise(name):
+    text = printed(ex.EXERCISES[name], _skeleton)
+    assert text.startswith(f"not yet: {ex.EXERCISES[name].title}"), text
+    assert "NotImplementedError" in text
+    assert text == printed(ex.EXERCISES[name], _skeleton), "the message must be the same every run (nbval checks it)"
+
+
+def test_returning_none_is_not_yet():
+    result = ex.EXERCISES["gqa"].evaluate(lambda q, k, v: None)
+    assert result.status == "not yet" and "returned None" in result.message
+
+
+def test_exceptions_in_learner_code_are_reported_not_raised():
+    def broken(q, k, v):
+        return q @ k  # wrong inner dimensions
+    text = printed(ex.EXERCISES["gqa"], broken)
+    assert text.startswith("wrong: gqa(q, k, v)") and "your function raised RuntimeError" in text
+    assert "smallest failing input: batch 1, 1 query head, 1 KV head (MHA), 1 query against 1 key" in text
+
+
+def test_wrong_shape_is_reported_with_both_shapes():
+    result = ex.EXERCISES["expand_kv"].evaluate(lambda x, g: x)
+    assert result.status == "wrong"
+    assert "expected shape (1, 4, 3, 4), received shape (1, 2, 3, 4)" in result.message
+
+
+def test_wrong_dtype_is_reported():
+    result = ex.EXERCISES["decode_attention"].evaluate(
+        lambda q, k, v: F.scaled_dot_product_attention(q, k, v, enable_gqa=True).float())
+    assert result.status == "wrong"
+    assert "expected dtype bfloat16 (the inputs' dtype), received float32" in result.message
+
+
+def test_an_unknown_mistake_gets_the_smallest_input_expected_and_received():
+    result = ex.EXERCISES["cache_bytes"].evaluate(lambda m, t, b=1, n=2: 7)
+    assert result.status == "wrong" and result.mistake is None
+    assert "smallest failing input: GPT-2 small" in result.message
+    assert "expected 37,748,736, received 7" in result.message
+
+
+def test_not_a_function_and_a_checker_defect_never_raise(capsys):
+    ex.EXERCISES["mqa"].check(42)
+    assert "expected a function" in capsys.readouterr().out
+    broken = ex.Exercise("broken", "broken()", lambda: 1 / 0, lambda: [ex.Case("no input", ())])
+    broken.check(lambda: 1)
+    assert "the checker for 'broken()' failed (ZeroDivisionError" in capsys.readouterr().out
+
+
+def test_learner_cannot_change_the_checkers_inputs():
+    def in_place(x, g):
+        x.zero_()  # would corrupt the next comparison if the checker shared its tensors
+        return x.repeat_interleave(g, dim=1)
+    result = ex.EXERCISES["expand_kv"].evaluate(in_place)
+    assert result.status == "wrong" and result.mistake is None
+
+
+# ---------------------------------------------------------------- the cases a careful reviewer would choose
+TENSOR_EXERCISES = ["mha", "rope", "decode_step", "mqa", "attend_new_tokens", "expand_kv", "gqa",
+                    "expand_kv_projection", "decode_attention", "mean_pool_kv", "mla_scores"]
+
+
+@pytest.mark.parametrize("name", TENSOR_EXERCISES)
+def test_tensor_cases_include_bf16_and_a_one_element_edge(name):
+    cases = ex.EXERCISES[name].cases()
+    tensors = [[a for a in c.args if isinstance(a, torch.Tensor)] for c in cases]
+    assert any(t.dtype == torch.bfloat16 for ts in tensors for t in ts)
+    assert any(ts[0].ndim != 4 or ts[0].shape[0] > 1 for ts in tensors)  # batch above 1 where there is a batch
+    ints = [[a for a in c.args if isinstance(a, int)] for c in cases]
+    # an edge of size one: one token, one head, one query; for weight matrices, one KV head
+    assert any(min(ts[0].shape) == 1 for ts in tensors) or any(1 in i for i in ints)
+
+
+@pytest.mark.parametrize("name", ["gqa", "decode_attention", "attend_new_tokens"])
+def test_attention_cases_span_mha_mqa_and_a_longer_cache(name):
+    infos = [c.info for c in ex.EXERCISES[name].cases()]
+    kinds = {"MHA" if i["n_kv_heads"] == i["n_heads"] else "MQA" if i["n_kv_heads"] == 1 else "GQA" for i in infos}
+    assert kinds >= ({"MQA"} if name == "attend_new_tokens" else {"MHA", "MQA", "GQA"})
+    assert any(i.get("s_k", 0) > i.get("s_q", 1) for i in infos)
+
+
+def test_mla_reference_equals_the_library_layer():
+    torch.manual_seed(0)
+    layer = MultiHeadLatentAttention(d_model=32, n_heads=4, d_c=12, d_rope=4, head_dim=8, d_q=16)
+    x = torch.randn(2, 5, 32)
+    q_c, q_r = layer.queries(x)
+    latent, k_rope = layer.compress_kv(x)
+    scores = ex.ex07_mla.reference_mla_scores(q_c, q_r, latent, k_rope, layer.absorbed_key_weight())
+    _, weights = layer.attend_explicit(q_c, q_r, latent, k_rope, return_weights=True)
+    masked = scores.masked_fill(~causal_mask(5, 5), float("-inf")).softmax(-1)
+    torch.testing.assert_close(masked, weights)
