@@ -14,7 +14,49 @@ from torch.nn import functional as F
 
 from .kv_cache import KVCache
 from .layout import AttentionLayout, check_positive_int
-from .rope import RotaryEmbedding
+from .rope import RotaryEmbedding, check_rope_base, check_start_pos
+
+# Non-finite values are refused rather than passed on. In a causal pass a masked position gets weight 0,
+# but 0 * nan = nan, so one nan or inf in a *later* token's value would turn every earlier token's output
+# into nan, while token-by-token decoding (which never sees later tokens) gives finite outputs: the two
+# paths would disagree. Keeping them equal would need a kernel that skips masked values instead of
+# multiplying them by 0, which PyTorch's fused attention does not offer; and a nan in the input is a
+# bug upstream that the learner wants to hear about at the token where it appears. So both paths stop
+# there, with the position, before anything is cached.
+
+
+def first_non_finite(t: torch.Tensor, seq_dim: int = -2) -> str | None:
+    """Where ``t`` first holds a nan or inf, as 'nan at batch 0, token 3', or None if all is finite."""
+    bad = ~torch.isfinite(t)
+    if not bad.any():
+        return None
+    index = tuple(int(i) for i in bad.nonzero()[0])
+    value = t[index].item()
+    return f"{value} at batch {index[0]}, token {index[seq_dim % t.ndim]}"
+
+
+def _check_finite(name: str, t: torch.Tensor, seq_dim: int, why: str) -> None:
+    where = first_non_finite(t.detach(), seq_dim)
+    if where is not None:
+        raise ValueError(f"{name} holds a non-finite value ({where}){why}")
+
+
+NON_FINITE_WHY = ("; attention refuses it: in a causal pass a masked nan still multiplies its weight of 0 and "
+                  "would turn every earlier token's output into nan, which token-by-token decoding would not. "
+                  "Find where the value became non-finite (torch.isfinite) and clean it first.")
+
+
+def _check_qkv(q, k, v) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}={type(t).__name__} must be a tensor")
+        if not t.is_floating_point():
+            raise TypeError(f"{name}.dtype={t.dtype} must be a floating dtype (torch.float32, torch.bfloat16, ...)")
+    if not q.dtype == k.dtype == v.dtype:
+        raise TypeError(f"q.dtype={q.dtype}, k.dtype={k.dtype}, v.dtype={v.dtype} must be the same; "
+                        f"cast them, e.g. k.to({q.dtype})")
+    if not q.device == k.device == v.device:
+        raise ValueError(f"q, k, v are on {q.device}, {k.device}, {v.device}; they must be on one device")
 
 
 def expand_kv(x: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -66,7 +108,14 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal:
     as ordinary attention with n_kv_heads heads, which never writes the score matrix to memory; a
     single query (a decode step) may see every key, so it gets no mask at all. With
     ``return_weights`` the scores are written out, because the caller wants to see them.
+
+    Errors: TypeError for non-tensors, integer tensors or q, k, v of different dtypes; ValueError for
+    shapes that do not fit, and for a nan or inf in k or v whenever a causal mask is applied (s_q > 1;
+    see NON_FINITE_WHY). A single query (a decode step) is not checked: it sees every key, so a
+    non-finite key or value reaches its output in any exact computation, and checking would add a
+    read of the whole cache to every step.
     """
+    _check_qkv(q, k, v)
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
         raise ValueError(f"q, k, v must be 4-D (batch, heads, seq, head_dim); got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
@@ -79,6 +128,9 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal:
     if causal and s_q > s_k:
         # Every query must be one of the keys' tokens; otherwise the first rows see nothing and turn into NaN.
         raise ValueError(f"causal attention needs s_q <= s_k, got q.shape[2]={s_q} queries for k.shape[2]={s_k} keys")
+    if causal and s_q > 1:
+        _check_finite("k", k, 2, NON_FINITE_WHY)
+        _check_finite("v", v, 2, NON_FINITE_WHY)
     g = n_heads // n_kv
     qg = q.reshape(b, n_kv, g * s_q, d)  # (batch, n_kv_heads, group_size * s_q, head_dim); K and V are not copied
     # Row r of a group is query head r // s_q at position r % s_q, so the mask repeats once per query head.
@@ -97,7 +149,8 @@ class GroupedQueryAttention(nn.Module):
     """Multi-head attention with ``n_kv_heads`` key/value heads shared by ``n_heads`` query heads.
 
     ``n_kv_heads == n_heads`` is MHA, ``n_kv_heads == 1`` is MQA, anything that divides ``n_heads``
-    between is GQA. Input and output: (batch, seq, d_model).
+    between is GQA. Input and output: (batch, seq, d_model), in the dtype of the layer's weights.
+    ``rope_base``: a finite positive number (RoPE's base; ``rope=False`` turns RoPE off).
     """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int | None = None,
@@ -112,6 +165,8 @@ class GroupedQueryAttention(nn.Module):
         self.layout = AttentionLayout(n_heads, n_kv_heads, head_dim)
         self.d_model, self.n_heads, self.n_kv_heads, self.head_dim = d_model, n_heads, n_kv_heads, head_dim
         self.group_size = self.layout.group_size
+        if rope:
+            check_rope_base("rope_base", rope_base)
         self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
         self.k_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
         self.v_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
@@ -126,14 +181,36 @@ class GroupedQueryAttention(nn.Module):
         return f"kind={self.kind}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, head_dim={self.head_dim}"
 
     def new_cache(self, batch: int, max_len: int, dtype=None, device=None) -> KVCache:
-        """An empty cache sized for this layer: it holds n_kv_heads heads, not n_heads."""
-        w = self.k_proj.weight
-        return KVCache(batch, self.n_kv_heads, self.head_dim, max_len, dtype or w.dtype, device or w.device)
+        """An empty cache sized for this layer: it holds n_kv_heads heads, not n_heads.
 
-    def qkv(self, x: torch.Tensor, start_pos: int = 0):
-        """Project and rotate: q (batch, n_heads, seq, head_dim), k and v (batch, n_kv_heads, seq, head_dim)."""
+        ``dtype`` (a floating torch dtype) and ``device`` default to the layer's weights'; see KVCache for errors.
+        """
+        w = self.k_proj.weight
+        return KVCache(batch, self.n_kv_heads, self.head_dim, max_len, w.dtype if dtype is None else dtype,
+                       w.device if device is None else device)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise unless ``x`` is a finite (batch, seq, d_model) tensor in the dtype of the layer's weights."""
+        w = self.q_proj.weight
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x={type(x).__name__} must be a tensor (batch, seq, d_model={self.d_model})")
         if x.ndim != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"x.shape={tuple(x.shape)} must be (batch, seq, d_model={self.d_model})")
+        if not x.is_floating_point():
+            raise TypeError(f"x.dtype={x.dtype} must be the layer's dtype {w.dtype}: token ids go through an "
+                            "embedding (nn.Embedding) first, other numbers through x.to(" + str(w.dtype) + ")")
+        if x.dtype != w.dtype:
+            raise TypeError(f"x.dtype={x.dtype} does not match the layer's dtype {w.dtype}; pass x.to({w.dtype}) "
+                            f"or cast the layer with layer.to({x.dtype})")
+        _check_finite("x", x, 1, NON_FINITE_WHY)
+
+    def qkv(self, x: torch.Tensor, start_pos: int = 0):
+        """Project and rotate: q (batch, n_heads, seq, head_dim), k and v (batch, n_kv_heads, seq, head_dim).
+
+        ``start_pos``: the position of the first token of ``x`` (a non-negative int).
+        """
+        start_pos = check_start_pos(start_pos)
+        self.check_input(x)
         b, s, _ = x.shape
         q = self.q_proj(x).view(b, s, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -147,14 +224,30 @@ class GroupedQueryAttention(nn.Module):
 
         Without a cache this is a causal prefill of the whole sequence. With one, the new tokens
         sit at positions cache.length, cache.length + 1, ... and see everything cached before them.
+
+        Errors: TypeError for ``x`` of another dtype than the layer or a ``cache`` that is not a
+        KVCache; ValueError for shapes, a cache made for another layer or batch, a full cache, and a
+        nan or inf in ``x`` or in its projections (both with and without a cache; the cache is then
+        left as it was).
         """
         start = 0
         if cache is not None:
+            if not isinstance(cache, KVCache):
+                mla = type(cache).__name__ == "MLACache"
+                other = " (an MLACache belongs to MultiHeadLatentAttention)" if mla else ""
+                raise TypeError(f"cache={type(cache).__name__} must be a KVCache{other}; make one with "
+                                "layer.new_cache(batch, max_len)")
+            if (cache.n_kv_heads, cache.head_dim) != (self.n_kv_heads, self.head_dim):
+                raise ValueError(f"cache (n_kv_heads={cache.n_kv_heads}, head_dim={cache.head_dim}) was made for "
+                                 f"another layer; this one has n_kv_heads={self.n_kv_heads}, head_dim={self.head_dim}: "
+                                 "make the cache with this layer's new_cache(batch, max_len)")
             if x.ndim == 3 and x.shape[0] != cache.batch:
                 raise ValueError(f"x.shape[0]={x.shape[0]} (batch) does not match the cache's batch={cache.batch}; "
                                  f"make the cache with new_cache(batch={x.shape[0]}, ...)")
             start = cache.length
         q, k, v = self.qkv(x, start)
+        for name, t in (("the queries of x", q), ("the keys of x", k), ("the values of x", v)):
+            _check_finite(name, t, 2, " (the projection overflowed the layer's dtype?)" + NON_FINITE_WHY)
         if cache is not None:
             k, v = cache.append(k, v)  # everything cached so far: (batch, n_kv_heads, start + seq, head_dim)
             k, v = k.to(q.dtype), v.to(q.dtype)  # a cache may be stored in lower precision than the layer computes
