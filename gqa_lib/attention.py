@@ -25,18 +25,21 @@ from .rope import RotaryEmbedding, check_rope_base, check_start_pos
 # there, with the position, before anything is cached.
 
 
-def first_non_finite(t: torch.Tensor, seq_dim: int = -2) -> str | None:
-    """Where ``t`` first holds a nan or inf, as 'nan at batch 0, token 3', or None if all is finite."""
+def first_non_finite(t: torch.Tensor, seq_dim: int = -2, start_pos: int = 0) -> str | None:
+    """Where ``t`` first holds a nan or inf, as 'nan at batch 0, position 3', or None if all is finite.
+
+    The position is ``start_pos`` plus the index along ``seq_dim``.
+    """
     bad = ~torch.isfinite(t)
     if not bad.any():
         return None
     index = tuple(int(i) for i in bad.nonzero()[0])
     value = t[index].item()
-    return f"{value} at batch {index[0]}, token {index[seq_dim % t.ndim]}"
+    return f"{value} at batch {index[0]}, position {start_pos + index[seq_dim % t.ndim]}"
 
 
-def _check_finite(name: str, t: torch.Tensor, seq_dim: int, why: str) -> None:
-    where = first_non_finite(t.detach(), seq_dim)
+def _check_finite(name: str, t: torch.Tensor, seq_dim: int, why: str, start_pos: int = 0) -> None:
+    where = first_non_finite(t.detach(), seq_dim, start_pos)
     if where is not None:
         raise ValueError(f"{name} holds a non-finite value ({where}){why}")
 
@@ -189,8 +192,11 @@ class GroupedQueryAttention(nn.Module):
         return KVCache(batch, self.n_kv_heads, self.head_dim, max_len, w.dtype if dtype is None else dtype,
                        w.device if device is None else device)
 
-    def check_input(self, x: torch.Tensor) -> None:
-        """Raise unless ``x`` is a finite (batch, seq, d_model) tensor in the dtype of the layer's weights."""
+    def check_input(self, x: torch.Tensor, start_pos: int = 0) -> None:
+        """Raise unless ``x`` is a finite (batch, seq, d_model) tensor in the dtype of the layer's weights.
+
+        ``start_pos`` (the position of x's first token) only serves the message about a non-finite value.
+        """
         w = self.q_proj.weight
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x={type(x).__name__} must be a tensor (batch, seq, d_model={self.d_model})")
@@ -202,7 +208,7 @@ class GroupedQueryAttention(nn.Module):
         if x.dtype != w.dtype:
             raise TypeError(f"x.dtype={x.dtype} does not match the layer's dtype {w.dtype}; pass x.to({w.dtype}) "
                             f"or cast the layer with layer.to({x.dtype})")
-        _check_finite("x", x, 1, NON_FINITE_WHY)
+        _check_finite("x", x, 1, NON_FINITE_WHY, start_pos)
 
     def qkv(self, x: torch.Tensor, start_pos: int = 0):
         """Project and rotate: q (batch, n_heads, seq, head_dim), k and v (batch, n_kv_heads, seq, head_dim).
@@ -210,7 +216,7 @@ class GroupedQueryAttention(nn.Module):
         ``start_pos``: the position of the first token of ``x`` (a non-negative int).
         """
         start_pos = check_start_pos(start_pos)
-        self.check_input(x)
+        self.check_input(x, start_pos)
         b, s, _ = x.shape
         q = self.q_proj(x).view(b, s, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -246,8 +252,8 @@ class GroupedQueryAttention(nn.Module):
                                  f"make the cache with new_cache(batch={x.shape[0]}, ...)")
             start = cache.length
         q, k, v = self.qkv(x, start)
-        for name, t in (("the queries of x", q), ("the keys of x", k), ("the values of x", v)):
-            _check_finite(name, t, 2, " (the projection overflowed the layer's dtype?)" + NON_FINITE_WHY)
+        for name, t in (("q = q_proj(x)", q), ("k = k_proj(x)", k), ("v = v_proj(x)", v)):
+            _check_finite(name, t, 2, " (the projection overflowed the layer's dtype?)" + NON_FINITE_WHY, start)
         if cache is not None:
             k, v = cache.append(k, v)  # everything cached so far: (batch, n_kv_heads, start + seq, head_dim)
             k, v = k.to(q.dtype), v.to(q.dtype)  # a cache may be stored in lower precision than the layer computes

@@ -29,11 +29,12 @@ def check_rope_base(name: str, value) -> float:
 
     The base sets the longest wavelength (2 pi base); LLaMA 2 uses 10000, LLaMA 3 500000.
     """
+    what = " (RoPE's base, rope_base in the attention layers)" if name == "base" else ""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}={value!r} must be a finite positive number such as 10000.0 "
+        raise TypeError(f"{name}={value!r}{what} must be a finite positive number such as 10000.0 "
                         f"(got {type(value).__name__})")
     if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name}={value!r} must be a finite positive number such as 10000.0 or 500000.0")
+        raise ValueError(f"{name}={value!r}{what} must be a finite positive number such as 10000.0 or 500000.0")
     return float(value)
 
 
