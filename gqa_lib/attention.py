@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .kv_cache import KVCache
+from .kv_cache import KVCache, refuse_dtype_names
 from .layout import AttentionLayout, check_positive_int
 from .rope import RotaryEmbedding, check_rope_base, check_start_pos
 
@@ -179,6 +179,11 @@ class GroupedQueryAttention(nn.Module):
     @property
     def kind(self) -> str:
         return self.layout.kind
+
+    def to(self, *args, **kwargs):
+        """nn.Module.to, but a dtype's name such as 'bf16' is refused with the dtype to pass instead."""
+        refuse_dtype_names("layer.to", args, kwargs)
+        return super().to(*args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"kind={self.kind}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, head_dim={self.head_dim}"

@@ -36,8 +36,19 @@ def check_device(name: str, device) -> torch.device:
     try:
         return torch.device(device)
     except (RuntimeError, TypeError):
-        raise ValueError(f"{name}={device!r} is not a device; valid: 'cpu', 'cuda', 'cuda:0', 'mps' "
+        meant = DTYPE_SPELLINGS.get(device) if isinstance(device, str) else None
+        hint = f" ({device!r} names a dtype: pass dtype={meant})" if meant is not None else ""
+        raise ValueError(f"{name}={device!r} is not a device{hint}; valid: 'cpu', 'cuda', 'cuda:0', 'mps' "
                          "or a torch.device") from None
+
+
+def refuse_dtype_names(call: str, args, kwargs) -> None:
+    """Raise if a module's ``.to(...)`` got a dtype's name as a string: torch would read it as a device and
+    answer "Invalid device string: 'bf16'"."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, str) and value in DTYPE_SPELLINGS:
+            raise TypeError(f"{call}({value!r}): {value!r} is the name of a dtype, and a string here means a device; "
+                            f"pass the dtype itself, {call}({DTYPE_SPELLINGS[value]})")
 
 
 def _available_bytes(device: torch.device) -> int | None:

@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .attention import GroupedQueryAttention
-from .kv_cache import KVCache
+from .kv_cache import KVCache, refuse_dtype_names
 from .layout import AttentionLayout, check_positive_int
 
 
@@ -63,6 +63,11 @@ class TinyLM(nn.Module):
         self.norm = nn.RMSNorm(cfg.d_model)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.head.weight = self.embed.weight  # tied, as in GPT-2 and SmolLM2
+
+    def to(self, *args, **kwargs):
+        """nn.Module.to, but a dtype's name such as 'bf16' is refused with the dtype to pass instead."""
+        refuse_dtype_names("model.to", args, kwargs)
+        return super().to(*args, **kwargs)
 
     def new_caches(self, batch: int, max_len: int | None = None) -> list[KVCache]:
         """One empty KV cache per layer."""

@@ -27,6 +27,9 @@ Caches
 19. ``KVCache(1, 8, 128, max_len=10**12)``                     [DefaultCPUAllocator: can't allocate memory]
 20. ``cache.append('k', v)``                                   [AttributeError: 'str' object has no attribute 'ndim']
 21. ``cache.append(k.long(), v.long())``                       [accepted: integers stored in a float cache]
+21a. ``GroupedQueryAttention(16, 4, 2).to('bf16')``             [RuntimeError: Invalid device string: 'bf16']
+21b. ``TinyLM(cfg).to('fp16')``                                 [RuntimeError: Invalid device string: 'fp16']
+21c. ``KVCache(..., device='bf16')``                            [RuntimeError: Invalid device string: 'bf16']
 The attention layer
 22. ``layer(x.long())`` (an integer tensor)                    [expected m1 and m2 to have the same dtype]
 23. ``layer(x.double())`` into a float32 layer                 [the same]
@@ -76,7 +79,7 @@ Conversion
 Results files
 62. ``write_results(a_folder, rows, meta)``                    ["exists; pass --overwrite", and --overwrite then failed]
 
-Case 37 is in test_a_nan_is_refused_by_the_full_pass_and_by_decoding_at_the_same_position; the other 61
+Case 37 is in test_a_nan_is_refused_by_the_full_pass_and_by_decoding_at_the_same_position; the other 64
 are in CASES. Cases 59 to 61 are checked here without a model (the input check comes first); the
 bracketed answers for them are what the old code does with one.
 
@@ -87,7 +90,7 @@ numbers were checked after parsing by name only where they had to be at least 1 
 ``--window 1``, ``--seed -3`` went on to load the model), and an ``--out`` folder or an ``--out`` under a
 file failed at the end, with a traceback, losing the rows.
 
-In all, 62 + 40 = 102 bad inputs through the public surface, each now refused at once with a message
+In all, 65 + 40 = 105 bad inputs through the public surface, each now refused at once with a message
 that names the argument, the value and what is valid (for non-finite values, the position).
 """
 
@@ -178,6 +181,12 @@ CASES = [
          "device='gpu'", "valid: 'cpu', 'cuda'"),
     case("cache-too-large", lambda: KVCache(1, 8, 128, 10**12), MemoryError,
          "max_len=1000000000000", "8,192,000.0 GB", "free"),
+    case("layer-to-dtype-name", lambda: _layer().to("bf16"), TypeError,
+         "layer.to('bf16')", "name of a dtype", "layer.to(torch.bfloat16)"),
+    case("model-to-dtype-name", lambda: tiny_lm.TinyLM(TINY).to("fp16"), TypeError,
+         "model.to('fp16')", "model.to(torch.float16)"),
+    case("cache-device-is-a-dtype", lambda: KVCache(1, 2, 4, 8, device="bf16"), ValueError,
+         "device='bf16' is not a device", "pass dtype=torch.bfloat16"),
     case("cache-append-string", lambda: KVCache(1, 2, 4, 8).append("k", _x(1, 2, 1, 4)), TypeError,
          "k=str", "tensor"),
     case("cache-append-integers",
@@ -280,8 +289,8 @@ def _overflowing_half_layer():
 
 
 def test_the_docstring_lists_every_case():
-    """The docstring's 62 entries: 61 in CASES, and number 37 (decoding) in the tests of non-finite values."""
-    assert len(CASES) == 61
+    """The docstring's 65 entries: 64 in CASES, and number 37 (decoding) in the tests of non-finite values."""
+    assert len(CASES) == 64
     assert len({c.id for c in CASES}) == len(CASES)
     assert "62. ``write_results" in __doc__
 
