@@ -180,7 +180,7 @@ CASES = [
     case("cache-device-typo", lambda: KVCache(1, 2, 4, 8, device="gpu"), ValueError,
          "device='gpu'", "valid: 'cpu', 'cuda'"),
     case("cache-too-large", lambda: KVCache(1, 8, 128, 10**12), MemoryError,
-         "max_len=1000000000000", "8,192,000.0 GB", "free"),
+         "max_len=1000000000000", "8,192,000.0 GB for K and V"),
     case("layer-to-dtype-name", lambda: _layer().to("bf16"), TypeError,
          "layer.to('bf16')", "name of a dtype", "layer.to(torch.bfloat16)"),
     case("model-to-dtype-name", lambda: tiny_lm.TinyLM(TINY).to("fp16"), TypeError,
@@ -371,3 +371,12 @@ def test_divisors_of_a_large_number_are_found_quickly_and_completely():
     assert len(ds) == 169 and ds[:4] == [1, 2, 4, 5] and ds[-1] == 10**12
     assert all(10**12 % d == 0 for d in ds) and ds == sorted(set(ds))
     assert layout.divisors(49) == [1, 7, 49] and layout.divisors(1) == [1]
+
+
+def test_a_cache_larger_than_free_memory_is_refused_before_allocating(monkeypatch):
+    from gqa_lib import kv_cache
+
+    monkeypatch.setattr(kv_cache, "_available_bytes", lambda device: 10**9)  # pretend 1 GB is free
+    with pytest.raises(MemoryError, match=r"max_len=500000, dtype=torch\.float16\) needs 2\.0 GB for K and V on "
+                                          r"cpu, but only 1\.0 GB is free; lower max_len or batch"):
+        KVCache(1, 2, 1000, 500_000, dtype=torch.float16)  # 2 * 2 * 1000 * 500,000 * 2 bytes = 2 GB
