@@ -377,6 +377,7 @@ def test_a_cache_larger_than_free_memory_is_refused_before_allocating(monkeypatc
     from gqa_lib import kv_cache
 
     monkeypatch.setattr(kv_cache, "_available_bytes", lambda device: 10**9)  # pretend 1 GB is free
-    with pytest.raises(MemoryError, match=r"max_len=500000, dtype=torch\.float16\) needs 2\.0 GB for K and V on "
-                                          r"cpu, but only 1\.0 GB is free; lower max_len or batch"):
-        KVCache(1, 2, 1000, 500_000, dtype=torch.float16)  # 2 * 2 * 1000 * 500,000 * 2 bytes = 2 GB
+    message = (r"head_dim=500, max_len=500000, dtype=torch\.float16\) needs 2\.0 GB for K and V on cpu, "
+               r"but only 1\.0 GB is free; lower max_len or batch")
+    with pytest.raises(MemoryError, match=message):
+        KVCache(1, 2, 500, 500_000, dtype=torch.float16)  # K and V: 2 * 2 heads * 500 * 500,000 * 2 bytes = 2 GB
