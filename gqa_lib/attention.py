@@ -210,7 +210,7 @@ class GroupedQueryAttention(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"x.dtype={x.dtype} must be the layer's dtype {w.dtype}: token ids go through an "
                             "embedding (nn.Embedding) first, other numbers through x.to(" + str(w.dtype) + ")")
-        if x.dtype != w.dtype:
+        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):  # autocast mixes dtypes on purpose
             raise TypeError(f"x.dtype={x.dtype} does not match the layer's dtype {w.dtype}; pass x.to({w.dtype}) "
                             f"or cast the layer with layer.to({x.dtype})")
         _check_finite("x", x, 1, NON_FINITE_WHY, start_pos)
@@ -252,7 +252,7 @@ class GroupedQueryAttention(nn.Module):
                 raise ValueError(f"cache (n_kv_heads={cache.n_kv_heads}, head_dim={cache.head_dim}) was made for "
                                  f"another layer; this one has n_kv_heads={self.n_kv_heads}, head_dim={self.head_dim}: "
                                  "make the cache with this layer's new_cache(batch, max_len)")
-            if x.ndim == 3 and x.shape[0] != cache.batch:
+            if isinstance(x, torch.Tensor) and x.ndim == 3 and x.shape[0] != cache.batch:
                 raise ValueError(f"x.shape[0]={x.shape[0]} (batch) does not match the cache's batch={cache.batch}; "
                                  f"make the cache with new_cache(batch={x.shape[0]}, ...)")
             start = cache.length

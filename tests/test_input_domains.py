@@ -381,3 +381,11 @@ def test_a_cache_larger_than_free_memory_is_refused_before_allocating(monkeypatc
                r"but only 1\.0 GB is free; lower max_len or batch")
     with pytest.raises(MemoryError, match=message):
         KVCache(1, 2, 500, 500_000, dtype=torch.float16)  # K and V: 2 * 2 heads * 500 * 500,000 * 2 bytes = 2 GB
+
+
+def test_autocast_may_mix_dtypes_and_a_string_with_a_cache_is_still_refused():
+    layer = _layer()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast hands bf16 activations to fp32 weights on purpose
+        assert layer(_x(1, 3, 16, dtype=torch.bfloat16)).dtype == torch.bfloat16
+    with pytest.raises(TypeError, match=r"x=str must be a tensor"):
+        layer("text", layer.new_cache(1, 4))
