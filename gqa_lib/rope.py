@@ -79,14 +79,18 @@ class RotaryEmbedding(nn.Module):
         exponents = torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim
         return (self.base ** -exponents).to(device=device, dtype=dtype)
 
-    def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin tables for integer ``positions`` of shape (seq,): each (seq, head_dim), in float64.
+    def angles(self, positions: torch.Tensor) -> torch.Tensor:
+        """Rotation angles (seq, head_dim/2) in float64 for integer ``positions`` of shape (seq,).
 
         float64 holds every position up to 2**53 exactly, and the angle to about 1e-16 of its size.
         """
         work = _work_dtype(positions.device)
-        angles = positions.to(work)[:, None] * self.inv_freq(positions.device, work)[None, :]  # (seq, head_dim/2)
-        angles = torch.cat([angles, angles], dim=-1)  # (seq, head_dim)
+        return positions.to(work)[:, None] * self.inv_freq(positions.device, work)[None, :]
+
+    def cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin tables for integer ``positions`` of shape (seq,): each (seq, head_dim), in float64."""
+        angles = self.angles(positions)
+        angles = torch.cat([angles, angles], dim=-1)  # (seq, head_dim): both halves of a pair turn alike
         return angles.cos(), angles.sin()
 
     def forward(self, x: torch.Tensor, start_pos: int = 0) -> torch.Tensor:
@@ -103,9 +107,8 @@ class RotaryEmbedding(nn.Module):
         if not x.is_floating_point():
             raise TypeError(f"x.dtype={x.dtype} must be a floating dtype (torch.float32, torch.bfloat16, ...): "
                             "rotating integers would truncate them")
-        positions = torch.arange(start_pos, start_pos + x.shape[2], device=x.device)
-        cos, sin = self.cos_sin(positions)  # (seq, head_dim) each, float64
-        xw = x.to(cos.dtype)
-        x1, x2 = xw.chunk(2, dim=-1)
-        rotated = torch.cat([-x2, x1], dim=-1)
-        return (xw * cos + rotated * sin).to(x.dtype)  # one rounding, to x's dtype
+        angles = self.angles(torch.arange(start_pos, start_pos + x.shape[2], device=x.device))  # (seq, head_dim/2)
+        cos, sin = angles.cos(), angles.sin()
+        x1, x2 = x.to(angles.dtype).chunk(2, dim=-1)  # the pairs (x1[i], x2[i]), in float64
+        # The same as x * cos + rotate_half(x) * sin on full-width tables, with half the multiplications.
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)  # one rounding
