@@ -114,9 +114,10 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal:
 
     Errors: TypeError for non-tensors, integer tensors or q, k, v of different dtypes; ValueError for
     shapes that do not fit, and for a nan or inf in k or v whenever a causal mask is applied (s_q > 1;
-    see NON_FINITE_WHY). A single query (a decode step) is not checked: it sees every key, so a
-    non-finite key or value reaches its output in any exact computation, and checking would add a
-    read of the whole cache to every step.
+    see NON_FINITE_WHY). That costs one pass over the output: a non-finite k or v always reaches it
+    (the last query sees every key), and only then are K and V searched. A single query (a decode
+    step) is not checked: it sees every key, so a non-finite key or value reaches its output in any
+    exact computation, the same as in a full pass.
     """
     _check_qkv(q, k, v)
     if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
@@ -131,9 +132,21 @@ def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal:
     if causal and s_q > s_k:
         # Every query must be one of the keys' tokens; otherwise the first rows see nothing and turn into NaN.
         raise ValueError(f"causal attention needs s_q <= s_k, got q.shape[2]={s_q} queries for k.shape[2]={s_k} keys")
-    if causal and s_q > 1:
-        _check_finite("k", k, 2, NON_FINITE_WHY)
+    result = _attend(q, k, v, causal, return_weights)
+    if causal and s_q > 1 and not _all_finite(result[0] if return_weights else result):
+        _check_finite("k", k, 2, NON_FINITE_WHY)  # the one pass over K and V happens only when something is wrong
         _check_finite("v", v, 2, NON_FINITE_WHY)
+    return result
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    return bool(torch.isfinite(t).all())
+
+
+def _attend(q, k, v, causal: bool, return_weights: bool):
+    """grouped_attention's arithmetic, for inputs already checked."""
+    b, n_heads, s_q, d = q.shape
+    n_kv, s_k = k.shape[1], k.shape[2]
     g = n_heads // n_kv
     qg = q.reshape(b, n_kv, g * s_q, d)  # (batch, n_kv_heads, group_size * s_q, head_dim); K and V are not copied
     # Row r of a group is query head r // s_q at position r % s_q, so the mask repeats once per query head.
@@ -180,6 +193,14 @@ class GroupedQueryAttention(nn.Module):
     def kind(self) -> str:
         return self.layout.kind
 
+    @staticmethod
+    def _refuse_non_finite(x, k, v, start: int) -> None:
+        """Raise naming the first position where x, or else its keys or values, is not finite."""
+        _check_finite("x", x, 1, NON_FINITE_WHY, start)
+        overflow = " (the projection overflowed the layer's dtype?)" + NON_FINITE_WHY
+        _check_finite("k = k_proj(x)", k, 2, overflow, start)
+        _check_finite("v = v_proj(x)", v, 2, overflow, start)
+
     def to(self, *args, **kwargs):
         """nn.Module.to, but a dtype's name such as 'bf16' is refused with the dtype to pass instead."""
         refuse_dtype_names("layer.to", args, kwargs)
@@ -197,11 +218,8 @@ class GroupedQueryAttention(nn.Module):
         return KVCache(batch, self.n_kv_heads, self.head_dim, max_len, w.dtype if dtype is None else dtype,
                        w.device if device is None else device)
 
-    def check_input(self, x: torch.Tensor, start_pos: int = 0) -> None:
-        """Raise unless ``x`` is a finite (batch, seq, d_model) tensor in the dtype of the layer's weights.
-
-        ``start_pos`` (the position of x's first token) only serves the message about a non-finite value.
-        """
+    def check_input(self, x: torch.Tensor) -> None:
+        """Raise unless ``x`` is a (batch, seq, d_model) tensor in the dtype of the layer's weights."""
         w = self.q_proj.weight
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x={type(x).__name__} must be a tensor (batch, seq, d_model={self.d_model})")
@@ -213,7 +231,6 @@ class GroupedQueryAttention(nn.Module):
         if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):  # autocast mixes dtypes on purpose
             raise TypeError(f"x.dtype={x.dtype} does not match the layer's dtype {w.dtype}; pass x.to({w.dtype}) "
                             f"or cast the layer with layer.to({x.dtype})")
-        _check_finite("x", x, 1, NON_FINITE_WHY, start_pos)
 
     def qkv(self, x: torch.Tensor, start_pos: int = 0):
         """Project and rotate: q (batch, n_heads, seq, head_dim), k and v (batch, n_kv_heads, seq, head_dim).
@@ -221,7 +238,7 @@ class GroupedQueryAttention(nn.Module):
         ``start_pos``: the position of the first token of ``x`` (a non-negative int).
         """
         start_pos = check_start_pos(start_pos)
-        self.check_input(x, start_pos)
+        self.check_input(x)
         b, s, _ = x.shape
         q = self.q_proj(x).view(b, s, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, s, self.n_kv_heads, self.head_dim).transpose(1, 2)
@@ -257,12 +274,13 @@ class GroupedQueryAttention(nn.Module):
                                  f"make the cache with new_cache(batch={x.shape[0]}, ...)")
             start = cache.length
         q, k, v = self.qkv(x, start)
-        for name, t in (("q = q_proj(x)", q), ("k = k_proj(x)", k), ("v = v_proj(x)", v)):
-            _check_finite(name, t, 2, " (the projection overflowed the layer's dtype?)" + NON_FINITE_WHY, start)
-        if cache is not None:
+        if cache is not None:  # check the new tokens before they are cached (cheap: new tokens only)
+            self._refuse_non_finite(x, k, v, start)
             k, v = cache.append(k, v)  # everything cached so far: (batch, n_kv_heads, start + seq, head_dim)
             k, v = k.to(q.dtype), v.to(q.dtype)  # a cache may be stored in lower precision than the layer computes
-        out = grouped_attention(q, k, v, causal=True, return_weights=return_weights)
+        out = _attend(q, k, v, True, return_weights)  # shapes and dtypes are right by construction
+        if cache is None and not _all_finite(out[0] if return_weights else out):  # one pass, over the output
+            self._refuse_non_finite(x, k, v, start)  # a non-finite q only spoils its own row, as in decoding
         if return_weights:
             out, weights = out
         b, _, s, _ = out.shape
