@@ -41,21 +41,38 @@ from gqa_lib.corpus import load_corpus  # noqa: E402
 
 
 def parse_args(argv=None):
+    """The options, every one checked here, before any work (bad ones stop with a usage error, exit 2)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--eval-windows", type=int, default=8, help="held-out windows to score (default 8)")
-    p.add_argument("--window", type=int, default=256, help="tokens per window (default 256)")
-    p.add_argument("--uptrain-steps", type=int, default=30, help="uptraining steps (default 30)")
-    p.add_argument("--eval-every", type=int, default=10, help="score the uptrained model every N steps (default 10)")
-    p.add_argument("--batch", type=int, default=2, help="windows per uptraining step (default 2)")
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate of uptraining (default 1e-3)")
-    p.add_argument("--seed", type=int, default=0, help="seed of random init and of the uptraining batches")
-    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
+    p.add_argument("--eval-windows", type=results.positive_int, default=8,
+                   help="held-out windows to score (default 8)")
+    p.add_argument("--window", type=results.int_at_least(2), default=256,
+                   help="tokens per window, 2 or more: every token after the first is predicted (default 256)")
+    p.add_argument("--uptrain-steps", type=results.positive_int, default=30, help="uptraining steps (default 30)")
+    p.add_argument("--eval-every", type=results.positive_int, default=10,
+                   help="score the uptrained model every N steps (default 10)")
+    p.add_argument("--batch", type=results.positive_int, default=2, help="windows per uptraining step (default 2)")
+    p.add_argument("--lr", type=results.positive_float, default=1e-3,
+                   help="AdamW learning rate of uptraining (default 1e-3)")
+    p.add_argument("--seed", type=results.non_negative_int, default=0,
+                   help="seed of random init and of the uptraining batches")
+    p.add_argument("--threads", type=results.positive_int, default=1, help="torch.set_num_threads (default 1)")
     results.add_output_options(p, "smollm_conversion.csv")
     p.add_argument("--allow-other-corpus", action="store_true",
                    help="run even if this Python's standard library differs from the shipped corpus")
     args = p.parse_args(argv)
-    results.require_at_least_one(p, args, ("eval_windows", "window", "uptrain_steps", "eval_every", "batch", "threads"))
+    results.check_output_option(p, args)
     return args
+
+
+def check_text_is_long_enough(args, corpus) -> str | None:
+    """Why the corpus cannot give the windows asked for, or None. A token spans at least one byte, so the
+    byte counts bound the token counts: this catches impossible sizes before the model is loaded."""
+    for what, n_bytes, n_windows in (("validation", len(corpus.val), args.eval_windows),
+                                     ("training", len(corpus.train), 512)):
+        if n_windows * args.window > n_bytes:
+            return (f"--window {args.window} x {n_windows} {what} windows needs more tokens than the corpus's "
+                    f"{what} text has bytes ({n_bytes:,}); lower --window or --eval-windows")
+    return None
 
 
 def kv_bytes_per_token(n_kv_heads: int, n_layers: int = 30, head_dim: int = 64, bytes_per_elem: int = 2) -> int:
@@ -119,12 +136,14 @@ def run(args, model, tok, corpus) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    if results.output_blocked(args.out, args.overwrite):
-        return 1
+    args = parse_args(argv)  # every option checked, --out included, before any work
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
     corpus = load_corpus(strict=not args.allow_other_corpus)
+    problem = check_text_is_long_enough(args, corpus)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
     from gqa_lib.smollm import MODEL_FILE_INFO, load_smollm
 
     model, tok = load_smollm()
@@ -152,10 +171,8 @@ def main(argv=None) -> int:
         "wall_seconds": f"{time.perf_counter() - start:.0f}",
         "loadavg_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
-    try:
-        path = results.write_results(args.out, rows, meta, overwrite=args.overwrite)
-    except results.ResultsExistError as err:
-        print(err, file=sys.stderr)
+    path = results.save_rows(args.out, rows, meta, overwrite=args.overwrite)  # never loses the rows
+    if path is None:
         return 1
     print(f"wrote {path}")
     return 0

@@ -60,28 +60,33 @@ def _train_one(task: tuple[dict, dict, int]) -> dict:
 
 
 def parse_args(argv=None):
+    """The options, every one checked here, before any work (bad ones stop with a usage error, exit 2)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default 5)")
-    p.add_argument("--steps", type=int, default=TRAIN["steps"], help=f"training steps (default {TRAIN['steps']})")
-    p.add_argument("--kv-heads", type=int, nargs="+", default=None,
+    p.add_argument("--seeds", type=results.positive_int, default=5, help="seeds 0..N-1 (default 5)")
+    p.add_argument("--steps", type=results.positive_int, default=TRAIN["steps"],
+                   help=f"training steps (default {TRAIN['steps']})")
+    p.add_argument("--kv-heads", type=results.positive_int, nargs="+", default=None,
                    help="KV-head counts to train (default: every divisor of n_heads; MHA is always included)")
-    p.add_argument("--workers", type=int, default=2, help="runs trained at once, one process each (default 2)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
+    p.add_argument("--workers", type=results.positive_int, default=2,
+                   help="runs trained at once, one process each (default 2)")
+    p.add_argument("--threads", type=results.positive_int, default=1, help="torch threads per worker (default 1)")
     results.add_output_options(p, "kv_sweep.csv")
     p.add_argument("--allow-other-corpus", action="store_true",
                    help="train even if this Python's standard library differs from the shipped corpus")
     args = p.parse_args(argv)
-    results.require_at_least_one(p, args, ("seeds", "steps", "workers", "threads"))
+    n_heads = MODEL["n_heads"]
+    wrong = [kv for kv in args.kv_heads or () if n_heads % kv]
+    if wrong:
+        p.error(f"--kv-heads {' '.join(map(str, wrong))}: each must divide n_heads={n_heads} "
+                f"(valid: {', '.join(map(str, divisors(n_heads)))})")
+    results.check_output_option(p, args)
     return args
 
 
 def run_sweep(args) -> tuple[list[dict], float]:
     """Train every (seed, n_kv_heads) pair; return the rows sorted by seed then n_kv_heads, and the wall time."""
     n_heads = MODEL["n_heads"]
-    kv_list = sorted(set(args.kv_heads or divisors(n_heads)) | {n_heads}, reverse=True)
-    for kv in kv_list:
-        if kv < 1 or n_heads % kv:
-            raise SystemExit(f"--kv-heads {kv} must divide n_heads={n_heads} (valid: {divisors(n_heads)})")
+    kv_list = sorted(set(args.kv_heads or divisors(n_heads)) | {n_heads}, reverse=True)  # checked by parse_args
     train_kw = {**TRAIN, "steps": args.steps, "warmup": min(TRAIN["warmup"], args.steps // 10)}
     tasks = [({**MODEL, "n_kv_heads": kv, "max_len": train_kw["seq_len"]}, train_kw, seed)
              for seed in range(args.seeds) for kv in kv_list]
@@ -123,9 +128,7 @@ def print_summary(summary: list[dict]) -> None:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    if results.output_blocked(args.out, args.overwrite):
-        return 1
+    args = parse_args(argv)  # every option checked, --out included, before any work
     corpus = load_corpus(strict=not args.allow_other_corpus)
     print(f"corpus: {corpus.describe()}")
     rows, wall = run_sweep(args)
@@ -144,12 +147,10 @@ def main(argv=None) -> int:
         "loss_unit": "nats per byte (val_bits_per_byte = val_loss / ln 2)",
         "kv_bytes_per_token": "fp32, all layers, K and V",
     }
-    try:
-        path = results.write_results(args.out, rows, meta, overwrite=args.overwrite)
-    except results.ResultsExistError as err:
-        print(err, file=sys.stderr)
-        return 1
+    path = results.save_rows(args.out, rows, meta, overwrite=args.overwrite)  # never loses the rows
     print_summary(summarize_sweep(rows))
+    if path is None:
+        return 1
     print(f"\n{len(rows)} runs in {wall / 60:.1f} min; wrote {path}")
     return 0
 

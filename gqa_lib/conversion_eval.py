@@ -88,7 +88,9 @@ def window_token_ids(tokenizer, text: str, n_windows: int, window: int) -> torch
 
 @torch.no_grad()
 def mean_nll(model, windows: torch.Tensor, batch: int = 4) -> float:
-    """Mean next-token loss (nats) over every predicted token of ``windows`` (n, window)."""
+    """Mean next-token loss (nats) over every predicted token of ``windows`` (n, window); window >= 2."""
+    _check_windows("windows", windows)
+    check_positive_int("batch", batch)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -100,6 +102,16 @@ def mean_nll(model, windows: torch.Tensor, batch: int = 4) -> float:
         count += ids[:, 1:].numel()
     model.train(was_training)
     return total / count
+
+
+def _check_windows(name: str, windows) -> None:
+    """Token windows are a (n, window) integer tensor with window >= 2: a 1-token window predicts nothing."""
+    if not isinstance(windows, torch.Tensor) or windows.ndim != 2 or windows.dtype.is_floating_point:
+        shape = tuple(windows.shape) if isinstance(windows, torch.Tensor) else type(windows).__name__
+        raise TypeError(f"{name}={shape} must be a (n_windows, window) integer tensor; see window_token_ids")
+    if windows.shape[0] < 1 or windows.shape[1] < 2:
+        raise ValueError(f"{name}.shape={tuple(windows.shape)} must hold at least one window of 2 or more tokens "
+                         "(each token after the first is predicted)")
 
 
 def perplexity(model, windows: torch.Tensor, batch: int = 4) -> float:
@@ -122,6 +134,10 @@ def uptrain(model, train_windows: torch.Tensor, steps: int, batch: int = 2, lr: 
     a few dozen steps on little text cannot then disturb the rest of the model). Returns the losses.
     """
     check_positive_int("steps", steps)
+    check_positive_int("batch", batch)
+    _check_windows("train_windows", train_windows)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr={lr!r} must be a finite positive number, such as 1e-4")
     g = torch.Generator().manual_seed(seed)
     params = []
     for name, p in model.named_parameters():

@@ -19,6 +19,12 @@ from .layout import check_kv_heads
 METHODS = ("mean", "first", "random")
 
 
+def _check_layer(layer) -> None:
+    if not isinstance(layer, GroupedQueryAttention):
+        raise TypeError(f"layer={type(layer).__name__} must be a gqa_lib GroupedQueryAttention; for a transformers "
+                        "model use gqa_lib.conversion_eval.convert_kv_heads")
+
+
 def _per_head(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     """(n_heads * head_dim, ...) -> (n_heads, head_dim, ...)"""
     return w.reshape(n_heads, w.shape[0] // n_heads, *w.shape[1:])
@@ -40,8 +46,12 @@ def _rebuild(layer: GroupedQueryAttention, n_kv_heads: int) -> GroupedQueryAtten
 def reduce_kv_heads(layer: GroupedQueryAttention, n_kv_heads: int, method: str = "mean",
                     generator: torch.Generator | None = None) -> GroupedQueryAttention:
     """A copy of ``layer`` with ``n_kv_heads`` KV heads; ``n_kv_heads`` must divide the old count."""
+    _check_layer(layer)
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not known (valid: {', '.join(METHODS)})")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator={generator!r} must be a torch.Generator or None (for a seed s: "
+                        "torch.Generator().manual_seed(s))")
     check_kv_heads(layer.n_heads, n_kv_heads)
     if layer.n_kv_heads % n_kv_heads:
         raise ValueError(f"n_kv_heads={n_kv_heads} must divide the layer's n_kv_heads={layer.n_kv_heads} "
@@ -68,6 +78,7 @@ def reduce_kv_heads(layer: GroupedQueryAttention, n_kv_heads: int, method: str =
 
 def expand_to_mha(layer: GroupedQueryAttention) -> GroupedQueryAttention:
     """The MHA layer that computes exactly what ``layer`` computes: each KV projection copied per query head."""
+    _check_layer(layer)
     g = layer.group_size
     new = _rebuild(layer, layer.n_heads)
     with torch.no_grad():

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from .layout import check_positive_int
+
 # What the shipped results were made from (CPython 3.11.7, Linux).
 SHIPPED = {
     "python": "3.11.7",
@@ -118,6 +120,8 @@ def sample_batch(tokens: torch.Tensor, batch: int, seq_len: int, generator: torc
     The windows depend only on ``generator``'s state, so two runs that start from the same seed
     see the same batches in the same order, whatever model they train.
     """
+    check_positive_int("batch", batch)
+    check_positive_int("seq_len", seq_len)
     if len(tokens) <= seq_len + 1:
         raise ValueError(f"seq_len={seq_len} needs more than {seq_len + 1} tokens; got {len(tokens)}")
     starts = torch.randint(0, len(tokens) - seq_len - 1, (batch,), generator=generator)
@@ -128,6 +132,8 @@ def sample_batch(tokens: torch.Tensor, batch: int, seq_len: int, generator: torc
 
 def fixed_windows(tokens: torch.Tensor, n_windows: int, seq_len: int):
     """``n_windows`` evenly spaced windows (inputs, targets), the same on every call: the validation set."""
+    check_positive_int("n_windows", n_windows)
+    check_positive_int("seq_len", seq_len)
     usable = len(tokens) - seq_len - 1
     if usable < n_windows:
         raise ValueError(f"n_windows={n_windows} windows of seq_len={seq_len} need more than "

@@ -9,8 +9,10 @@ never leaves half a file; and a file that already exists is never replaced unles
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
+import math
 import os
 import platform
 import sys
@@ -92,6 +94,8 @@ def write_results(path: str | Path, rows: list[dict], metadata: dict[str, str], 
     """
     path = Path(path)
     text = format_results(rows, metadata)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; results go to a file, such as {path / 'results.csv'}")
     if path.exists() and not overwrite:
         raise ResultsExistError(f"{path} exists; pass --overwrite to replace it, or --out to write elsewhere")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +136,106 @@ def read_results(path: str | Path):
     return pd.read_csv(path, skiprows=n_header)  # not comment="#": a cell may hold a '#'
 
 
+def save_rows(path: str | Path, rows: list[dict], metadata: dict[str, str], overwrite: bool = False) -> Path | None:
+    """``write_results``, but if writing ``path`` fails the rows go to a new file in the system's temporary
+    folder instead, and stderr says why and where: a long run's measurements are never lost.
+
+    Returns the path written, or None when even the rescue file could not be written (the error is printed).
+    """
+    try:
+        return write_results(path, rows, metadata, overwrite=overwrite)
+    except OSError as err:
+        print(f"could not write {path}: {err}", file=sys.stderr)
+    try:
+        fd, rescue = tempfile.mkstemp(prefix=f"{Path(path).stem}-", suffix=".csv")
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
+            fh.write(format_results(rows, metadata))
+    except OSError as err:  # pragma: no cover - a full or read-only temporary folder
+        print(f"and could not save the rows elsewhere either: {err}", file=sys.stderr)
+        return None
+    print(f"the {len(rows)} measured rows are saved in {rescue}; move it where it belongs", file=sys.stderr)
+    return None
+
+
 # --- options every benchmark command shares (benchmarks/*.py) -----------------------------------
+#
+# A benchmark command checks every option while parsing, before any work, so a typing mistake costs a
+# second, not a run. Use the argparse types below for numbers and check_output_option for --out:
+#
+#     p.add_argument("--reps", type=results.positive_int, default=5)
+#     p.add_argument("--seq-lens", type=results.positive_int, nargs="+")
+#     p.add_argument("--warmup", type=results.non_negative_int, default=3)
+#     p.add_argument("--window", type=results.int_at_least(2), default=256)
+#     p.add_argument("--lr", type=results.positive_float, default=1e-3)
+#     results.add_output_options(p, "name.csv")
+#     args = p.parse_args(argv)
+#     results.check_output_option(p, args)  # stops with a usage error naming the problem with --out
+#
+# A bad value stops the command with argparse's usage error, exit status 2, naming the option as
+# typed, the value, and what is valid:  "argument --lr: -1 is not valid: must be a finite number above 0".
+
+
+def int_at_least(minimum: int):
+    """An argparse ``type`` that accepts whole numbers >= ``minimum`` (written as digits, e.g. '256')."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not valid: must be a whole number, "
+                                             f"{minimum} or more") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is not valid: must be a whole number, {minimum} or more")
+        return value
+
+    parse.__name__ = f"int_at_least_{minimum}"
+    return parse
+
+
+positive_int = int_at_least(1)
+positive_int.__doc__ = "argparse ``type``: a whole number 1 or more (counts, sizes, repetitions)."
+non_negative_int = int_at_least(0)
+non_negative_int.__doc__ = "argparse ``type``: a whole number 0 or more (seeds, warm-up runs)."
+
+
+def positive_float(text: str) -> float:
+    """argparse ``type``: a finite number above 0 (learning rates, durations); 'nan' and 'inf' are refused."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid: must be a finite number above 0, "
+                                         "such as 1e-3") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} is not valid: must be a finite number above 0, such as 1e-3")
+    return value
+
+
+def output_problem(path: str | Path, overwrite: bool, option: str = "--out",
+                   file_name: str = "results.csv") -> str | None:
+    """Why results could not be written to ``path`` at the end of a run, or None if they can.
+
+    Checked: ``path`` is a folder (``--overwrite`` does not help: it replaces files only); a folder
+    above it is a file; the nearest existing folder above it is not writable; it exists and
+    ``overwrite`` is False. Only looks: creates and changes nothing. ``file_name`` is the example a
+    message suggests for a folder.
+    """
+    path = Path(path)
+    if path.is_dir():
+        return (f"{option}={path} is a folder; name a file in it, such as {option} {path / file_name} "
+                "(--overwrite replaces files only)")
+    if path.exists() and not path.is_file():
+        return f"{option}={path} exists and is not a regular file; name a file"
+    if path.exists() and not overwrite:
+        return f"{option}={path} exists; pass --overwrite to replace it, or {option} to write elsewhere"
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{option}={path} cannot be made: {parent} is a file, not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{option}={path} cannot be written: no permission to write in {parent}"
+    return None
+
 
 def add_output_options(parser, default_name: str) -> None:
     """Add ``--out`` (default ``data/results/<default_name>``) and ``--overwrite`` to an argparse parser."""
@@ -141,16 +244,30 @@ def add_output_options(parser, default_name: str) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
+def check_output_option(parser, args) -> None:
+    """Stop with argparse's usage error (exit 2) if ``args.out`` could not be written (see output_problem)."""
+    problem = output_problem(args.out, args.overwrite, file_name=Path(parser.get_default("out") or "results.csv").name)
+    if problem:
+        parser.error(problem)
+
+
 def require_at_least_one(parser, args, names) -> None:
-    """Stop with argparse's usage error if any of ``names`` (attribute names of ``args``) is below 1."""
+    """Stop with argparse's usage error if any of ``names`` (attribute names of ``args``) is below 1.
+
+    Prefer ``type=positive_int`` in add_argument, which also refuses '2.5' and names the option.
+    """
     for name in names:
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be at least 1")
 
 
 def output_blocked(path: Path, overwrite: bool) -> bool:
-    """True (after saying why on stderr) when ``path`` exists and may not be replaced: check before a long run."""
-    if path.exists() and not overwrite:
-        print(f"{path} exists; pass --overwrite to replace it, or --out to write elsewhere", file=sys.stderr)
+    """True (after saying why on stderr) when results could not be written to ``path``: check before a long run.
+
+    The same checks as output_problem; check_output_option does this as part of parsing.
+    """
+    problem = output_problem(path, overwrite)
+    if problem:
+        print(problem, file=sys.stderr)
         return True
     return False

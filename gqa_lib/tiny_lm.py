@@ -13,7 +13,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .attention import GroupedQueryAttention
-from .kv_cache import KVCache
+from .kv_cache import KVCache, refuse_dtype_names
 from .layout import AttentionLayout, check_positive_int
 
 
@@ -64,17 +64,41 @@ class TinyLM(nn.Module):
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.head.weight = self.embed.weight  # tied, as in GPT-2 and SmolLM2
 
+    def to(self, *args, **kwargs):
+        """nn.Module.to, but a dtype's name such as 'bf16' is refused with the dtype to pass instead."""
+        refuse_dtype_names("model.to", args, kwargs)
+        return super().to(*args, **kwargs)
+
     def new_caches(self, batch: int, max_len: int | None = None) -> list[KVCache]:
         """One empty KV cache per layer."""
         max_len = self.cfg.max_len if max_len is None else max_len
         return [b.attn.new_cache(batch, max_len) for b in self.blocks]
 
-    def forward(self, idx: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
-        """Logits (batch, seq, vocab) for token ids ``idx`` (batch, seq)."""
+    def check_ids(self, idx) -> None:
+        """Raise unless ``idx`` is a (batch, seq) integer tensor of token ids in 0..vocab_size-1."""
+        if not isinstance(idx, torch.Tensor):
+            raise TypeError(f"idx={type(idx).__name__} must be a (batch, seq) tensor of token ids; "
+                            "make one with gqa_lib.tiny_lm.encode(text)")
         if idx.ndim != 2:
             raise ValueError(f"idx.shape={tuple(idx.shape)} must be (batch, seq)")
-        if caches is not None and len(caches) != len(self.blocks):
-            raise ValueError(f"got {len(caches)} caches for {len(self.blocks)} layers")
+        if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+            raise TypeError(f"idx.dtype={idx.dtype} must be an integer dtype (token ids, torch.long)")
+        if idx.numel() and (idx.min() < 0 or idx.max() >= self.cfg.vocab_size):
+            raise ValueError(f"idx holds token ids {idx.min().item()}..{idx.max().item()}; "
+                             f"valid: 0..{self.cfg.vocab_size - 1} (vocab_size={self.cfg.vocab_size})")
+
+    def forward(self, idx: torch.Tensor, caches: list[KVCache] | None = None) -> torch.Tensor:
+        """Logits (batch, seq, vocab) for token ids ``idx`` (batch, seq).
+
+        ``caches``: None, or one KVCache per layer (from :meth:`new_caches`), filled as the tokens go by.
+        """
+        self.check_ids(idx)
+        if caches is not None:
+            if not isinstance(caches, (list, tuple)):
+                raise TypeError(f"caches={type(caches).__name__} must be a list of one KVCache per layer "
+                                f"({len(self.blocks)}); make it with model.new_caches(batch)")
+            if len(caches) != len(self.blocks):
+                raise ValueError(f"got {len(caches)} caches for {len(self.blocks)} layers")
         x = self.embed(idx)
         for i, block in enumerate(self.blocks):
             x = block(x, None if caches is None else caches[i])
@@ -88,7 +112,8 @@ class TinyLM(nn.Module):
         newest token. ``on_step(step)`` is called after each new token (for timing).
         """
         check_positive_int("n_new", n_new)
-        if idx.ndim != 2 or idx.shape[1] < 1:
+        self.check_ids(idx)
+        if idx.shape[1] < 1:
             raise ValueError(f"idx.shape={tuple(idx.shape)} must be (batch, seq) with seq >= 1")
         if idx.shape[1] + n_new > self.cfg.max_len:
             raise ValueError(f"prompt length {idx.shape[1]} + n_new={n_new} exceeds max_len={self.cfg.max_len}")
@@ -106,8 +131,15 @@ class TinyLM(nn.Module):
 
 def encode(text: str) -> torch.Tensor:
     """UTF-8 bytes of ``text`` as a (1, n) tensor of token ids."""
+    if not isinstance(text, str):
+        raise TypeError(f"text={text!r} must be a string (got {type(text).__name__})")
     return torch.tensor([list(text.encode("utf-8"))], dtype=torch.long)
 
 
 def decode(ids: torch.Tensor) -> str:
+    """The text of byte token ids (any shape); bytes that are not valid UTF-8 show as U+FFFD."""
+    if not isinstance(ids, torch.Tensor) or ids.dtype.is_floating_point or ids.dtype == torch.bool:
+        raise TypeError(f"ids={ids!r} must be an integer tensor of byte token ids 0..255")
+    if ids.numel() and (ids.min() < 0 or ids.max() > 255):
+        raise ValueError(f"ids holds {ids.min().item()}..{ids.max().item()}; byte token ids are 0..255")
     return bytes(ids.flatten().tolist()).decode("utf-8", errors="replace")

@@ -46,10 +46,29 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("steps", "batch", "seq_len", "eval_windows", "eval_batch"):
             check_positive_int(name, getattr(self, name))
+        if isinstance(self.warmup, bool) or not isinstance(self.warmup, int):
+            raise TypeError(f"warmup={self.warmup!r} must be an integer in 0..steps-1={self.steps - 1}")
         if self.warmup < 0 or self.warmup >= self.steps:
             raise ValueError(f"warmup={self.warmup} must be in 0..steps-1={self.steps - 1}")
-        if not self.lr > 0:
-            raise ValueError(f"lr={self.lr} must be positive")
+        check_real("lr", self.lr, low=0, low_ok=False)
+        check_real("min_lr_ratio", self.min_lr_ratio, low=0, high=1)
+        check_real("weight_decay", self.weight_decay, low=0)
+        check_real("grad_clip", self.grad_clip, low=0, low_ok=False)
+
+
+def check_real(name: str, value, low: float | None = None, high: float | None = None, low_ok: bool = True) -> float:
+    """``value`` if it is a finite real number in [low, high] (``low`` itself only if ``low_ok``), else raise."""
+    import numbers
+
+    lo = "" if low is None else (f"{low} or more" if low_ok else f"more than {low}")
+    hi = "" if high is None else f"at most {high}"
+    valid = " and ".join(filter(None, [lo, hi])) or "finite"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name}={value!r} must be a number, {valid} (got {type(value).__name__})")
+    if not math.isfinite(value) or (low is not None and (value < low or (value == low and not low_ok))) or (
+            high is not None and value > high):
+        raise ValueError(f"{name}={value!r} must be a finite number, {valid}")
+    return value
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -120,6 +139,8 @@ def train_lm(model_cfg: TinyLMConfig, cfg: TrainConfig, train_tokens: torch.Tens
 
     ``progress``, if given, is called as ``progress(step, loss)`` after each step (a tqdm update).
     """
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed={seed!r} must be a non-negative integer")
     model = init_model(model_cfg, seed)
     model.train()
     opt = make_optimizer(model, cfg)

@@ -132,8 +132,10 @@ def test_a_batch_that_does_not_match_the_cache():
 
 def test_a_cache_made_for_another_layout():
     cache = GroupedQueryAttention(16, 4, 4).new_cache(batch=1, max_len=8)  # 4 KV heads
-    with pytest.raises(ValueError, match=r"k\.shape=\(1, 2, 1, 4\) does not match the cache; expected \(1, 4, 'new'"):
+    message = r"cache \(n_kv_heads=4, head_dim=4\) was made for another layer; this one has n_kv_heads=2, head_dim=4"
+    with pytest.raises(ValueError, match=message):
         GroupedQueryAttention(16, 4, 2)(torch.randn(1, 1, 16), cache)
+    assert cache.length == 0
 
 
 def test_head_dim_must_come_from_d_model_or_be_given():
