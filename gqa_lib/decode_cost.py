@@ -301,16 +301,28 @@ def crossover_tokens(spec: ModelSpec, batch: int = 1, dtype: str = "bf16", mha: 
 
 
 def cache_table(models, dtype: str = "bf16", batch: int = 1) -> list[dict]:
-    """One row a model: its attention shape and its cache at its released context (for a DataFrame)."""
+    """One row a model: its attention shape and its cache at its released context (for a DataFrame).
+
+    ``bytes``, ``cache GB`` and ``cache GiB`` are the cache as the model is built: sliding-window
+    (local) layers keep only their window. ``all-global GiB`` is the figure if every layer kept every
+    token (the same for models without local layers; an upper bound for the others). ``local layers``
+    says which layers are local and their window, e.g. "22 of 26, window 512" (empty when none).
+    ``KiB per token`` is what one token adds before any window fills.
+    """
     if dtype not in DTYPE_BYTES:
         dtype_bytes(dtype)  # raises with the valid names
     rows = []
     for spec in models:
-        n_bytes = spec.cache_bytes(None, batch, dtype)
+        n_bytes = spec.cache_bytes(None, batch, dtype, windowed=True)
+        all_global = spec.cache_bytes(None, batch, dtype)
+        sw = spec.sliding_window
+        local = "" if sw is None else \
+            f"{spec.cache_recipe().local_layers()} of {spec.n_layers}, window {sw.window:,}"
         rows.append({
             "model": spec.name, "attention": spec.attention, "layers": spec.n_layers, "q heads": spec.n_heads,
             "kv heads": spec.n_kv_heads if spec.mla is None else None, "head dim": spec.head_dim,
-            "context": spec.context, "KiB per token": spec.cache_bytes(1, 1, dtype) / 2**10,
-            "cache GB": n_bytes / GB, "cache GiB": n_bytes / GIB, "bytes": n_bytes,
+            "context": spec.context, "local layers": local, "KiB per token": spec.cache_bytes(1, 1, dtype) / 2**10,
+            "cache GB": n_bytes / GB, "cache GiB": n_bytes / GIB, "all-global GiB": all_global / GIB,
+            "bytes": n_bytes, "all-global bytes": all_global,
         })
     return rows

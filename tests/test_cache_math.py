@@ -6,18 +6,24 @@ from hypothesis import strategies as st
 
 from gqa_lib.cache_math import (
     DTYPE_BYTES,
+    ELEMENT_BITS,
     GB,
     GIB,
+    CacheRecipe,
+    ElementType,
     auto_format_bytes,
     bytes_per_token,
+    cached_tokens,
     dtype_bytes,
     elements_per_token_per_layer,
     format_bytes,
     kv_cache_bytes,
+    layer_kinds,
     layout_cache_bytes,
     mla_cache_bytes,
     mla_elements_per_token_per_layer,
     reduction_vs_mha,
+    storing_layers,
 )
 from gqa_lib.layout import AttentionLayout
 
@@ -98,3 +104,109 @@ def test_format_bytes_says_which_unit():
 ])
 def test_auto_format_bytes_picks_the_largest_unit_at_or_above_one(n, binary, text):
     assert auto_format_bytes(n, binary=binary) == text
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_format_bytes_refuses_non_finite_numbers(bad):
+    with pytest.raises(ValueError, match=r"n_bytes=(nan|inf|-inf) must be a finite, non-negative number"):
+        format_bytes(bad)
+    with pytest.raises(ValueError, match=r"finite"):
+        auto_format_bytes(bad)
+
+
+# ---- the cache as a real model builds it (values computed by hand in the comments) ----------------
+
+@pytest.mark.parametrize(("element", "n", "expected"), [
+    (ElementType("fp32"), 128, 512),
+    (ElementType("bf16"), 128, 256),
+    (ElementType("fp8"), 128, 128),
+    (ElementType("int8"), 128, 128 + 2),  # one fp16 scale for the whole vector
+    (ElementType("int4"), 128, 64 + 2),  # two numbers a byte
+    (ElementType("int4", scale_group=32), 128, 64 + 4 * 2),  # four groups of 32 channels
+    (ElementType("int8", scale_group=64, scale_bytes=4), 128, 128 + 2 * 4),  # fp32 scales
+    (ElementType("int4"), 3, 2 + 2),  # an odd count still takes whole bytes
+])
+def test_vector_bytes_count_the_scales(element, n, expected):
+    assert element.vector_bytes(n) == expected
+
+
+def test_element_type_refuses_what_it_cannot_store():
+    assert set(ELEMENT_BITS) == {"fp32", "fp16", "bf16", "fp8", "int8", "int4"}
+    with pytest.raises(ValueError, match=r"element='int2' is not known \(valid: fp32, fp16, bf16, fp8, int8, int4\)"):
+        ElementType("int2")
+    with pytest.raises(ValueError, match=r"element='bf16' stores no scales"):
+        ElementType("bf16", scale_group=32)
+    with pytest.raises(ValueError, match=r"scale_group=0 must be a positive integer"):
+        ElementType("int8", scale_group=0)
+
+
+def test_layer_kinds_repeat_the_pattern_from_layer_0():
+    kinds = layer_kinds(26, "LLLLLG")  # Gemma 3 1B
+    assert [i for i, k in enumerate(kinds) if k == "G"] == [5, 11, 17, 23]
+    assert kinds.count("L") == 22
+    assert layer_kinds(32, "L") == "L" * 32  # Mistral 7B
+    with pytest.raises(ValueError, match=r"pattern='LLLG' has 4 layers, more than n_layers=3"):
+        layer_kinds(3, "LLLG")
+    with pytest.raises(ValueError, match=r"pattern='lg' must be a non-empty string of 'L'"):
+        layer_kinds(4, "lg")
+
+
+def test_cached_tokens_and_storing_layers():
+    assert cached_tokens(8192) == 8192 and cached_tokens(8192, 4096) == 4096 and cached_tokens(100, 4096) == 100
+    assert storing_layers(5, 2) == [0, 2, 4]
+    with pytest.raises(ValueError, match=r"share_every=6 must be at most n_layers=5"):
+        storing_layers(5, 6)
+
+
+def test_recipe_without_extras_is_the_plain_formula():
+    plain = CacheRecipe(32, 8, 128)  # Llama-3 8B, bf16
+    assert plain.cache_bytes(8192) == kv_cache_bytes(32, 8, 128, 8192) == 1_073_741_824
+    assert CacheRecipe(32, 8, 128, "fp32").cache_bytes(100, batch=3) == kv_cache_bytes(32, 8, 128, 100, 3, 4)
+
+
+def test_gemma_3_1b_local_and_global_layers():
+    gemma = CacheRecipe(26, 1, 256, "bf16", pattern="LLLLLG", window=512)
+    per_layer_token = 2 * 1 * 256 * 2  # K and V, one KV head of 256, bf16: 1,024 bytes
+    assert gemma.bytes_per_token_per_layer() == per_layer_token
+    assert gemma.cache_bytes(32768) == (4 * 32768 + 22 * 512) * per_layer_token == 145_752_064
+    assert gemma.cache_bytes(32768, windowed=False) == 26 * 32768 * per_layer_token == 872_415_232
+    assert gemma.cache_bytes(300) == gemma.cache_bytes(300, windowed=False)  # within the window
+    assert gemma.local_layers() == 22
+
+
+def test_mistral_7b_window_on_every_layer():
+    mistral = CacheRecipe(32, 8, 128, pattern="L", window=4096)
+    assert mistral.cache_bytes(8192) == 32 * 4096 * 2 * 8 * 128 * 2 == 536_870_912
+    assert mistral.cache_bytes(2048) == kv_cache_bytes(32, 8, 128, 2048)
+
+
+def test_cross_layer_sharing_stores_one_layer_in_each_group():
+    assert CacheRecipe(32, 8, 128, share_every=2).cache_bytes(8192) == 1_073_741_824 // 2
+    assert CacheRecipe(30, 3, 64, share_every=4).tokens_per_layer(10)[:5] == [10, 0, 0, 0, 10]  # 8 of 30 store
+    assert CacheRecipe(30, 3, 64, share_every=4).cache_bytes(10) == 8 * 10 * 2 * 3 * 64 * 2
+    # sharing pairs in Gemma 3 1B: layers 0, 2, ..., 24 store; the global layers (5, 11, 17, 23) are all odd
+    gemma_shared = CacheRecipe(26, 1, 256, pattern="LLLLLG", window=512, share_every=2)
+    assert gemma_shared.cache_bytes(32768) == 13 * 512 * 1024
+
+
+def test_quantized_llama_and_mla_latent():
+    llama_int8 = CacheRecipe(32, 8, 128, ElementType("int8"))  # one fp16 scale per token, KV head, K and V
+    assert llama_int8.bytes_per_token_per_layer() == 2 * 8 * (128 + 2) == 2080
+    assert llama_int8.cache_bytes(8192) == 32 * 2080 * 8192 == 545_259_520
+    llama_int4 = CacheRecipe(32, 8, 128, ElementType("int4", scale_group=32))
+    assert llama_int4.cache_bytes(1) == 32 * 2 * 8 * (64 + 4 * 2) == 36_864
+    v3 = CacheRecipe(61, element="bf16", d_c=512, d_rope=64)  # DeepSeek-V3: latent + RoPE key, no K/V heads
+    assert v3.cache_bytes(100_000) == mla_cache_bytes(61, 512, 64, 100_000) == 7_027_200_000
+    v3_int8 = CacheRecipe(61, element=ElementType("int8"), d_c=512, d_rope=64)  # a scale for each of the two
+    assert v3_int8.cache_bytes(1) == 61 * (512 + 2 + 64 + 2)
+
+
+def test_recipe_refuses_inconsistent_settings():
+    with pytest.raises(ValueError, match=r"pattern='LG' has local layers but window=None"):
+        CacheRecipe(4, 1, 64, pattern="LG")
+    with pytest.raises(ValueError, match=r"window=512 but pattern='G' has no local"):
+        CacheRecipe(4, 1, 64, window=512)
+    with pytest.raises(TypeError, match=r"n_kv_heads=None must be a positive integer"):
+        CacheRecipe(4)
+    with pytest.raises(TypeError, match=r"element=2 must be a name"):
+        CacheRecipe(4, 1, 64, element=2)

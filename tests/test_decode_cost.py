@@ -181,6 +181,19 @@ def test_cache_table_has_every_model_and_handles_mla():
     assert rows["Llama-3 8B"]["bytes"] == 1_073_741_824 and rows["Llama-3 8B"]["cache GiB"] == 1.0
     assert rows["DeepSeek-V3 671B"]["bytes"] == 61 * 576 * 131_072 * 2 and rows["DeepSeek-V3 671B"]["kv heads"] is None
     assert rows["GPT-2 small"]["KiB per token"] == 36.0
+    llama = rows["Llama-3 8B"]
+    assert llama["all-global bytes"] == llama["bytes"] and not llama["local layers"]
+
+
+def test_cache_table_keeps_only_the_window_in_local_layers():
+    rows = {r["model"]: r for r in cache_table([get_model("Gemma 3 1B"), get_model("Mistral 7B")])}
+    gemma, mistral = rows["Gemma 3 1B"], rows["Mistral 7B"]
+    # Gemma 3 1B: 4 global layers keep 32,768 tokens, 22 local layers 512; 1,024 bytes a token and layer (bf16)
+    assert gemma["bytes"] == (4 * 32768 + 22 * 512) * 1024 and gemma["all-global bytes"] == 26 * 32768 * 1024
+    assert gemma["local layers"] == "22 of 26, window 512"
+    # Mistral 7B: every layer keeps 4,096 of its 8,192 tokens
+    assert mistral["bytes"] * 2 == mistral["all-global bytes"] == 1_073_741_824
+    assert mistral["local layers"] == "32 of 32, window 4,096"
 
 
 def test_llama_405b_cache_against_weights():

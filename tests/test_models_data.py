@@ -142,7 +142,7 @@ def _one(record_changes: dict, index: int = 10, drop: str | None = None) -> dict
     ({"n_kv_heads": 5}, None, r"record 10 \('Llama-3 8B'\): n_kv_heads=5 must divide n_heads=32 \(valid: 1, 2, 4"),
     ({"attention": "MHA"}, None, r"record 10 \('Llama-3 8B'\): attention='MHA' but its heads make it GQA"),
     ({"n_kv_heads": 32}, None, r"record 10 \('Llama-3 8B'\): attention='GQA' but its heads make it MHA"),
-    ({"source": "  "}, None, r"record 10 \('Llama-3 8B'\): source='  ' must name where"),
+    ({"source": "  "}, None, r"record 10 \('Llama-3 8B'\): source='  ' must be a string that names where"),
     ({"name": ""}, None, r"record 10 \(''\): name='' must be a non-empty string"),
 ])
 def test_malformed_record_raises_naming_the_record(changes, drop, message):
@@ -181,3 +181,99 @@ def test_invalid_json_file_names_the_file(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ModelDataError, match=r"models\.json is not valid JSON"):
         load_models(bad)
+
+
+# ---- the loader: re-read on change, copies, errors naming the file and the field ----------------
+
+def _write(path: Path, raw: dict) -> Path:
+    path.write_text(json.dumps(raw))
+    return path
+
+
+def test_an_edited_file_is_read_again(tmp_path):
+    raw = raw_models()
+    f = _write(tmp_path / "models.json", raw)
+    assert load_models(f)["Llama-3 8B"].context == 8192
+    raw["models"][10]["context"] = 4096  # Llama-3 8B
+    _write(f, raw)
+    assert load_models(f)["Llama-3 8B"].context == 4096
+
+
+def test_a_callers_change_does_not_reach_later_lookups():
+    first = load_models()
+    first.pop("Llama-3 8B")
+    first["Llama-3 8B"] = "corrupted"
+    assert get_model("Llama-3 8B").n_kv_heads == 8
+    assert load_models()["Llama-3 8B"] is not first["Llama-3 8B"]
+
+
+def test_errors_name_the_file_that_was_loaded(tmp_path):
+    raw = raw_models()
+    raw["models"][10]["n_layers"] = "32"  # a string where a number belongs
+    f = _write(tmp_path / "my_models.json", raw)
+    with pytest.raises(ModelDataError, match=r"my_models\.json record 10 \('Llama-3 8B'\): n_layers='32' must be "
+                                             r"a positive integer") as info:
+        load_models(f)
+    assert "data/models.json" not in str(info.value)
+    with pytest.raises(FileNotFoundError, match=r"gone\.json"):
+        load_models(tmp_path / "gone.json")
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"params_billion": "8"}, r"params_billion='8' must be a positive number or null"),
+    ({"params_billion": float("nan")}, r"params_billion=nan must be a positive number"),
+    ({"n_kv_heads": "8"}, r"n_kv_heads='8' must be a positive integer"),
+    ({"note": 5}, r"note=5 must be a string"),
+    ({"attention": "gqa"}, r"attention='gqa' is not known \(valid: MHA, GQA, MQA, MLA\)"),
+    ({"sliding_windw": {}}, r"unknown field\(s\) 'sliding_windw' \(valid: .*sliding_window"),
+])
+def test_wrongly_typed_fields_are_caught_naming_the_field(changes, message):
+    with pytest.raises(ModelDataError, match=r"record 10 \('Llama-3 8B'\): " + message):
+        parse_models(_one(changes))
+
+
+# ---- sliding windows ---------------------------------------------------------------------------
+
+def test_sliding_windows_are_recorded_with_their_sources():
+    gemma, mistral = get_model("Gemma 3 1B"), get_model("Mistral 7B")
+    assert (gemma.sliding_window.window, gemma.sliding_window.pattern) == (512, "LLLLLG")
+    assert "gemma_pytorch" in gemma.sliding_window.source
+    assert (mistral.sliding_window.window, mistral.sliding_window.pattern) == (4096, "L")
+    assert "Jiang et al. 2023" in mistral.sliding_window.source
+    assert get_model("Llama-3 8B").sliding_window is None
+
+
+def test_windowed_cache_of_gemma_and_mistral_by_hand():
+    gemma = get_model("Gemma 3 1B")  # 26 layers: 4 global (5, 11, 17, 23), 22 local; 1 KV head of 256; bf16
+    per_layer_token = 2 * 1 * 256 * 2
+    assert gemma.cache_bytes() == 26 * 32768 * per_layer_token == 872_415_232  # all global
+    assert gemma.windowed_cache_bytes() == (4 * 32768 + 22 * 512) * per_layer_token == 145_752_064
+    assert gemma.cache_bytes(windowed=True) == gemma.windowed_cache_bytes()
+    assert gemma.windowed_cache_bytes(400) == gemma.cache_bytes(400)  # shorter than the window: no saving
+    mistral = get_model("Mistral 7B")  # every layer keeps at most 4,096 of its 8,192 tokens
+    assert mistral.windowed_cache_bytes() == 2 * 32 * 8 * 128 * 4096 * 2 == mistral.cache_bytes() // 2
+    llama = get_model("Llama-3 8B")
+    assert llama.windowed_cache_bytes() == llama.cache_bytes()
+
+
+def _gemma(window: dict | None) -> dict:
+    index = [r["name"] for r in raw_models()["models"]].index("Gemma 3 1B")
+    raw = _one({}, index)
+    raw["models"][index]["sliding_window"] = window
+    return raw
+
+
+@pytest.mark.parametrize(("window", "message"), [
+    ({"window": 65536, "pattern": "LLLLLG", "source": "x"},
+     r"sliding_window.window=65536 is larger than context=32768; .*valid: 1 to 32768"),
+    ({"window": "512", "pattern": "LLLLLG", "source": "x"}, r"sliding_window.window='512' must be a positive integer"),
+    ({"window": 512, "pattern": "L" * 27, "source": "x"}, r"sliding_window.pattern does not fit: .*27 layers, more "
+                                                          r"than n_layers=26"),
+    ({"window": 512, "pattern": "LLX", "source": "x"}, r"sliding_window.pattern does not fit: .*'L' \(local\)"),
+    ({"window": 512, "pattern": "GG", "source": "x"}, r"sliding_window.pattern='GG' has no local"),
+    ({"window": 512, "pattern": "LG", "source": " "}, r"sliding_window.source=' ' must be"),
+    ({"window": 512}, r"sliding_window=.* must be an object with exactly the keys window, pattern, source"),
+])
+def test_bad_sliding_window_is_refused_naming_the_field(window, message):
+    with pytest.raises(ModelDataError, match=r"\('Gemma 3 1B'\): " + message):
+        parse_models(_gemma(window))

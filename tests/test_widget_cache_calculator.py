@@ -9,12 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gqa_lib import widgets
-from gqa_lib.cache_math import DTYPE_BYTES, GIB, auto_format_bytes, kv_cache_bytes
+from gqa_lib.cache_math import DTYPE_BYTES, GIB, CacheRecipe, ElementType, auto_format_bytes, kv_cache_bytes
 from gqa_lib.layout import divisors
-from gqa_lib.models import UnknownModelError, get_model, load_models
+from gqa_lib.models import UnknownModelError, get_model
 from gqa_lib.widgets.cache_calculator import CUSTOM, cache_presets, nearest_valid_kv_heads
 
-CACHE_LINE = re.compile(r"Cache: ([\d,.]+) (B|KB|MB|GB|TB) \(([\d,.]+) (B|KiB|MiB|GiB|TiB)\) = ([\d,]+) bytes")
+CACHE_LINE = re.compile(r"Cache: ([\d,.]+) (B|KB|MB|GB|TB) \(([\d,.]+) (B|KiB|MiB|GiB|TiB)\) = ([\d,]+) bytes, "
+                        r"as built")
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +28,26 @@ def readout_text(w) -> str:
 
 
 def expected_bytes(w) -> int:
-    return kv_cache_bytes(w.n_layers.value, w.n_kv_heads.value, w.head_dim.value, w.context.value, w.batch.value,
-                          DTYPE_BYTES[w.dtype.value])
+    """The cache the controls describe, by the formula (float formats only): local layers keep their window."""
+    b = DTYPE_BYTES[w.dtype.value]
+    ctx, n_layers, window = w.context.value, w.n_layers.value, w.window.value
+    if w.cache_kind.value == "mla":
+        per_layer = (w.d_c.value + w.d_rope.value) * b
+    else:
+        per_layer = 2 * w.n_kv_heads.value * w.head_dim.value * b
+    pattern = w.pattern.value if window else "G"
+    kept = sum(min(ctx, window) if pattern[i % len(pattern)] == "L" else ctx
+               for i in range(0, n_layers, w.share_every.value))
+    return per_layer * kept * w.batch.value
 
 
 def test_starts_at_llama3_8b_with_the_documented_readout(calc):
     lines = readout_text(calc).splitlines()
     assert lines == [
-        "Kind: GQA (32 query heads, 8 KV heads (= groups), group size 4)",
-        "Cache: 1.07 GB (1.00 GiB) = 1,073,741,824 bytes",
+        "Kind: GQA (32 query heads, 8 KV heads (= 8 groups), group size 4)",
+        "Cache: 1.07 GB (1.00 GiB) = 1,073,741,824 bytes, as built",
+        "All layers global: the same (no local layers)",
+        "Layers: 32 global, 0 local; all 32 layers store K/V (no sharing)",
         "Per token: 131,072 bytes (128.00 KiB) over all 32 layers, one sequence",
         "Reduction against MHA of the same shape: 4.00x (MHA would cache 4.29 GB (4.00 GiB))",
         "Assumptions: batch 1, 8,192 tokens, bf16 = 2 bytes per number; GB = 10^9 bytes, GiB = 2^30 bytes",
@@ -77,10 +89,16 @@ def test_every_preset_sets_the_shape_and_context(calc, name):
     calc.batch.value, calc.dtype.value = 1, "bf16"
     calc.preset.value = name
     shape = (calc.n_layers.value, calc.n_heads.value, calc.n_kv_heads.value, calc.head_dim.value, calc.context.value)
-    assert shape == (spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.head_dim, spec.context)
-    assert list(calc.n_kv_heads.options) == divisors(spec.n_heads)
-    assert calc.readout_values()["bytes"] == spec.cache_bytes()
-    assert calc.readout_values()["kind"] == spec.attention
+    assert shape[:2] + shape[3:] == (spec.n_layers, spec.n_heads, spec.head_dim, spec.context)
+    v = calc.readout_values()
+    if spec.mla is None:
+        assert calc.n_kv_heads.value == spec.n_kv_heads and list(calc.n_kv_heads.options) == divisors(spec.n_heads)
+    else:
+        assert (calc.cache_kind.value, calc.d_c.value, calc.d_rope.value) == ("mla", spec.mla.d_c, spec.mla.d_rope)
+    assert v["bytes"] == spec.windowed_cache_bytes()  # as built: local layers keep their window
+    assert v["all_global_bytes"] == spec.cache_bytes()
+    assert v["kind"] == spec.attention
+    assert calc.preset.value == name  # setting the shape did not switch it to custom
     calc.preset.value = CUSTOM  # so that the next parametrised case is a real change
 
 
@@ -90,19 +108,90 @@ def test_changing_only_context_batch_or_dtype_keeps_the_preset(calc):
     calc.batch.value = 8
     calc.dtype.value = "fp8"
     assert calc.preset.value == "Mistral 7B"
-    assert calc.readout_values()["bytes"] == get_model("Mistral 7B").cache_bytes(1024, 8, "fp8")
+    assert calc.readout_values()["bytes"] == get_model("Mistral 7B").windowed_cache_bytes(1024, 8, "fp8")
     calc.head_dim.value = 64
     assert calc.preset.value == CUSTOM
 
 
-def test_mla_models_are_not_offered_and_bad_presets_fail_clearly():
-    mla = [n for n, s in load_models().items() if s.mla is not None]
-    assert mla and not set(mla) & set(cache_presets())
-    with pytest.raises(ValueError, match="uses MLA.*notebook 07"):
-        widgets.kv_cache_calculator(preset=mla[0])
+def test_custom_is_spelled_as_in_every_widget_and_bad_presets_fail_clearly():
+    assert CUSTOM == "custom"
+    assert widgets.kv_cache_calculator(preset=None).preset.value == CUSTOM
+    assert widgets.kv_cache_calculator(CUSTOM).preset.value == CUSTOM
+    with pytest.raises(ValueError, match=r"preset='\(custom\)': ask for a shape of your own with preset='custom' "
+                                         r"and the settings you want, e.g. kv_cache_calculator\('custom', n_layers="):
+        widgets.kv_cache_calculator("(custom)")
     with pytest.raises(UnknownModelError, match=r"name='Llama 3 8B' is not in data/models.json.*Did you mean"):
         widgets.kv_cache_calculator(preset="Llama 3 8B")
-    assert widgets.kv_cache_calculator(preset=None).preset.value == CUSTOM
+
+
+def test_a_custom_shape_is_asked_for_with_settings():
+    w = widgets.kv_cache_calculator(CUSTOM, n_layers=24, n_heads=16, n_kv_heads=4, head_dim=64, context=4096)
+    assert w.readout_values()["bytes"] == kv_cache_bytes(24, 4, 64, 4096)
+    assert readout_text(w).splitlines()[0] == "Kind: GQA (16 query heads, 4 KV heads (= 4 groups), group size 4)"
+    changed = widgets.kv_cache_calculator("Llama-3 8B", n_kv_heads=2)
+    assert changed.preset.value == CUSTOM and changed.readout_values()["bytes"] == kv_cache_bytes(32, 2, 128, 8192)
+    with pytest.raises(ValueError, match=r"setting\(s\) 'layers' not known \(valid: n_layers, n_heads, "):
+        widgets.kv_cache_calculator(CUSTOM, layers=24)
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ({"n_layers": 129}, r"n_layers=129 is not offered \(valid: 1 to 128\)"),
+    ({"batch": 0}, r"batch=0 is not offered \(valid: 1 to 256\)"),
+    ({"head_dim": 100}, r"head_dim=100 is not offered \(valid: 8 to 256 in steps of 8\)"),
+    ({"n_kv_heads": 5}, r"n_kv_heads=5 is not offered \(valid: 1, 2, 4, 8, 16, 32\)"),
+    ({"n_heads": 30, "n_kv_heads": 4}, r"n_kv_heads=4 is not offered \(valid: 1, 2, 3, 5, 6, 10, 15, 30\)"),
+    ({"context": 5000}, r"context=5000 is not offered \(valid: 128, 256, .*1,048,576\)"),
+    ({"dtype": "fp64"}, r"dtype='fp64' is not offered \(valid: 'fp32', 'fp16', 'bf16', 'fp8', 'int8', 'int4'\)"),
+    ({"window": 1000}, r"window=1000 is not offered \(valid: 0, 128, "),
+])
+def test_values_a_control_does_not_offer_are_refused_not_clamped(setting, message):
+    with pytest.raises(ValueError, match=message):
+        widgets.kv_cache_calculator(CUSTOM, **setting)
+
+
+def test_setting_a_control_above_its_maximum_is_refused(calc):
+    before = calc.readout.value
+    with pytest.raises(ValueError, match=r"n_layers=500 is not offered \(valid: 1 to 128\)"):
+        calc.n_layers.value = 500
+    with pytest.raises(ValueError, match=r"n_kv_heads=7 is not offered \(valid: "):
+        calc.n_kv_heads.value = 7
+    assert calc.readout.value == before
+
+
+def test_sliding_window_models_show_the_windowed_cache_beside_the_all_global_one():
+    gemma = widgets.kv_cache_calculator("Gemma 3 1B")  # 4 global layers keep 32,768 tokens, 22 local keep 512
+    lines = readout_text(gemma).splitlines()
+    assert lines[1] == "Cache: 145.75 MB (139.00 MiB) = 145,752,064 bytes, as built"
+    assert lines[2] == ("All layers global: 872.42 MB (832.00 MiB) = 872,415,232 bytes, an upper bound "
+                        "(5.99x the cache as built)")
+    assert lines[3] == "Layers: 4 global, 22 local keeping the last 512 tokens; all 26 layers store K/V (no sharing)"
+    assert "sliding window: google/gemma_pytorch" in gemma.source.value
+    mistral = widgets.kv_cache_calculator("Mistral 7B")
+    assert mistral.readout_values()["bytes"] == kv_cache_bytes(32, 8, 128, 4096)  # 4,096 of 8,192 tokens kept
+    assert mistral.readout_values()["all_global_bytes"] == kv_cache_bytes(32, 8, 128, 8192)
+    mistral.context.value = 2048  # inside the window: nothing is dropped
+    assert "All layers global: the same (2,048 tokens fit in the window)" in readout_text(mistral)
+    mistral.window.value = 0
+    assert mistral.preset.value == CUSTOM and mistral.pattern.disabled
+
+
+def test_number_formats_sharing_and_mla_compose():
+    w = widgets.kv_cache_calculator("Llama-3 8B", dtype="int4", scale_group=32, share_every=2)
+    # 16 of 32 layers store; each stores 2 x 8 vectors of 128 int4 numbers (64 bytes) + 4 fp16 scales (8 bytes)
+    assert w.readout_values()["bytes"] == 16 * 2 * 8 * (64 + 8) * 8192 == 150_994_944
+    assert w.readout_values()["bytes"] == CacheRecipe(32, 8, 128, ElementType("int4", 32), share_every=2).cache_bytes(
+        8192)
+    assert "int4 = 0.5 bytes per number + one 2-byte scale per 32 channels" in readout_text(w)
+    assert "16 of 32 layers store K/V (2 adjacent layers share one)" in readout_text(w)
+    assert w.preset.value == CUSTOM and not w.scale_group.disabled  # sharing changes the model; the format does not
+    w = widgets.kv_cache_calculator("DeepSeek-V3 671B", context=131072)
+    assert w.readout_values()["bytes"] == 61 * (512 + 64) * 2 * 131072
+    assert readout_text(w).splitlines()[0] == ("Kind: MLA (128 query heads; a latent of 512 + a RoPE key of 64 "
+                                               "numbers per token and layer)")
+    assert w.n_kv_heads.disabled and not w.d_c.disabled
+    w.dtype.value = "int8"  # one fp16 scale for the latent and one for the RoPE key
+    assert w.readout_values()["bytes"] == 61 * (512 + 2 + 64 + 2) * 131072
+    assert w.preset.value == "DeepSeek-V3 671B"
 
 
 def test_nearest_valid_kv_heads():

@@ -1,37 +1,57 @@
-"""The KV-cache calculator of notebook 01: pick a model or a shape, see what its cache costs.
+"""The KV-cache calculator of notebook 01: pick a model or a shape, see what its cache costs, as built.
 
-``kv_cache_calculator(preset="Llama-3 8B")`` returns a :class:`KVCacheCalculator` (an
-``ipywidgets.VBox``). Its controls are attributes, so code and tests can drive it by setting
-``.value``:
+``kv_cache_calculator(preset="Llama-3 8B", **settings)`` returns a :class:`KVCacheCalculator` (an
+``ipywidgets.VBox``). Pass ``preset="custom"`` (or ``None``) and any of the settings below to start
+from a shape of your own, e.g. ``kv_cache_calculator("custom", n_layers=24, n_heads=16, n_kv_heads=4)``;
+settings given with a model preset change that model (the dropdown then shows "custom" if the shape
+changed). Its controls are attributes, so code and tests can drive it by setting ``.value``; a value
+a control does not offer is refused with the valid range or values (nothing is clamped silently):
 
-- ``.preset``: Dropdown of the models in ``data/models.json`` that cache KV heads, plus
-  ``"(custom)"``. Choosing a model sets every slider to its shape and released context. MLA
-  models (DeepSeek-V2, V3) cache a latent, not KV heads, so they are left out (notebook 07).
-  Moving a shape slider away from the chosen model switches the dropdown to ``"(custom)"``.
+- ``.preset``: Dropdown of every model in ``data/models.json`` plus ``"custom"``. Choosing a model
+  sets every shape control to the model as built: heads or MLA latent, sliding-window layers and
+  released context. Moving a shape control away from the chosen model switches it to ``"custom"``.
 - ``.n_layers``, ``.n_heads`` (query heads), ``.head_dim``: IntSliders.
 - ``.n_kv_heads``: SelectionSlider whose options are always the divisors of ``.n_heads.value``;
   when the query heads change it keeps the nearest valid value (MHA stays MHA).
+- ``.cache_kind``: Dropdown, ``"kv"`` (K and V per KV head) or ``"mla"`` (MLA's latent of ``.d_c``
+  numbers plus a RoPE key of ``.d_rope`` numbers per token and layer, DeepSeek-V2/V3).
 - ``.context``: SelectionSlider of tokens, powers of 2 from 128 to 1,048,576 (plus a preset's
-  context if that is not a power of 2).
-- ``.batch``: IntSlider; ``.dtype``: Dropdown over ``gqa_lib.cache_math.DTYPE_BYTES``.
+  context if that is not a power of 2). ``.batch``: IntSlider.
+- ``.dtype``: Dropdown of number formats (``gqa_lib.cache_math.ELEMENT_BITS``); int8 and int4 count
+  their fp16 scales, one per ``.scale_group`` channels (0: one per vector, i.e. per token, per KV head,
+  per K and per V).
+- ``.window``: Dropdown, 0 (no local layers) or the tokens a local layer keeps; ``.pattern``:
+  which layers are local, a string of 'L'/'G' repeated from layer 0 (Gemma 3: "LLLLLG").
+- ``.share_every``: Dropdown, adjacent layers that share one layer's K/V (1: no sharing).
 
-Outputs: ``.readout`` (HTML), ``.plot`` (an Image: cache against context, log-log, with lines for
-common GPU memory sizes and a marker at the chosen context), and ``readout_values()``, a dict of
-the numbers shown. Every number comes from ``gqa_lib.cache_math``.
+Outputs: ``.readout`` (HTML), ``.plot`` (an Image: cache against context, log-log, as built, all
+layers global and MHA of the same shape, with lines for common GPU memory sizes and a marker at the
+chosen context), and ``readout_values()``, a dict of the numbers shown. Every number comes from
+``gqa_lib.cache_math.CacheRecipe``.
 
-Readout format (stable; browser tests parse it). The text of ``.readout.value`` with tags
-removed has these five lines, in this order::
+Readout format (stable; tests parse it). The text of ``.readout.value`` with tags removed has these
+seven lines, in this order (Llama-3 8B shown)::
 
-    Kind: GQA (32 query heads, 8 KV heads (= groups), group size 4)
-    Cache: 1.07 GB (1.00 GiB) = 1,073,741,824 bytes
+    Kind: GQA (32 query heads, 8 KV heads (= 8 groups), group size 4)
+    Cache: 1.07 GB (1.00 GiB) = 1,073,741,824 bytes, as built
+    All layers global: the same (no local layers)
+    Layers: 32 global, 0 local; all 32 layers store K/V (no sharing)
     Per token: 131,072 bytes (128.00 KiB) over all 32 layers, one sequence
     Reduction against MHA of the same shape: 4.00x (MHA would cache 4.29 GB (4.00 GiB))
     Assumptions: batch 1, 8,192 tokens, bf16 = 2 bytes per number; GB = 10^9 bytes, GiB = 2^30 bytes
 
-The first size on a "Cache:" line is in the largest decimal unit (B, KB, MB, GB, TB; powers of
+With local layers line 3 reads ``All layers global: <size> = <n> bytes, an upper bound (<r>x the
+cache as built)`` and line 4 ``Layers: 4 global, 22 local keeping the last 512 tokens; ...``. With
+sharing, line 4 ends ``13 of 26 layers store K/V (2 adjacent layers share one)`` (MLA: ``store a
+latent``). "Per token" is what one more token adds before any window fills, over the storing layers.
+MHA of the same shape has every query head's own K and V in every layer, all global, no sharing, in
+the same number format. For int8/int4 the assumptions read ``int4 = 0.5 bytes per number + one
+2-byte scale per ...``. For MLA line 1 reads ``Kind: MLA (128 query heads; a latent of 512 + a RoPE
+key of 64 numbers per token and layer)``.
+
+Sizes: the first on a "Cache:" line is in the largest decimal unit (B, KB, MB, GB, TB; powers of
 1000) that keeps the number at or above 1, the second in the binary unit (B, KiB, MiB, GiB, TiB;
 powers of 1024), both with two decimals and comma thousands separators; then the exact byte count.
-Kind is MHA, GQA or MQA; reductions have two decimals and an ``x``.
 """
 
 from __future__ import annotations
@@ -44,27 +64,81 @@ import time
 
 import ipywidgets as widgets
 import numpy as np
+from traitlets import TraitError, validate
 
 from ..cache_math import (
-    DTYPE_BYTES,
+    ELEMENT_BITS,
     GIB,
+    QUANTIZED,
+    CacheRecipe,
+    ElementType,
     auto_format_bytes,
-    dtype_bytes,
-    kv_cache_bytes,
-    reduction_vs_mha,
 )
-from ..layout import AttentionLayout, divisors
+from ..layout import attention_kind, divisors
 from ..models import ModelSpec, get_model, load_models
 from ..plots import GPU_MEMORY_GIB, NEUTRAL, PALETTE
 
-CUSTOM = "(custom)"
+CUSTOM = "custom"  # the same spelling in every widget of the series
 CONTEXT_POWERS = [2**k for k in range(7, 21)]  # 128 .. 1,048,576 tokens
 MAX_LAYERS, MAX_HEADS, MAX_HEAD_DIM, MAX_BATCH = 128, 128, 256, 256
+MAX_LATENT, MAX_ROPE = 2048, 256
+WINDOWS = [2**k for k in range(7, 18)]  # 128 .. 131,072 tokens
+PATTERNS = {"L": "every layer local", "LLLLLG": "5 local : 1 global", "LLLG": "3 local : 1 global",
+            "LG": "1 local : 1 global"}
+SHARING = {1: "none (each layer)", 2: "pairs of layers", 3: "3 adjacent layers", 4: "4 adjacent layers"}
+SCALE_GROUPS = {0: "1 per vector", 128: "1 per 128 channels", 64: "1 per 64 channels", 32: "1 per 32 channels"}
+SETTINGS = ("n_layers", "n_heads", "n_kv_heads", "head_dim", "cache_kind", "d_c", "d_rope", "context", "batch",
+            "dtype", "scale_group", "window", "pattern", "share_every")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}" + ("" if n == 1 else "s")
+
+
+class _CheckedIntSlider(widgets.IntSlider):
+    """An IntSlider that refuses a value off its range or step, naming it, instead of clamping it."""
+
+    def __init__(self, name: str, **kwargs):
+        self._name = name
+        super().__init__(**kwargs)
+
+    @validate("value")
+    def _validate_value(self, proposal):
+        value = proposal["value"]
+        lo, hi, step = self.min, self.max, self.step
+        if not lo <= value <= hi or (value - lo) % step:
+            grid = f" in steps of {step}" if step != 1 else ""
+            raise ValueError(f"{self._name}={value!r} is not offered (valid: {lo:,} to {hi:,}{grid})")
+        return value
+
+
+class _CheckedChoice:
+    """Mixin for selection widgets: an unknown value is refused listing the valid values, not 'value not found'."""
+
+    @validate("value")
+    def _validate_value(self, proposal):
+        try:
+            return super()._validate_value(proposal)
+        except TraitError:
+            valid = ", ".join(repr(v) if isinstance(v, str) else f"{v:,}" for v in self._options_values)
+            raise ValueError(f"{self._name}={proposal['value']!r} is not offered (valid: {valid})") from None
+
+
+class _CheckedSelectionSlider(_CheckedChoice, widgets.SelectionSlider):
+    def __init__(self, name: str, **kwargs):
+        self._name = name
+        super().__init__(**kwargs)
+
+
+class _CheckedDropdown(_CheckedChoice, widgets.Dropdown):
+    def __init__(self, name: str, **kwargs):
+        self._name = name
+        super().__init__(**kwargs)
 
 
 def cache_presets() -> dict[str, ModelSpec]:
-    """Models the calculator offers: every model in ``data/`` that caches KV heads (MLA left out)."""
-    return {name: spec for name, spec in load_models().items() if spec.mla is None}
+    """Models the calculator offers: every model in ``data/`` (MLA models with their latent)."""
+    return load_models()
 
 
 def nearest_valid_kv_heads(n_heads: int, wanted: int, keep_mha: bool = False) -> int:
@@ -96,65 +170,91 @@ def _gib_label(value, _pos=None) -> str:
 
 
 class KVCacheCalculator(widgets.VBox):
-    """Sliders for a model's attention shape and use; readouts of the KV cache they need."""
+    """Controls for a model's cache as built (heads or latent, local layers, sharing, number format); readouts."""
 
-    def __init__(self, preset: str | None = "Llama-3 8B"):
+    def __init__(self, preset: str | None = "Llama-3 8B", **settings):
         self._presets = cache_presets()
         spec = self._check_preset(preset)
+        unknown = [k for k in settings if k not in SETTINGS]
+        if unknown:
+            raise ValueError(f"setting(s) {', '.join(map(repr, unknown))} not known (valid: {', '.join(SETTINGS)})")
         self._holding = 0  # > 0 while several controls are set at once: update once at the end
         self.last_update_seconds = 0.0
         self._build_controls()
         self._build_figure()
+        column = widgets.Layout(width="400px")
         super().__init__(children=[
             widgets.HBox([self.preset, self.source]),
-            widgets.HBox([widgets.VBox([self.n_layers, self.n_heads, self.n_kv_heads, self.head_dim]),
-                          widgets.VBox([self.context, self.batch, self.dtype])]),
-            self.readout, self.plot, self.note,
+            widgets.HBox([
+                widgets.VBox([self.n_layers, self.n_heads, self.n_kv_heads, self.head_dim, self.cache_kind,
+                              self.d_c, self.d_rope], layout=column),
+                widgets.VBox([self.context, self.batch, self.dtype, self.scale_group, self.window, self.pattern,
+                              self.share_every], layout=column)]),
+            self.readout, self.plot,
         ])
         if spec is not None:
             self.apply_preset(spec.name)
-        else:
+        if settings:
+            self.set(**settings)
+        elif spec is None:
             self.update()
 
     # ---- building -----------------------------------------------------------------------
     def _check_preset(self, preset) -> ModelSpec | None:
         if preset is None or preset == CUSTOM:
             return None
-        spec = get_model(preset)  # unknown names raise UnknownModelError naming the closest ones
-        if spec.mla is not None:
-            raise ValueError(f"preset={preset!r} uses MLA, which caches a latent instead of KV heads; this "
-                             "calculator covers MHA, GQA and MQA (see notebook 07 for MLA). "
-                             f"Valid presets: {', '.join(self._presets)}")
-        return spec
+        if preset == "(custom)":
+            raise ValueError(f"preset={preset!r}: ask for a shape of your own with preset={CUSTOM!r} and the "
+                             f"settings you want, e.g. kv_cache_calculator({CUSTOM!r}, n_layers=24, n_heads=16, "
+                             f"n_kv_heads=4) (settings: {', '.join(SETTINGS)})")
+        return get_model(preset)  # unknown names raise UnknownModelError naming the closest ones
 
     def _build_controls(self):
-        style = {"description_width": "120px"}
-        wide = widgets.Layout(width="380px")
-        self.preset = widgets.Dropdown(options=[CUSTOM, *self._presets], value=CUSTOM, description="model",
-                                       style=style, layout=wide)
-        self.source = widgets.HTML()
-        self.n_layers = widgets.IntSlider(32, 1, MAX_LAYERS, description="layers", style=style, layout=wide)
-        self.n_heads = widgets.IntSlider(32, 1, MAX_HEADS, description="query heads", style=style, layout=wide)
-        # continuous_update=False on the two sliders whose options change: otherwise the browser pushes its
-        # old slider position back to the kernel after the options are rebuilt (seen in the browser tests).
-        self.n_kv_heads = widgets.SelectionSlider(options=divisors(32), value=8, description="KV heads (groups)",
-                                                  style=style, layout=wide, continuous_update=False)
-        self.head_dim = widgets.IntSlider(128, 8, MAX_HEAD_DIM, step=8, description="head dim", style=style,
-                                          layout=wide)
-        self.context = widgets.SelectionSlider(options=context_options(), value=8192, description="context (tokens)",
-                                               style=style, layout=wide, continuous_update=False)
-        self.batch = widgets.IntSlider(1, 1, MAX_BATCH, description="batch", style=style, layout=wide)
-        dtype_labels = [(f"{name} ({b} byte{'s' if b > 1 else ''})", name) for name, b in DTYPE_BYTES.items()]
-        self.dtype = widgets.Dropdown(options=dtype_labels, value="bf16", description="dtype", style=style,
-                                      layout=wide)
+        style = {"description_width": "130px"}
+        wide = widgets.Layout(width="390px")
+        dd = dict(style=style, layout=wide)
+        self.preset = _CheckedDropdown("preset", options=[*self._presets, CUSTOM], value=CUSTOM,
+                                       description="model", **dd)
+        self.source = widgets.HTML(layout=widgets.Layout(width="600px"))
+        self.n_layers = _CheckedIntSlider("n_layers", value=32, min=1, max=MAX_LAYERS, description="layers", **dd)
+        self.n_heads = _CheckedIntSlider("n_heads", value=32, min=1, max=MAX_HEADS, description="query heads", **dd)
+        # continuous_update=False on the sliders whose options change: otherwise the browser pushes its old
+        # slider position back to the kernel after the options are rebuilt (seen in the browser tests).
+        self.n_kv_heads = _CheckedSelectionSlider("n_kv_heads", options=divisors(32), value=8,
+                                                  description="KV heads (groups)", continuous_update=False, **dd)
+        self.head_dim = _CheckedIntSlider("head_dim", value=128, min=8, max=MAX_HEAD_DIM, step=8,
+                                          description="head dim", **dd)
+        self.cache_kind = _CheckedDropdown("cache_kind", options=[("K and V per KV head", "kv"),
+                                                                  ("MLA latent + RoPE key", "mla")],
+                                           value="kv", description="cache stores", **dd)
+        self.d_c = _CheckedIntSlider("d_c", value=512, min=64, max=MAX_LATENT, step=64, description="MLA latent",
+                                     **dd)
+        self.d_rope = _CheckedIntSlider("d_rope", value=64, min=0, max=MAX_ROPE, step=16,
+                                        description="MLA RoPE key", **dd)
+        self.context = _CheckedSelectionSlider("context", options=context_options(), value=8192,
+                                               description="context (tokens)", continuous_update=False, **dd)
+        self.batch = _CheckedIntSlider("batch", value=1, min=1, max=MAX_BATCH, description="batch", **dd)
+        self.dtype = _CheckedDropdown("dtype", options=[(_dtype_label(n), n) for n in ELEMENT_BITS], value="bf16",
+                                      description="dtype", **dd)
+        self.scale_group = _CheckedDropdown("scale_group", options=[(t, g) for g, t in SCALE_GROUPS.items()],
+                                            value=0, description="fp16 scales", **dd)
+        self.window = _CheckedDropdown("window", options=window_options(), value=0,
+                                       description="sliding window", **dd)
+        self.pattern = _CheckedDropdown("pattern", options=[(t, p) for p, t in PATTERNS.items()], value="L",
+                                        description="local layers", **dd)
+        self.share_every = _CheckedDropdown("share_every", options=[(t, k) for k, t in SHARING.items()], value=1,
+                                            description="K/V shared by", **dd)
         self.readout = widgets.HTML()
         self.plot = widgets.Image(format="png", layout=widgets.Layout(align_self="flex-start"))  # natural size
-        self.note = widgets.HTML("<small>MLA models (DeepSeek-V2, DeepSeek-V3/R1) cache a compressed latent, not "
-                                 "KV heads, so they are not in the list; notebook 07 covers them.</small>")
         self.preset.observe(self._on_preset, "value")
         self.n_heads.observe(self._on_n_heads, "value")
-        for control in (self.n_layers, self.n_kv_heads, self.head_dim, self.context, self.batch, self.dtype):
-            control.observe(self._on_change, "value")
+        for control in self._shape_controls() + (self.context, self.batch, self.dtype, self.scale_group):
+            if control is not self.n_heads:
+                control.observe(self._on_change, "value")
+
+    def _shape_controls(self):
+        return (self.n_layers, self.n_heads, self.n_kv_heads, self.head_dim, self.cache_kind, self.d_c, self.d_rope,
+                self.window, self.pattern, self.share_every)
 
     def _build_figure(self):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -162,8 +262,8 @@ class KVCacheCalculator(widgets.VBox):
         from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
         # Fixed margins and few ticks: a layout engine and minor log ticks would triple the draw time.
-        self._fig = Figure(figsize=(7.0, 3.8), dpi=90)
-        self._fig.subplots_adjust(left=0.135, right=0.98, bottom=0.14, top=0.91)
+        self._fig = Figure(figsize=(7.6, 3.9), dpi=90)
+        self._fig.subplots_adjust(left=0.125, right=0.98, bottom=0.14, top=0.91)
         ax = self._ax = self._fig.add_subplot()
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
@@ -184,13 +284,16 @@ class KVCacheCalculator(widgets.VBox):
             ax.text(CONTEXT_POWERS[0] * 1.1, gib * (1.08 if above else 0.93), label, fontsize=8, color=NEUTRAL,
                     va="bottom" if above else "top")
         (self._mha_line,) = ax.plot([], [], color=PALETTE["MHA"], ls="--", lw=1.2, label="MHA of the same shape")
-        (self._line,) = ax.plot([], [], lw=2.2, label="this shape")
+        (self._global_line,) = ax.plot([], [], color="black", ls=(0, (1, 1.5)), lw=1.4, label="all layers global")
+        (self._line,) = ax.plot([], [], lw=2.2, label="this cache, as built")
         (self._marker,) = ax.plot([], [], "o", ms=8, mec="black", label="chosen context")
-        self._legend = ax.legend(loc="lower right", fontsize=8)  # made once; only its colours change
-        self._title = self._fig.text(0.5, 0.985, "", ha="center", va="top", fontsize=10)
+        self._legend = ax.legend(loc="lower right", fontsize=8)  # made once; only its colours and texts change
+        # A fixed title: the shape is in the readout above, and every text drawn per update costs time.
+        self._fig.text(0.5, 0.985, "KV cache against context, for the shape, batch and number format chosen above",
+                       ha="center", va="top", fontsize=10)
         FigureCanvasAgg(self._fig)  # attaches itself to the figure
-        self._dynamic = [self._mha_line, self._line, self._marker, self._legend, self._title]
-        self._background, self._background_ylim = None, None
+        self._dynamic = [self._mha_line, self._global_line, self._line, self._marker, self._legend]
+        self._backgrounds, self._background_ylim = {}, None  # y range -> bitmap of the static parts
 
     # ---- events -------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -227,19 +330,35 @@ class KVCacheCalculator(widgets.VBox):
                 self.n_kv_heads.options = divisors(n_heads)  # resets the value, hence the hold
             self.n_kv_heads.value = value
 
+    def _shape(self) -> tuple:
+        mla = self.cache_kind.value == "mla"
+        return (self.n_layers.value, self.n_heads.value, None if mla else self.n_kv_heads.value, self.head_dim.value,
+                (self.d_c.value, self.d_rope.value) if mla else None,
+                (self.window.value, self.pattern.value) if self.window.value else None, self.share_every.value)
+
+    @staticmethod
+    def _spec_shape(spec: ModelSpec) -> tuple:
+        sw = spec.sliding_window
+        return (spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.head_dim,
+                (spec.mla.d_c, spec.mla.d_rope) if spec.mla else None, (sw.window, sw.pattern) if sw else None, 1)
+
     def _sync_preset(self):
-        """Show "(custom)" once the shape no longer is the chosen model's (context, batch, dtype may vary)."""
+        """Show "custom" once the shape no longer is the chosen model's (context, batch, number format may vary)."""
         name = self.preset.value
-        if name == CUSTOM:
-            return
-        spec = self._presets[name]
-        shape = (self.n_layers.value, self.n_heads.value, self.n_kv_heads.value, self.head_dim.value)
-        if shape != (spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.head_dim):
+        if name != CUSTOM and self._shape() != self._spec_shape(self._presets[name]):
             with self._hold():
                 self.preset.value = CUSTOM
+        self._enable()
+
+    def _enable(self):
+        mla, quantized = self.cache_kind.value == "mla", self.dtype.value in QUANTIZED
+        self.n_kv_heads.disabled = mla
+        self.d_c.disabled = self.d_rope.disabled = not mla
+        self.scale_group.disabled = not quantized
+        self.pattern.disabled = not self.window.value
 
     def apply_preset(self, name: str):
-        """Set every slider to the shape and released context of model ``name``, then update once."""
+        """Set every shape control to model ``name`` as built and its released context, then update once."""
         spec = self._check_preset(name)
         if spec is None:
             return
@@ -247,46 +366,131 @@ class KVCacheCalculator(widgets.VBox):
             self.preset.value = spec.name
             self.n_layers.value = spec.n_layers
             self.n_heads.value = spec.n_heads
-            self._set_kv_options(spec.n_heads, spec.n_kv_heads)
             self.head_dim.value = spec.head_dim
-            if spec.context not in CONTEXT_POWERS or len(self.context.options) != len(CONTEXT_POWERS):
+            self.cache_kind.value = "mla" if spec.mla else "kv"
+            if spec.mla:
+                self.d_c.value, self.d_rope.value = spec.mla.d_c, spec.mla.d_rope
+            # MLA has no KV heads: the (disabled) slider still offers the divisors, at MHA's value
+            self._set_kv_options(spec.n_heads, spec.n_kv_heads or spec.n_heads)
+            sw = spec.sliding_window
+            if sw is not None and sw.window not in self.window._options_values:
+                self.window.options = window_options(sw.window)
+            if sw is not None and sw.pattern not in self.pattern._options_values:
+                self.pattern.options = [*self.pattern.options, (f"pattern {sw.pattern}", sw.pattern)]
+            self.window.value = sw.window if sw else 0
+            if sw is not None:
+                self.pattern.value = sw.pattern
+            self.share_every.value = 1
+            if spec.context not in self.context._options_values:
                 self.context.options = context_options(spec.context)
             self.context.value = spec.context
+        self._enable()
+        self.update()
+
+    def set(self, **settings):
+        """Set several controls at once (names as in the module docstring), checked, then update once."""
+        unknown = [k for k in settings if k not in SETTINGS]
+        if unknown:
+            raise ValueError(f"setting(s) {', '.join(map(repr, unknown))} not known (valid: {', '.join(SETTINGS)})")
+        with self._hold():
+            if "n_heads" in settings:
+                self.n_heads.value = settings["n_heads"]
+                self._set_kv_options(self.n_heads.value, self.n_kv_heads.value)  # a given n_kv_heads is checked next
+            for name in SETTINGS:
+                if name in settings and name != "n_heads":
+                    getattr(self, name).value = settings[name]
+            self._sync_preset()
         self.update()
 
     # ---- numbers ------------------------------------------------------------------------
+    def recipe(self) -> CacheRecipe:
+        """The cache the controls describe, as a pure :class:`~gqa_lib.cache_math.CacheRecipe`."""
+        n_layers = self.n_layers.value
+        window = self.window.value or None
+        pattern = self.pattern.value[:n_layers] if window else "G"  # a pattern repeats from layer 0
+        if window and "L" not in pattern:
+            pattern = "L" + pattern[1:]
+        group = self.scale_group.value or None
+        quantized = self.dtype.value in QUANTIZED
+        element = ElementType(self.dtype.value, group) if quantized else ElementType(self.dtype.value)
+        share = min(self.share_every.value, n_layers)
+        if self.cache_kind.value == "mla":
+            return CacheRecipe(n_layers, element=element, pattern=pattern, window=window, share_every=share,
+                               d_c=self.d_c.value, d_rope=self.d_rope.value)
+        return CacheRecipe(n_layers, self.n_kv_heads.value, self.head_dim.value, element, pattern, window, share)
+
     def readout_values(self) -> dict:
-        """The numbers the readout shows, computed with ``gqa_lib.cache_math``."""
-        n_layers, n_heads, n_kv = self.n_layers.value, self.n_heads.value, self.n_kv_heads.value
-        head_dim, tokens, batch, dtype = self.head_dim.value, self.context.value, self.batch.value, self.dtype.value
-        shape = AttentionLayout(n_heads, n_kv, head_dim, n_layers)  # validates n_kv | n_heads
-        b = dtype_bytes(dtype)
+        """The numbers the readout shows, computed with ``gqa_lib.cache_math.CacheRecipe``."""
+        r = self.recipe()
+        n_heads, tokens, batch = self.n_heads.value, self.context.value, self.batch.value
+        mha = CacheRecipe(r.n_layers, n_heads, self.head_dim.value, r.element)
+        kind = "MLA" if r.is_mla else attention_kind(n_heads, r.n_kv_heads)
+        n_bytes = r.cache_bytes(tokens, batch)
+        storing = sum(1 for t in r.tokens_per_layer(1) if t)
         return {
-            "n_layers": n_layers, "n_heads": n_heads, "n_kv_heads": n_kv, "head_dim": head_dim,
-            "context": tokens, "batch": batch, "dtype": dtype, "bytes_per_elem": b,
-            "kind": shape.kind, "group_size": shape.group_size,
-            "bytes": kv_cache_bytes(n_layers, n_kv, head_dim, tokens, batch, b),
-            "bytes_per_token": kv_cache_bytes(n_layers, n_kv, head_dim, 1, 1, b),
-            "mha_bytes": kv_cache_bytes(n_layers, n_heads, head_dim, tokens, batch, b),
-            "reduction": reduction_vs_mha(n_heads, n_kv),
+            "n_layers": r.n_layers, "n_heads": n_heads, "n_kv_heads": r.n_kv_heads, "head_dim": self.head_dim.value,
+            "d_c": r.d_c, "d_rope": r.d_rope, "context": tokens, "batch": batch, "dtype": r.element.name,
+            "element": r.element, "window": r.window, "pattern": r.pattern, "local_layers": r.local_layers(),
+            "storing_layers": storing, "share_every": r.share_every, "kind": kind,
+            "group_size": None if r.is_mla else n_heads // r.n_kv_heads,
+            "bytes": n_bytes, "all_global_bytes": r.cache_bytes(tokens, batch, windowed=False),
+            "bytes_per_token": r.cache_bytes(1), "mha_bytes": mha.cache_bytes(tokens, batch),
+            "reduction": mha.cache_bytes(tokens, batch) / n_bytes,
         }
 
     def readout_lines(self, v: dict | None = None) -> list[str]:
-        """The five readout lines as plain text (the format is in the module docstring)."""
+        """The seven readout lines as plain text (the format is in the module docstring)."""
         v = self.readout_values() if v is None else v
 
         def size(n):
             return f"{auto_format_bytes(n)} ({auto_format_bytes(n, binary=True)})"
 
+        if v["kind"] == "MLA":
+            kind = (f"Kind: MLA ({_plural(v['n_heads'], 'query head')}; a latent of {v['d_c']:,} + a RoPE key of "
+                    f"{v['d_rope']:,} numbers per token and layer)")
+        else:
+            kind = (f"Kind: {v['kind']} ({_plural(v['n_heads'], 'query head')}, "
+                    f"{_plural(v['n_kv_heads'], 'KV head')} (= {_plural(v['n_kv_heads'], 'group')}), "
+                    f"group size {v['group_size']})")
+        L, local = v["n_layers"], v["local_layers"]
+        if local:
+            ratio = v["all_global_bytes"] / v["bytes"]
+            all_global = (f"All layers global: {size(v['all_global_bytes'])} = {v['all_global_bytes']:,} bytes, an "
+                          f"upper bound ({ratio:.2f}x the cache as built)")
+            if ratio == 1:
+                all_global = f"All layers global: the same ({v['context']:,} tokens fit in the window)"
+            layers = f"Layers: {L - local:,} global, {local:,} local keeping the last {v['window']:,} tokens"
+        else:
+            all_global = "All layers global: the same (no local layers)"
+            layers = f"Layers: {L:,} global, 0 local"
+        what = "a latent" if v["kind"] == "MLA" else "K/V"
+        if v["share_every"] > 1:
+            layers += f"; {v['storing_layers']:,} of {L:,} layers store {what} ({v['share_every']} adjacent layers " \
+                      "share one)"
+        else:
+            layers += f"; all {L:,} layers store {what} (no sharing)" if L > 1 else f"; the layer stores {what}"
+        over = f"all {L:,} layers" if v["storing_layers"] == L else f"the {v['storing_layers']:,} storing layers"
+        if L == 1:
+            over = "the one layer"
+        r = v["reduction"]
+        versus = f"{r:.2f}x" if r >= 1 else f"{1 / r:.2f}x larger,"
+        e = v["element"]
+        if v["dtype"] in QUANTIZED:
+            per = "vector" if e.scale_group is None else f"{e.scale_group} channels"
+            number = f"{v['dtype']} = {e.bits / 8:g} bytes per number + one 2-byte scale per {per}"
+        else:
+            b = e.bits // 8
+            number = f"{v['dtype']} = {b} byte{'s' if b > 1 else ''} per number"
         return [
-            f"Kind: {v['kind']} ({v['n_heads']} query heads, {v['n_kv_heads']} KV heads (= groups), "
-            f"group size {v['group_size']})",
-            f"Cache: {size(v['bytes'])} = {v['bytes']:,} bytes",
+            kind,
+            f"Cache: {size(v['bytes'])} = {v['bytes']:,} bytes, as built",
+            all_global,
+            layers,
             f"Per token: {v['bytes_per_token']:,} bytes ({auto_format_bytes(v['bytes_per_token'], binary=True)}) "
-            f"over all {v['n_layers']} layers, one sequence",
-            f"Reduction against MHA of the same shape: {v['reduction']:.2f}x (MHA would cache {size(v['mha_bytes'])})",
-            f"Assumptions: batch {v['batch']:,}, {v['context']:,} tokens, {v['dtype']} = {v['bytes_per_elem']} "
-            f"byte{'s' if v['bytes_per_elem'] > 1 else ''} per number; GB = 10^9 bytes, GiB = 2^30 bytes",
+            f"over {over}, one sequence",
+            f"Reduction against MHA of the same shape: {versus} (MHA would cache {size(v['mha_bytes'])})",
+            f"Assumptions: batch {v['batch']:,}, {v['context']:,} tokens, {number}; GB = 10^9 bytes, "
+            "GiB = 2^30 bytes",
         ]
 
     # ---- drawing ------------------------------------------------------------------------
@@ -294,67 +498,73 @@ class KVCacheCalculator(widgets.VBox):
         """Recompute the readout and redraw the plot from the current control values."""
         start = time.perf_counter()
         v = self.readout_values()
-        lines = self.readout_lines(v)
-        lines[1] = f"<b>{html.escape(lines[1])}</b>"
-        self.readout.value = "<div style='line-height:1.5'>" + "<br>".join(
-            line if line.startswith("<b>") else html.escape(line) for line in lines) + "</div>"
+        lines = [html.escape(line) for line in self.readout_lines(v)]
+        lines[1] = f"<b>{lines[1]}</b>"
+        self.readout.value = "<div style='line-height:1.5'>" + "<br>".join(lines) + "</div>"
         name = self.preset.value
         if name == CUSTOM:
             self.source.value = "<small>custom shape</small>"
         else:
             spec = self._presets[name]
+            sw = spec.sliding_window
+            window = f"; sliding window: {html.escape(sw.source)}" if sw else ""
             self.source.value = (f"<small>{html.escape(spec.attention)}, released context {spec.context:,} tokens; "
-                                 f"source: {html.escape(spec.source)}</small>")
+                                 f"source: {html.escape(spec.source)}{window}</small>")
         self._draw(v)
         self.last_update_seconds = time.perf_counter() - start
 
     def _draw(self, v: dict):
-        per_token_gib = v["bytes_per_token"] * v["batch"] / GIB
+        r = self.recipe()
         xs = CONTEXT_POWERS
-        ys = [per_token_gib * x for x in xs]
-        mha_ys = [y * v["reduction"] for y in ys]
+        scale = v["batch"] / GIB
+        ys = [r.cache_bytes(x) * scale for x in xs]
+        global_ys = [r.cache_bytes(x, windowed=False) * scale for x in xs]
+        mha_ys = [v["mha_bytes"] / v["context"] * x / v["batch"] * scale for x in xs]
         colour = PALETTE[v["kind"]]
         self._line.set_data(xs, ys)
         self._line.set_color(colour)
-        handles = self._legend.legend_handles
-        handles[1].set_color(colour)
+        handles, texts = self._legend.legend_handles, self._legend.texts
         handles[2].set_color(colour)
-        handles[2].set_markeredgecolor("black")
-        self._legend.texts[1].set_text(f"this shape ({v['kind']})")
-        self._legend.texts[0].set_text("MHA of the same shape" + (" (= this shape)" if v["kind"] == "MHA" else ""))
+        handles[3].set_color(colour)
+        handles[3].set_markeredgecolor("black")
+        texts[2].set_text(f"this cache, as built ({v['kind']})")
+        texts[0].set_text("MHA of the same shape" + (" (= this shape)" if v["kind"] == "MHA" else ""))
+        texts[1].set_text("all layers global" + ("" if v["local_layers"] else " (= as built)"))
         self._mha_line.set_data(xs, mha_ys)
-        self._mha_line.set_visible(v["kind"] != "MHA")  # MHA's own line is the dashed one
+        self._mha_line.set_visible(not (v["kind"] == "MHA" and v["share_every"] == 1 and not v["local_layers"]))
+        self._global_line.set_data(xs, global_ys)
+        self._global_line.set_visible(bool(v["local_layers"]))
         self._marker.set_data([v["context"]], [v["bytes"] / GIB])
         self._marker.set_color(colour)
         self._marker.set_markeredgecolor("black")
-        # y range in whole decades, so that most slider moves keep it and can reuse the drawn background
+        # y range in whole decades, so that most control moves keep it and can reuse the drawn background
         low = 10.0 ** math.floor(math.log10(min(ys[0], 1.0) / 3))
-        high = 10.0 ** math.ceil(math.log10(max(mha_ys[-1], max(GPU_MEMORY_GIB.values())) * 3))
-        self._title.set_text(f"{v['n_layers']} layers, {v['n_heads']} query / {v['n_kv_heads']} KV heads, "
-                             f"head dim {v['head_dim']}, batch {v['batch']}, {v['dtype']}")
+        high = 10.0 ** math.ceil(math.log10(max(mha_ys[-1], global_ys[-1], max(GPU_MEMORY_GIB.values())) * 3))
         self._render((low, high))
 
     def _render(self, ylim: tuple[float, float]):
         """Draw the figure into ``.plot`` as PNG.
 
-        Axes, ticks and GPU lines (the slow part: text) are drawn once per y range and kept as a bitmap;
-        each update pastes that bitmap and draws only the curves, marker, legend and title on top.
+        Axes, ticks and GPU lines (the slow part: text) are drawn once per y range and kept as a bitmap
+        (one per range seen, so moving back and forth across a decade stays fast); each update pastes
+        that bitmap and draws only the curves, marker, legend and title on top.
         """
         from PIL import Image
 
         canvas = self._fig.canvas
         if ylim != self._background_ylim:
             self._ax.set_ylim(*ylim)
+            self._background_ylim = ylim
+        if ylim not in self._backgrounds:
             shown = [a.get_visible() for a in self._dynamic]
             for a in self._dynamic:
                 a.set_visible(False)
             canvas.draw()
-            self._background = canvas.copy_from_bbox(self._fig.bbox)
-            self._background_ylim = ylim
+            self._backgrounds[ylim] = canvas.copy_from_bbox(self._fig.bbox)
             for a, visible in zip(self._dynamic, shown, strict=True):
                 a.set_visible(visible)
         else:
-            canvas.restore_region(self._background)
+            canvas.restore_region(self._backgrounds[ylim])
         for a in self._dynamic:
             if a.get_visible():
                 self._fig.draw_artist(a)
@@ -363,10 +573,25 @@ class KVCacheCalculator(widgets.VBox):
         self.plot.value = buf.getvalue()
 
 
-def kv_cache_calculator(preset: str | None = "Llama-3 8B") -> KVCacheCalculator:
-    """The KV-cache calculator, starting at model ``preset`` (a name in ``data/models.json``, or None for custom).
+def _dtype_label(name: str) -> str:
+    bits = ELEMENT_BITS[name]
+    size = f"{bits // 8} byte{'s' if bits > 8 else ''}" if bits >= 8 else f"{bits / 8:g} byte"
+    return f"{name} ({size}{' + scales' if name in QUANTIZED else ''})"
 
-    Unknown names raise ``UnknownModelError`` suggesting the closest names; MLA models raise
-    ``ValueError`` (they cache a latent, not KV heads).
+
+def window_options(extra: int | None = None) -> list[tuple[str, int]]:
+    """(label, tokens) pairs for the window dropdown: 0 = no local layers, then powers of 2, plus ``extra``."""
+    values = sorted(set(WINDOWS) | ({extra} if extra else set()))
+    return [("none (all global)", 0)] + [(f"{w:,} tokens", w) for w in values]
+
+
+def kv_cache_calculator(preset: str | None = "Llama-3 8B", **settings) -> KVCacheCalculator:
+    """The KV-cache calculator, starting at model ``preset`` (a name in ``data/models.json``, or "custom").
+
+    For a shape of your own pass ``preset="custom"`` and the settings, e.g.
+    ``kv_cache_calculator("custom", n_layers=24, n_heads=16, n_kv_heads=4, window=4096, pattern="LG")``;
+    the setting names are in the module docstring (``SETTINGS``). Unknown names raise
+    ``UnknownModelError`` suggesting the closest; a value a control does not offer raises
+    ``ValueError`` giving the valid range or values.
     """
-    return KVCacheCalculator(preset)
+    return KVCacheCalculator(preset, **settings)
