@@ -28,7 +28,6 @@ from hypothesis import strategies as st
 from gqa_lib import widgets
 from gqa_lib.cache_math import auto_format_bytes, dtype_bytes, kv_cache_bytes, mla_cache_bytes, reduction_vs_mha
 from gqa_lib.layout import attention_kind, divisors
-from gqa_lib.models import get_model
 
 EXAMPLES = 10  # random sequences per widget (a build takes ~0.3-1.5 s, each update draws a PNG: ~0.1-0.5 s)
 MAX_STEPS = 8
@@ -74,22 +73,6 @@ def size(n: int) -> str:
 
 # ---- the arithmetic each widget must show, from its controls ------------------------------------
 
-def oracle_calculator(w) -> None:
-    b = dtype_bytes(w.dtype.value)
-    L, h, kv, d = w.n_layers.value, w.n_heads.value, w.n_kv_heads.value, w.head_dim.value
-    total = kv_cache_bytes(L, kv, d, w.context.value, w.batch.value, b)
-    mha = kv_cache_bytes(L, h, d, w.context.value, w.batch.value, b)
-    expect_in(w.readout.value, f"Kind: {attention_kind(h, kv)} ({h} query heads, {kv} KV heads",
-              f"Cache: {size(total)} = {total:,} bytes",
-              f"{reduction_vs_mha(h, kv):.2f}x (MHA would cache {size(mha)})",
-              f"batch {w.batch.value:,}, {w.context.value:,} tokens, {w.dtype.value} = {b} byte")
-    assert w.readout_values()["bytes"] == total
-    if w.preset.value != "(custom)":
-        spec = get_model(w.preset.value)
-        assert (L, h, kv, d) == (spec.n_layers, spec.n_heads, spec.n_kv_heads, spec.head_dim), \
-            f"preset {spec.name} is shown but the sliders say {(L, h, kv, d)}"
-
-
 def oracle_group_explorer(w) -> None:
     h, kv, d, ctx = w.n_heads.value, w.n_kv_heads.value, w.head_dim.value, w.context.value
     v = w.readout_values()
@@ -127,8 +110,9 @@ def oracle_mla(w) -> None:
     assert w.readout_values()["per_token"] == per_token
 
 
+# The KV-cache calculator has its own random walk over all its controls (window, sharing, int4 scales,
+# MLA latent): tests/test_widget_cache_calculator_random.py.
 WIDGETS = {
-    "kv_cache_calculator": oracle_calculator,
     "group_explorer": oracle_group_explorer,
     "mqa_cache_comparison": oracle_mqa,
     "mla_cache_comparison": oracle_mla,
