@@ -32,6 +32,8 @@ def plot_kv_blocks(x_seen, group_size: int, ax, name: str = "K", percentile: flo
     ``x_seen``: (n_heads, seq, head_dim). Thin lines separate heads, thick lines groups (query head i
     reads KV head i // group_size). The diverging colour scale is symmetric and clipped at the
     ``percentile``-th percentile of |x|; the colour bar's pointed ends mark values beyond it.
+    ``tokens``: optional list of the ``seq`` token strings; the title then names the first and last
+    (each block's rows run from the first token at the top to the last at the bottom).
     """
     x = _as_array(x_seen, "x_seen")
     if x.ndim != 3:
@@ -39,6 +41,8 @@ def plot_kv_blocks(x_seen, group_size: int, ax, name: str = "K", percentile: flo
     n_heads, seq, head_dim = x.shape
     if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1 or n_heads % group_size:
         raise ValueError(f"group_size={group_size!r} must be a positive integer that divides n_heads={n_heads}")
+    if tokens is not None and len(tokens) != seq:
+        raise ValueError(f"tokens has {len(tokens)} entries; x_seen has seq={seq} tokens a block")
     lim = clip_limit(x, percentile)
     im = ax.imshow(x.reshape(-1, head_dim), cmap=DIVERGING_CMAP, vmin=-lim, vmax=lim, aspect="auto",
                    interpolation="nearest")  # (n_heads * seq, head_dim)
@@ -47,7 +51,8 @@ def plot_kv_blocks(x_seen, group_size: int, ax, name: str = "K", percentile: flo
     ax.set_yticks([h * seq + seq / 2 - 0.5 for h in range(n_heads)],
                   [f"q head {h} (KV {h // group_size})" for h in range(n_heads)])
     ax.set_xlabel(f"dimension of the head (0-{head_dim - 1})")
-    ax.set_title(f"{name} seen by each query head ({seq} tokens a block)")
+    rows = f",\n{tokens[0].strip()!r} to {tokens[-1].strip()!r} top to bottom" if tokens is not None else ""
+    ax.set_title(f"{name} seen by each query head ({seq} tokens a block{rows})")
     ax.grid(False)
     label = f"{name} value (clipped at the {percentile:g}th percentile of |{name}|, {lim:.2f})"
     ax.figure.colorbar(im, ax=ax, shrink=0.5, extend="both", label=label)
@@ -103,7 +108,7 @@ def plot_column_norm_profiles(profiles, axes, name: str = "k_proj"):
         ax.fill_between(range(p.shape[1]), p[j], color=KV_HEAD_COLORS[j % len(KV_HEAD_COLORS)], lw=0.6, step="mid")
         ax.set_ylim(0, top)
         ax.set_xlim(-0.5, p.shape[1] - 0.5)
-        ax.set_ylabel(f"KV head {j}", rotation=0, ha="right", va="center")
+        ax.set_ylabel(f"KV head {j}\ncolumn norm", rotation=0, ha="right", va="center")
     axes[0].set_title(f"{name}: norm of each input column, per KV head")
     axes[-1].set_xlabel(f"input dimension (d_model = {p.shape[1]})")
     return axes

@@ -48,6 +48,22 @@ def test_kv_blocks_reject_a_group_size_that_does_not_divide():
     plt.close(fig)
 
 
+def test_kv_blocks_name_the_token_order_and_reject_a_wrong_token_count():
+    fig, ax = plt.subplots()
+    gp.plot_kv_blocks(torch.zeros(6, 2, 3), 3, ax, tokens=["The", " end"])
+    assert ax.get_title().endswith("(2 tokens a block,\n'The' to 'end' top to bottom)")
+    with pytest.raises(ValueError, match="tokens has 3 entries; x_seen has seq=2 tokens a block"):
+        gp.plot_kv_blocks(torch.zeros(6, 2, 3), 3, ax, tokens=["a", "b", "c"])
+    plt.close(fig)
+
+
+def test_column_norm_profiles_label_each_axis_with_its_kv_head_and_quantity():
+    fig, axes = plt.subplots(2, 1)
+    gp.plot_column_norm_profiles(np.ones((2, 5)), axes)
+    assert [ax.get_ylabel() for ax in axes] == ["KV head 0\ncolumn norm", "KV head 1\ncolumn norm"]
+    plt.close(fig)
+
+
 def test_pair_and_kv_head_colours_are_not_attention_kind_colours():
     used = set(PALETTE.values())
     assert not used & set(gp.PAIR_COLORS.values()) and not used & set(gp.KV_HEAD_COLORS)
