@@ -6,8 +6,11 @@ moves each of its controls back and forth between two neighbouring values ``--re
 prints the median and the worst time per control and per widget. No kernel, no browser: this is the
 Python side of an update (the browser tests in tests/browser measure key press -> redrawn page).
 
-Run it on a quiet machine; the numbers on a shared one are noisy. The widgets of notebooks 02 and
-05 load SmolLM2 first (about 20 s, not counted); ``--skip-model`` leaves them out.
+Run it on a quiet machine; the numbers on a shared one are noisy, so the load average is printed
+before and after. The widgets of notebooks 02 and 05 load SmolLM2 first (about 20 s, not counted);
+``--skip-model`` leaves them out. Widgets keep what does not change between updates (rendered
+backgrounds, the group explorer's random K/V per shape), so moving back to a value seen before is
+faster than the first visit: the "max" column includes the first visits.
 
     .venv/bin/python benchmarks/widget_latency.py [--repeats 5] [--widgets group_explorer ...] [--skip-model]
 """
@@ -15,6 +18,7 @@ Run it on a quiet machine; the numbers on a shared one are noisy. The widgets of
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -87,7 +91,7 @@ def main(argv=None) -> int:
         p.error(f"--repeats={args.repeats} must be 1 or more")
     names = [n for n in args.widgets if not (args.skip_model and n in MODEL_WIDGETS)]
     print("headless widget update latency (ms): control.value = neighbour -> update done; "
-          f"{args.repeats} moves each way per control")
+          f"{args.repeats} moves each way per control; load average {_load()} (1, 5, 15 min) at the start")
     print(f"{'widget':<24} {'control':<14} {'changes':>7} {'median':>8} {'max':>8}")
     summary = []
     for name in names:
@@ -110,7 +114,12 @@ def main(argv=None) -> int:
     print(f"{'widget':<24} {'changes':>7} {'median':>8} {'max':>8} {'build (s)':>10}")
     for name, n, med, worst, build_s in summary:
         print(f"{name:<24} {n:>7} {med:>8.0f} {worst:>8.0f} {build_s:>10.1f}")
+    print(f"load average {_load()} (1, 5, 15 min) at the end; {os.cpu_count()} CPUs")
     return 0
+
+
+def _load() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":

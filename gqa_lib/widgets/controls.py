@@ -12,7 +12,7 @@ so these subclasses refuse such a value with a ``NotOffered`` error (a ``ValueEr
 from __future__ import annotations
 
 import ipywidgets as widgets
-from traitlets import TraitError, validate
+from traitlets import Any, TraitError, validate
 
 CUSTOM = "custom"
 MAX_LISTED = 24  # longer lists of valid values are shown as their first and last few
@@ -40,6 +40,9 @@ class StrictIntSlider(widgets.IntSlider):
     ``name`` is the argument name used in error messages (for example ``n_layers``).
     """
 
+    # ipywidgets' trait casts (2.7 becomes 2) before any check could see the float: take the value as given.
+    value = Any(0, help="Int value").tag(sync=True)
+
     def __init__(self, *args, name: str | None = None, **kwargs):
         self.name = name
         super().__init__(*args, **kwargs)
@@ -48,8 +51,10 @@ class StrictIntSlider(widgets.IntSlider):
     def _validate_value(self, proposal):
         value = proposal["value"]
         lo, hi, step = self.min, self.max, self.step
-        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi or (value - lo) % step:
-            grid = f"{lo}..{hi}" if step == 1 else f"{lo}..{hi} in steps of {step}"
+        grid = f"{lo}..{hi}" if step == 1 else f"{lo}..{hi} in steps of {step}"
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise NotOffered(f"{_name(self)}={value!r} must be an integer on the slider (valid: {grid})")
+        if not lo <= value <= hi or (value - lo) % step:
             raise NotOffered(f"{_name(self)}={value!r} is outside the slider (valid: {grid})")
         return value
 
