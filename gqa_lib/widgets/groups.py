@@ -347,7 +347,8 @@ class GroupExplorer(widgets.VBox):
                                              description="context (tokens)", name="context", **slide)
         self.order = StrictToggleButtons(options=[(ORDER_LABELS[o], o) for o in ORDERS], value=order,
                                          description="order", name="order", style={**style, "button_width": "auto"})
-        self.readout = widgets.HTML(layout=widgets.Layout(flex="1 1 auto", min_width="0"))
+        # Beside the controls when there is room (at least 300 px), below them in a narrow window; never over them.
+        self.readout = widgets.HTML(layout=widgets.Layout(flex="1 1 300px", min_width="300px"))
         self.image = widgets.Image(format="png", layout=widgets.Layout(align_self="flex-start"))  # natural size
         self.last_update_s = float("nan")
         self._values: dict = {}
@@ -363,7 +364,8 @@ class GroupExplorer(widgets.VBox):
         self.context.observe(self._on_numbers, names="value")
         controls = widgets.VBox([self.model, self.n_heads, self.n_kv_heads, self.head_dim, self.n_layers,
                                  self.context], layout=widgets.Layout(flex="0 0 auto"))
-        super().__init__([widgets.HBox([controls, self.readout]), self.order, self.image])
+        row = widgets.HBox([controls, self.readout], layout=widgets.Layout(flex_flow="row wrap"))
+        super().__init__([row, self.order, self.image])
         self.update()
 
     # -- events ---------------------------------------------------------------------------------------

@@ -11,9 +11,7 @@ square of the tokens, and those are all the picture shows. The readout says when
 
 from __future__ import annotations
 
-import io
 import time
-import warnings
 from collections import OrderedDict
 
 import ipywidgets as widgets
@@ -25,6 +23,7 @@ from ..diversity import head_diversity
 from ..heatmaps import token_labels
 from ..models import get_model
 from ..plots import HEATMAP_CMAP
+from .blit import BlitFigure
 from .controls import StrictIntSlider
 from .token_cap import MAX_TOKENS, CappedText, cap_text, cut_note
 
@@ -68,7 +67,8 @@ class MapCanvas:
     """A figure of ``nrows x ncols`` attention maps that is built once and then only refilled.
 
     Rebuilding a matplotlib figure costs more than drawing it, so each update swaps the image data,
-    the tick labels (only when the tokens change) and the titles, then renders a PNG.
+    the tick labels (only when the tokens change) and the titles, then redraws only the maps and titles
+    over a background kept per sentence (``blit.BlitFigure``) and renders a PNG.
     """
 
     def __init__(self, nrows: int, ncols: int, panel_inches: float):
@@ -84,8 +84,12 @@ class MapCanvas:
         cax = self.fig.add_axes([1 - 0.75 * cbar / width, bottom / height, 0.12 / width,
                                  nrows * panel_inches / height * 0.9])
         self.fig.colorbar(self.images[0], cax=cax, label="attention weight")
+        self.titles = [ax.set_title(" ", fontsize=9) for ax in self.axes]
+        self.suptitle = self.fig.suptitle(" ")
         self.ncols = ncols
         self._tokens = None
+        # Token labels and colour bar make the background (drawn once per sentence); maps and titles change.
+        self._blit = BlitFigure(self.fig, [*self.images, *self.titles, self.suptitle])
 
     def _set_tokens(self, tokens) -> None:
         labels = token_labels(tokens)
@@ -108,17 +112,13 @@ class MapCanvas:
         if list(tokens) != self._tokens:
             self._set_tokens(tokens)
         n = len(tokens)
-        for ax, im, m, title in zip(self.axes, self.images, maps, titles, strict=True):
+        for im, title, m, name in zip(self.images, self.titles, maps, titles, strict=True):
             im.set_data(m.detach().numpy() if hasattr(m, "detach") else m)
             im.set_extent((-0.5, n - 0.5, n - 0.5, -0.5))
-            ax.set_title(title, fontsize=9)
+            title.set_text(name)
         if suptitle is not None:
-            self.fig.suptitle(suptitle)
-        buf = io.BytesIO()
-        with warnings.catch_warnings():  # a typed emoji has no glyph in the default font; drawing goes on
-            warnings.simplefilter("ignore", UserWarning)
-            self.fig.savefig(buf, format="png", pil_kwargs={"compress_level": 1})  # fast to write, still small
-        return buf.getvalue()
+            self.suptitle.set_text(suptitle)
+        return self._blit.render(tuple(self._tokens))
 
 
 class HeadHeatmapExplorer(widgets.VBox):
@@ -147,7 +147,7 @@ class HeadHeatmapExplorer(widgets.VBox):
         self._canvas_all = MapCanvas(n_heads // 3, 3, panel_inches=2.4)
         for control in (self.text, self.layer, self.head, self.all_heads):
             control.observe(lambda change: self.update(), names="value")
-        controls = widgets.HBox([self.layer, self.head, self.all_heads])
+        controls = widgets.HBox([self.layer, self.head, self.all_heads], layout=widgets.Layout(flex_flow="row wrap"))
         super().__init__([self.text, controls, self.readout, self.image])
         self.update()
 

@@ -110,7 +110,9 @@ class MLACacheComparison(widgets.VBox):
             control.observe(lambda change: self._changed(), names="value")
         shape = widgets.VBox([self.n_layers, self.n_heads, self.n_kv_heads, self.head_dim])
         mla = widgets.VBox([self.d_c, self.d_rope, self.dtype, self.seq_len])
-        super().__init__([widgets.HBox([shape, mla]), self.readout, self.image])
+        # Two columns of sliders in a wide window, one under the other in a narrow one (rather than cut off).
+        super().__init__([widgets.HBox([shape, mla], layout=widgets.Layout(flex_flow="row wrap")), self.readout,
+                          self.image])
         self.update()
 
     def _on_heads(self, change) -> None:

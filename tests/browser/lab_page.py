@@ -122,7 +122,8 @@ _PROBE_SETTLED = """([quiet, idle]) => { const p = window.__gqaProbe; const now 
 # the chosen option of a dropdown, HTML readouts) either its box cuts it short (its content is wider or
 # taller than the box that clips it) or something else is drawn over it (the element at points across
 # its text, found with document.elementFromPoint, is not the text's own element or inside it). Each
-# element is scrolled into view first, so the points are on screen. Returns one line per problem.
+# element is scrolled into view vertically first, so the points are on screen; sideways, what a row
+# wider than its output area hides on the right counts as hidden. Returns one line per problem.
 _TEXT_FITS_SCRIPT = """(root) => {
   const problems = [];
   const describe = (el) => {
@@ -143,6 +144,9 @@ _TEXT_FITS_SCRIPT = """(root) => {
     text = text.trim();
     if (!text) continue;
     el.scrollIntoView({block: 'nearest', inline: 'nearest'});
+    // ... but only vertically: a reader sees the start of a row that is wider than its output area, so
+    // text beyond its right edge counts as hidden (it is, until the reader scrolls sideways).
+    for (let p = el.parentElement; p; p = p.parentElement) if (p.scrollLeft) p.scrollLeft = 0;
     if (el.tagName === 'SELECT') {
       // A <select> shows its chosen option in its own box, less the padding and the arrow.
       const ctx = document.createElement('canvas').getContext('2d');

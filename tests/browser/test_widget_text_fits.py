@@ -3,8 +3,9 @@
 For each widget a notebook shows: at its state after Run All, then after moving each slider to its
 minimum and its maximum (Home, End), choosing the first and last option of each dropdown and pressing
 each toggle button, every piece of widget text (labels, slider readouts, buttons, the chosen option of
-a dropdown, HTML readouts) must fit its box and be on top (``NotebookPage.text_problems``). The controls
-are left where the walk ends: this file runs after the others.
+a dropdown, HTML readouts) must fit its box and be on top (``NotebookPage.text_problems``), in a wide
+window and in a laptop's (``WIDTHS``: where a squeezed row of controls covered its slider values).
+The controls are left where the walk ends: this file runs after the others.
 
 A screenshot of each widget at the end of its walk lands in build/screenshots/.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import pytest
 from series import NOTEBOOKS, WIDGET_NOTEBOOKS, widget_calls
 
+WIDTHS = (1400, 1024)  # browser window widths in CSS pixels: the tests' own, and a laptop's with JupyterLab's chrome
 CASES = [(name, i, builder) for name in WIDGET_NOTEBOOKS for i, builder in enumerate(widget_calls(NOTEBOOKS / name))]
 
 
@@ -47,8 +49,16 @@ def test_no_widget_text_is_cut_or_covered(name, index, builder, executed, screen
     assert roots.count() > index, f"{name}: widget {index} ({builder}) was not drawn"
     root = roots.nth(index)
     found = []
-    for state in states(nb, root):
-        found += [f"{state}: {p}" for p in nb.text_problems(root)]
+    size = nb.page.viewport_size
+    try:
+        for state in states(nb, root):
+            for width in WIDTHS:
+                nb.page.set_viewport_size({"width": width, "height": size["height"]})
+                nb.page.wait_for_timeout(150)  # JupyterLab lays its panels out again
+                found += [f"{state}, window {width} px wide: {p}" for p in nb.text_problems(root)]
+        nb.screenshot(screenshots_dir / f"{name[:2]}-{builder}-after-extremes-{WIDTHS[-1]}px.png", root)
+    finally:
+        nb.page.set_viewport_size(size)
     nb.screenshot(screenshots_dir / f"{name[:2]}-{builder}-after-extremes.png", root)
     assert not found, f"{builder} ({name}): text a reader cannot read in full:\n" + "\n".join(found)
 
