@@ -73,7 +73,7 @@ def _check_choice(name: str, value, valid: list) -> None:
 def _check_range(name: str, value, lo: int, hi: int) -> None:
     check_positive_int(name, value)
     if not lo <= value <= hi:
-        raise NotOffered(f"{name}={value!r} is outside the slider (valid: {lo}..{hi})")
+        raise NotOffered(f"{name}={value!r} is outside the slider (valid: {lo}, {lo + 1}, ..., {hi})")
 
 
 def _plural(n: int, word: str) -> str:
