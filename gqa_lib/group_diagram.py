@@ -104,15 +104,16 @@ def draw_group_diagram(ax, n_heads: int, n_kv_heads: int, order: str = "contiguo
     return ax
 
 
-def per_query_head(kv: torch.Tensor, n_heads: int) -> torch.Tensor:
+def per_query_head(kv: torch.Tensor, n_heads: int, order: str = "contiguous") -> torch.Tensor:
     """The K (or V) each query head works with: (n_kv_heads, seq, head_dim) -> (n_heads, seq, head_dim).
 
-    Contiguous groups, so this is ``kv.repeat_interleave(n_heads // n_kv_heads, dim=0)`` (a copy).
+    Contiguous groups (the default) give ``kv.repeat_interleave(n_heads // n_kv_heads, dim=0)``; the
+    ``repeat`` order gives ``kv.repeat(n_heads // n_kv_heads, 1, 1)``. Either way a copy.
     """
     if kv.ndim != 3:
         raise ValueError(f"kv.shape={tuple(kv.shape)} must be (n_kv_heads, seq, head_dim)")
-    check_kv_heads(n_heads, kv.shape[0])
-    return kv.repeat_interleave(n_heads // kv.shape[0], dim=0)
+    mapping = kv_head_map(n_heads, kv.shape[0], order)  # checks n_kv_heads and order
+    return kv[mapping]
 
 
 def max_abs_diff_matrix(per_head: torch.Tensor) -> torch.Tensor:

@@ -58,7 +58,8 @@ def test_readout_equals_the_arithmetic_after_setting_controls(widget):
     widget.n_kv_heads.value = 1
     assert widget.readout_values()["kind"] == "MQA" and "48x smaller" in widget.readout.value
     widget.n_kv_heads.value = 48
-    assert widget.readout_values()["kind"] == "MHA" and "1x smaller" in widget.readout.value
+    assert widget.readout_values()["kind"] == "MHA" and "this is MHA itself: the same size (1x" in widget.readout.value
+    assert "1x smaller" not in widget.readout.value
 
 
 def test_other_layer_counts_and_dtypes_enter_the_arithmetic():
@@ -71,7 +72,7 @@ def test_other_layer_counts_and_dtypes_enter_the_arithmetic():
                           st.integers(0, 10**6)), min_size=1, max_size=8))
 def test_kv_choices_are_always_divisors_after_any_sequence_of_changes(changes):
     w = widgets.group_explorer(n_heads=12, n_kv_heads=4, head_dim=8)
-    w._draw = lambda v: b""  # the picture is tested elsewhere; here only the control logic, quickly
+    w._canvas.draw = lambda v: b""  # the picture is tested elsewhere; here only the control logic, quickly
     for name, pick in changes:
         control = getattr(w, name)
         if name == "n_heads":
@@ -103,10 +104,29 @@ def test_kv_heads_are_kept_when_they_still_divide_else_the_closest_divisor(widge
     assert closest_divisor(12, 5) == 4 and closest_divisor(7, 4) == 1
 
 
-def test_a_kv_value_that_does_not_divide_is_refused(widget):
+def test_a_kv_value_that_does_not_divide_is_refused_with_the_valid_values(widget):
     widget.n_heads.value = 32
-    with pytest.raises(TraitError):
+    message = r"n_kv_heads=3 is not offered for 32 query heads \(only divisors are\) \(valid: 1, 2, 4, 8, 16, 32\)"
+    with pytest.raises(TraitError, match=message):
         widget.n_kv_heads.value = 3
+    with pytest.raises(ValueError, match=message):  # also a ValueError, like every bad input of the series
+        widget.n_kv_heads.value = 3
+    assert widget.n_kv_heads.value in divisors(32)
+
+
+@pytest.mark.parametrize("control,value,message", [
+    ("n_heads", 65, r"n_heads=65 is outside the slider \(valid: 1\.\.64\)"),
+    ("n_heads", 0, r"n_heads=0 is outside the slider \(valid: 1\.\.64\)"),
+    ("n_layers", 129, r"n_layers=129 is outside the slider \(valid: 1\.\.128\)"),
+    ("head_dim", 100, r"head_dim=100 is not offered \(valid: 8, 16, 32, 64, 128\)"),
+    ("model", "Falcon-7B", r"model='Falcon-7B' is not offered \(valid: .*Llama-3 70B.*custom\)"),
+    ("order", "strided", r"order='strided' is not offered \(valid: contiguous, repeat\)"),
+])
+def test_a_control_set_outside_what_it_offers_is_refused_not_clamped(widget, control, value, message):
+    before = getattr(widget, control).value
+    with pytest.raises(ValueError, match=message):
+        getattr(widget, control).value = value
+    assert getattr(widget, control).value == before
 
 
 @pytest.mark.parametrize("n_heads,n_kv_heads", [(32, 8), (9, 3), (12, 12), (8, 1), (64, 4)])
@@ -121,7 +141,7 @@ def test_k_and_v_are_copies_inside_a_group_and_differ_across(n_heads, n_kv_heads
     k, val = random_kv(n_heads, n_kv_heads, 16)
     torch.testing.assert_close(v["k_per_head"], k.repeat_interleave(n_heads // n_kv_heads, dim=0), rtol=0, atol=0)
     torch.testing.assert_close(v["v_per_head"], val.repeat_interleave(n_heads // n_kv_heads, dim=0), rtol=0, atol=0)
-    if n_kv_heads > 1:
+    if 1 < n_kv_heads < n_heads:
         assert "inside a group at most 0; across groups at least" in w.readout.value
 
 
@@ -181,8 +201,14 @@ def test_the_builder_can_be_called_again_after_its_module_was_imported():
 def test_bad_start_values_fail_clearly():
     with pytest.raises(ValueError, match=r"n_kv_heads=3 must divide n_heads=32 \(valid: 1, 2, 4, 8, 16, 32\)"):
         widgets.group_explorer(n_kv_heads=3)
-    with pytest.raises(ValueError, match=r"n_heads=65 is not offered \(valid: 1, 2, .*, 64\)"):
+    with pytest.raises(ValueError, match=r"n_heads=65 is outside the slider \(valid: 1, 2, \.\.\., 64\)"):
         widgets.group_explorer(n_heads=65)
+    with pytest.raises(ValueError, match=r"n_layers=200 is outside the slider \(valid: 1, 2, \.\.\., 128\)"):
+        widgets.group_explorer(n_layers=200)
+    with pytest.raises(ValueError, match=r"order='strided' is not offered \(valid: contiguous, repeat\)"):
+        widgets.group_explorer(order="strided")
+    with pytest.raises(ValueError, match=r"model='Falcon-7B' is not offered \(valid: .*custom\)"):
+        widgets.group_explorer(model="Falcon-7B")  # 71 query heads: more than the slider's 64
     with pytest.raises(ValueError, match=r"head_dim=100 is not offered \(valid: 8, 16, 32, 64, 128\)"):
         widgets.group_explorer(head_dim=100)
     with pytest.raises(ValueError, match=r"context=1000 is not offered \(valid: 256, .*, 131072\)"):
@@ -192,3 +218,75 @@ def test_bad_start_values_fail_clearly():
     with pytest.raises(ValueError, match="n_layers=0 must be a positive integer"):
         widgets.group_explorer(n_layers=0)
     assert HEAD_DIMS[-1] == 128 and CONTEXTS[0] == 256 and MAX_HEADS == 64
+
+
+def test_llama3_70b_preset_sets_its_80_layers():
+    w = widgets.group_explorer(model="Llama-3 70B")
+    spec = get_model("Llama-3 70B")
+    v = w.readout_values()
+    assert (v["n_heads"], v["n_kv_heads"], v["head_dim"], v["n_layers"]) == (64, 8, 128, 80)
+    assert v["cache_bytes"] == spec.cache_bytes(8192) == kv_cache_bytes(80, 8, 128, 8192, 1, 2)
+    assert "KV cache: <b>2.68 GB</b>" in w.readout.value and "Llama-3 70B" in w.readout.value
+
+
+def test_choosing_a_preset_fills_the_sliders_and_moving_one_leaves_it():
+    w = widgets.group_explorer()
+    assert w.model.value == "Llama-3 8B"  # the default shape is Llama-3 8B's, named as the first such model
+    w.model.value = "Qwen2.5-0.5B"
+    assert (w.n_heads.value, w.n_kv_heads.value, w.head_dim.value, w.n_layers.value) == (14, 2, 64, 24)
+    assert list(w.n_kv_heads.options) == divisors(14)
+    w.n_layers.value = 25
+    assert w.model.value == "custom"
+    assert w.readout_values()["cache_bytes"] == kv_cache_bytes(25, 2, 64, w.context.value, 1, 2)
+    w.model.value = "Llama-2 7B"  # MHA: 32 query heads, 32 KV heads
+    assert (w.n_heads.value, w.n_kv_heads.value) == (32, 32) and w.readout_values()["kind"] == "MHA"
+
+
+def test_presets_are_the_models_whose_shape_the_sliders_show():
+    from gqa_lib.models import load_models
+    from gqa_lib.widgets.groups import preset_names
+
+    names = preset_names()
+    assert names[-1] == "custom" and "Llama-3 70B" in names and "SmolLM2-135M" in names
+    for name, spec in load_models().items():
+        fits = spec.mla is None and spec.n_heads <= MAX_HEADS and spec.head_dim in HEAD_DIMS
+        assert (name in names) == fits, name
+
+
+def test_layer_count_changes_the_numbers_not_the_picture(widget):
+    picture = widget.image.value
+    widget.n_layers.value = 80 if widget.n_layers.value != 80 else 40
+    v = widget.readout_values()
+    assert v["cache_bytes"] == kv_cache_bytes(v["n_layers"], v["n_kv_heads"], v["head_dim"], v["context"], 1, 2)
+    assert f"x {v['n_layers']} layers x" in widget.readout.value and widget.image.value == picture
+
+
+@pytest.mark.parametrize("n_heads,n_kv_heads", [(32, 8), (12, 3), (6, 2), (8, 1), (8, 8)])
+def test_repeat_order_shows_the_strided_pattern(n_heads, n_kv_heads):
+    w = widgets.group_explorer(n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=16)
+    contiguous = w.image.value
+    w.order.value = "repeat"
+    v = w.readout_values()
+    k, _ = random_kv(n_heads, n_kv_heads, 16)
+    torch.testing.assert_close(v["k_per_head"], k.repeat(n_heads // n_kv_heads, 1, 1), rtol=0, atol=0)
+    heads = torch.arange(n_heads)
+    same = (heads[:, None] % n_kv_heads) == (heads[None, :] % n_kv_heads)  # i % n_kv_heads == j % n_kv_heads
+    assert torch.all(v["max_diff"][same] == 0) and torch.all(v["max_diff"][~same] > 0)
+    assert v["kv_head_of"] == [i % n_kv_heads for i in range(n_heads)]
+    assert "i % n_kv_heads" in w.readout.value
+    if 1 < n_kv_heads < n_heads:  # with one group, or one head a group, the two orders are the same model
+        assert w.image.value != contiguous
+
+
+def test_one_head_groups_and_one_query_head_read_as_sentences():
+    w = widgets.group_explorer(n_heads=1, n_kv_heads=1, head_dim=8)
+    text = w.readout.value
+    assert "1 query head reads 1 KV head (= groups)" in text and "<b>1</b> query head per group" in text
+    assert "x 1 KV head x" in text
+    assert "inside a group n/a (each group has one query head)" in text and "at most 0" not in text
+    assert "1 query heads" not in text and "1 KV heads" not in text and "1x smaller" not in text
+    w = widgets.group_explorer(n_heads=8, n_kv_heads=8, head_dim=8)
+    assert "inside a group n/a (each group has one query head)" in w.readout.value
+    w = widgets.group_explorer(n_heads=8, n_kv_heads=1, head_dim=8)
+    assert "8 query heads read 1 KV head (= groups)" in w.readout.value and "8x smaller" in w.readout.value
+    assert "across groups n/a (one group)" in w.readout.value

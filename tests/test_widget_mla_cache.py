@@ -78,3 +78,26 @@ def test_bad_start_values_fail_clearly():
         widgets.mla_cache_comparison(groups=8)
     with pytest.raises(ValueError, match="dtype='fp64' is not known"):
         widgets.mla_cache_comparison(dtype="fp64")
+
+
+@pytest.mark.parametrize("control,value,message", [
+    ("n_kv_heads", 3, r"n_kv_heads=3 is not offered for 128 query heads \(only divisors are\) "
+                      r"\(valid: 1, 2, 4, 8, 16, 32, 64, 128\)"),
+    ("n_layers", 129, r"n_layers=129 is outside the slider \(valid: 1\.\.128\)"),
+    ("head_dim", 100, r"head_dim=100 is outside the slider \(valid: 16\.\.256 in steps of 16\)"),
+    ("d_rope", -16, r"d_rope=-16 is outside the slider \(valid: 0\.\.256 in steps of 16\)"),
+    ("seq_len", 1000, r"seq_len=1000 is not offered \(valid: 4096, 32768, 100000, 131072\)"),
+])
+def test_a_control_set_outside_what_it_offers_is_refused_not_clamped(control, value, message):
+    w = widgets.mla_cache_comparison()
+    before = getattr(w, control).value
+    with pytest.raises(ValueError, match=message):
+        getattr(w, control).value = value
+    assert getattr(w, control).value == before
+
+
+def test_one_head_labels_read_as_sentences():
+    w = widgets.mla_cache_comparison(n_heads=1, n_kv_heads=1, n_layers=1)
+    labels = w._labels()
+    assert labels[:3] == ["MHA\n1 KV head", "GQA\n1 KV head", "MQA\n1 KV head"]
+    assert "1 KV heads" not in "".join(labels)

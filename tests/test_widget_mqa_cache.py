@@ -136,3 +136,50 @@ def test_cache_comparison_bad_input(kwargs, error, message):
     args = {"n_heads": 8, "head_dim": 64, "n_layers": 2, "context": 16} | kwargs
     with pytest.raises(error, match=message):
         cache_comparison(**args)
+
+
+@pytest.mark.parametrize("name", ["Llama-3 8B", "Qwen2.5-7B", "SmolLM2-135M"])
+def test_a_gqa_preset_draws_the_model_as_released_between_mha_and_mqa(widget, name):
+    spec = get_model(name)
+    before = widget.image.value
+    widget.preset.value = name
+    v = widget.readout_values()
+    gqa = v["released_gqa"]
+    assert gqa["n_kv_heads"] == spec.n_kv_heads and gqa["bytes"] == spec.cache_bytes()
+    assert v["mqa_bytes"] < gqa["bytes"] < v["mha_bytes"]
+    text = widget.readout.value
+    assert f"GQA as released ({spec.n_kv_heads} K/V heads a layer): <b>{auto_format_bytes(gqa['bytes'])}</b>" in text
+    assert f"{spec.n_heads // spec.n_kv_heads}x smaller than MHA" in text
+    assert widget.image.value != before
+    widget.n_layers.value = spec.n_layers + 1  # no longer the released model: its bar goes
+    assert widget.preset.value == CUSTOM and widget.readout_values()["released_gqa"] is None
+    assert "GQA as released" not in widget.readout.value
+
+
+def test_mqa_and_mha_presets_draw_no_gqa_bar(widget):
+    for name in ("Falcon-7B", "Llama-2 7B"):
+        widget.preset.value = name
+        assert widget.readout_values()["released_gqa"] is None and "GQA as released" not in widget.readout.value
+
+
+def test_one_query_head_says_mha_and_mqa_are_the_same_shape(widget):
+    widget.n_heads.value = 1
+    text = widget.readout.value
+    assert "Reduction: none (1x): with one query head, MHA and MQA are the same shape" in text
+    assert "1x smaller" not in text and "1 K/V heads" not in text
+    assert widget.readout_values()["mha_bytes"] == widget.readout_values()["mqa_bytes"]
+
+
+@pytest.mark.parametrize("control,value,message", [
+    ("n_heads", 129, r"n_heads=129 is outside the slider \(valid: 1\.\.128\)"),
+    ("n_layers", 0, r"n_layers=0 is outside the slider \(valid: 1\.\.128\)"),
+    ("batch", 65, r"batch=65 is outside the slider \(valid: 1\.\.64\)"),
+    ("head_dim", 100, r"head_dim=100 is not offered \(valid: 32, 64, 80, 96, 128, 160, 192, 256\)"),
+    ("preset", "(custom)", r"preset='\(custom\)' is not offered \(valid: .*custom\)"),
+    ("dtype", "fp64", r"dtype='fp64' is not offered \(valid: .*bf16"),
+])
+def test_a_control_set_outside_what_it_offers_is_refused_not_clamped(widget, control, value, message):
+    before = getattr(widget, control).value
+    with pytest.raises(ValueError, match=message):
+        getattr(widget, control).value = value
+    assert getattr(widget, control).value == before

@@ -79,9 +79,11 @@ def oracle_group_explorer(w) -> None:
     b = dtype_bytes(v["dtype"])
     total = kv_cache_bytes(v["n_layers"], kv, d, ctx, v["batch"], b)
     mha = kv_cache_bytes(v["n_layers"], h, d, ctx, v["batch"], b)
-    expect_in(w.readout.value, f"{attention_kind(h, kv)}: {h} query heads read {kv} KV heads",
+    heads, kv_heads = (f"{n} {word}{'' if n == 1 else 's'}" for n, word in ((h, "query head"), (kv, "KV head")))
+    saving = "the same size (1x" if kv == h else f"{reduction_vs_mha(h, kv):g}x smaller"
+    expect_in(w.readout.value, f"{attention_kind(h, kv)}: {heads} read{'s' if h == 1 else ''} {kv_heads}",
               f"KV cache: {size(total)}", f"MHA of the same shape: {auto_format_bytes(mha)}",
-              f"{reduction_vs_mha(h, kv):g}x smaller", f"x {kv} KV heads x head dim {d} x {ctx:,} tokens")
+              saving, f"x {kv_heads} x head dim {d} x {ctx:,} tokens")
     assert (v["n_heads"], v["n_kv_heads"], v["cache_bytes"]) == (h, kv, total), "readout_values() is stale"
 
 
@@ -90,8 +92,9 @@ def oracle_mqa(w) -> None:
     args = (w.head_dim.value, w.context.value, w.batch.value, b)
     mha = kv_cache_bytes(w.n_layers.value, w.n_heads.value, *args)
     mqa = kv_cache_bytes(w.n_layers.value, 1, *args)
+    reduction = "Reduction: none (1x)" if w.n_heads.value == 1 else f"Reduction: {w.n_heads.value}x"
     expect_in(w.readout.value, f"{auto_format_bytes(mha)} = {auto_format_bytes(mha, binary=True)}",
-              f"{auto_format_bytes(mqa)} = {auto_format_bytes(mqa, binary=True)}", f"Reduction: {w.n_heads.value}x",
+              f"{auto_format_bytes(mqa)} = {auto_format_bytes(mqa, binary=True)}", reduction,
               f"Assumes {w.context.value:,} tokens, batch {w.batch.value}")
     assert (w.readout_values()["mha_bytes"], w.readout_values()["mqa_bytes"]) == (mha, mqa)
 

@@ -1,5 +1,7 @@
 """Notebook 05's widget, driven headlessly: set the controls' values, read what the reader would see."""
 
+import resource
+
 import pytest
 
 from gqa_lib import smollm, widgets
@@ -63,7 +65,7 @@ def test_empty_text_is_explained_not_raised_and_a_good_text_recovers(explorer):
 def test_long_text_is_cut_to_the_first_tokens(explorer):
     explorer.text.value = " ".join(["word"] * 50)
     assert explorer.readout_values()["n_tokens"] == MAX_TOKENS
-    assert f"first {MAX_TOKENS} of 50" in explorer.readout.value
+    assert f"the text has 50 tokens; only its first {MAX_TOKENS} are analysed and shown" in explorer.readout.value
 
 
 @pytest.mark.parametrize("kwargs, message", [({"layer": 30}, "layer=30"), ({"group": 3}, "group=3"),
@@ -71,3 +73,44 @@ def test_long_text_is_cut_to_the_first_tokens(explorer):
 def test_builder_rejects_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         widgets.smollm_group_explorer(**kwargs)
+
+
+def test_one_token_says_two_are_needed_instead_of_nan(explorer):
+    explorer.text.value = "Hello"
+    text = explorer.readout.value
+    assert "Head diversity needs at least two tokens (this text has 1)" in text and "1 token" in text
+    assert "nan" not in text.lower() and "1 tokens" not in text
+    assert explorer.readout_values()["within"] is None
+    explorer.text.value = SENTENCE
+
+
+def test_a_pasted_page_is_cut_before_the_model_and_memory_stays_bounded(explorer, monkeypatch):
+    """Memory at the cap: the model sees at most MAX_TOKENS tokens; the widget keeps at most 4 texts'
+    captures without the layers' inputs and outputs (4.8 MB each at the cap: 30 layers of q, k, v and
+    weights in float32) and their distance matrices, and the process's peak resident memory grows by less
+    than 200 MB while 1,500-token texts are shown (uncapped, one such text needs a few GB)."""
+    seen = []
+    real = smollm.capture_layers
+
+    def spy(text, layers=None):
+        seen.append(len(smollm.load_smollm()[1](text)["input_ids"]))
+        return real(text, layers)
+
+    monkeypatch.setattr(smollm, "capture_layers", spy)
+    peak_before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for k in range(6):
+        explorer.text.value = f"Page {k}: " + "the cat sat on the mat and looked at the door. " * 125
+    growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before_kib) / 1024
+    assert seen and max(seen) <= MAX_TOKENS, f"the model was run on {max(seen)} tokens"
+    assert explorer.readout_values()["n_tokens_in_text"] > 1000
+    per_layer = (9 * MAX_TOKENS * 64 + 2 * 3 * MAX_TOKENS * 64 + 9 * MAX_TOKENS * MAX_TOKENS) * 4 + 9 * 9 * 8
+    assert explorer.kept_bytes() <= 4 * 30 * per_layer
+    assert growth_mb < 200, f"peak resident memory grew by {growth_mb:.0f} MB"
+    explorer.text.value = SENTENCE
+
+
+def test_controls_refuse_values_they_do_not_offer(explorer):
+    with pytest.raises(ValueError, match=r"layer=30 is outside the slider \(valid: 0\.\.29\)"):
+        explorer.layer.value = 30
+    with pytest.raises(ValueError, match=r"group=3 is not offered \(valid: 0, 1, 2\)"):
+        explorer.group.value = 3

@@ -3,6 +3,11 @@
 Each builder returns an ``ipywidgets`` container whose controls and readouts are attributes, so the
 tests can set ``.value`` on a control and read what the reader would see. Modules are imported on
 first use, so importing ``gqa_lib.widgets`` stays cheap.
+
+Shared parts: ``controls`` (sliders and selections that refuse a value they do not offer with a
+``NotOffered`` error listing the valid ones, and ``CUSTOM = "custom"``, the one spelling of a preset
+list's own-shape entry), ``blit`` (figures redrawn over a cached background) and ``token_cap`` (the
+first 32 tokens that the SmolLM2 explorers analyse).
 """
 
 import importlib

@@ -1,15 +1,17 @@
 """Notebook 02's widget: type a sentence, pick a layer and a head of SmolLM2, see where that head looks.
 
 One forward pass of SmolLM2 per sentence (``smollm.capture_layers``) gives the attention maps of all
-30 layers at once; they are kept, so moving the layer or head slider only redraws. The readout gives
-the layer's head diversity (``gqa_lib.diversity.head_diversity``), computed once per sentence and layer.
+30 layers at once; only the maps are kept (for the last few sentences), so moving the layer or head
+slider only redraws. The readout gives the layer's head diversity
+(``gqa_lib.diversity.head_diversity``), computed once per sentence and layer.
+
+The model only ever sees the text's first ``MAX_TOKENS`` tokens (``token_cap``): memory grows with the
+square of the tokens, and those are all the picture shows. The readout says when a text was cut.
 """
 
 from __future__ import annotations
 
-import io
 import time
-import warnings
 from collections import OrderedDict
 
 import ipywidgets as widgets
@@ -21,9 +23,12 @@ from ..diversity import head_diversity
 from ..heatmaps import token_labels
 from ..models import get_model
 from ..plots import HEATMAP_CMAP
+from .blit import BlitFigure
+from .controls import StrictIntSlider
+from .token_cap import MAX_TOKENS, CappedText, cap_text, cut_note
 
 DEFAULT_TEXT = "Alice gave Bob the book, and then he thanked her for it."
-MAX_TOKENS = 32  # more labels than this do not fit on the axes
+MAPS_KEPT = 4  # sentences whose maps are kept: 30 x 9 x 32 x 32 float32 = 1.1 MB each at most
 _SPEC = get_model("SmolLM2-135M")  # 30 layers, 9 query heads, 3 KV heads: known before the model loads
 
 
@@ -40,23 +45,30 @@ def _check_text(text) -> str:
 
 
 def all_layer_maps(text: str, max_tokens: int = MAX_TOKENS):
-    """(tokens, weights): SmolLM2's attention maps for ``text`` in every layer, from one forward pass.
+    """(tokens, weights): SmolLM2's attention maps for the first ``max_tokens`` tokens of ``text``, every layer.
 
-    weights: (n_layers, n_heads, seq, seq), from ``gqa_lib.smollm.capture_layers``. Only the first
-    ``max_tokens`` tokens are kept: with a causal mask, the maps of a text's first tokens do not depend
-    on what follows, so the corner shown is exactly what the model computes for them.
+    weights: (n_layers, n_heads, seq, seq), seq <= ``max_tokens``, from one forward pass of
+    ``gqa_lib.smollm.capture_layers`` on the text cut to those tokens (``token_cap.cap_text``): with a
+    causal mask, the maps of a text's first tokens do not depend on what follows, so they are exactly
+    what the model computes for them inside the whole text.
     """
-    captures = smollm.capture_layers(_check_text(text))
-    n = min(len(captures[0].tokens), max_tokens)
-    weights = torch.stack([c.weights[:, :n, :n] for c in captures])  # (n_layers, n_heads, seq, seq)
-    return captures[0].tokens[:n], weights
+    tokens, weights, _ = _maps_of(cap_text(_check_text(text), max_tokens))
+    return tokens, weights
+
+
+def _maps_of(capped: CappedText):
+    captures = smollm.capture_layers(capped.text)
+    n = min(len(captures[0].tokens), capped.n_kept)
+    weights = torch.stack([c.weights[:, :n, :n] for c in captures])  # (n_layers, n_heads, seq, seq), a copy
+    return captures[0].tokens[:n], weights, capped
 
 
 class MapCanvas:
     """A figure of ``nrows x ncols`` attention maps that is built once and then only refilled.
 
     Rebuilding a matplotlib figure costs more than drawing it, so each update swaps the image data,
-    the tick labels (only when the tokens change) and the titles, then renders a PNG.
+    the tick labels (only when the tokens change) and the titles, then redraws only the maps and titles
+    over a background kept per sentence (``blit.BlitFigure``) and renders a PNG.
     """
 
     def __init__(self, nrows: int, ncols: int, panel_inches: float):
@@ -72,8 +84,12 @@ class MapCanvas:
         cax = self.fig.add_axes([1 - 0.75 * cbar / width, bottom / height, 0.12 / width,
                                  nrows * panel_inches / height * 0.9])
         self.fig.colorbar(self.images[0], cax=cax, label="attention weight")
+        self.titles = [ax.set_title(" ", fontsize=9) for ax in self.axes]
+        self.suptitle = self.fig.suptitle(" ")
         self.ncols = ncols
         self._tokens = None
+        # Token labels and colour bar make the background (drawn once per sentence); maps and titles change.
+        self._blit = BlitFigure(self.fig, [*self.images, *self.titles, self.suptitle])
 
     def _set_tokens(self, tokens) -> None:
         labels = token_labels(tokens)
@@ -96,17 +112,13 @@ class MapCanvas:
         if list(tokens) != self._tokens:
             self._set_tokens(tokens)
         n = len(tokens)
-        for ax, im, m, title in zip(self.axes, self.images, maps, titles, strict=True):
+        for im, title, m, name in zip(self.images, self.titles, maps, titles, strict=True):
             im.set_data(m.detach().numpy() if hasattr(m, "detach") else m)
             im.set_extent((-0.5, n - 0.5, n - 0.5, -0.5))
-            ax.set_title(title, fontsize=9)
+            title.set_text(name)
         if suptitle is not None:
-            self.fig.suptitle(suptitle)
-        buf = io.BytesIO()
-        with warnings.catch_warnings():  # a typed emoji has no glyph in the default font; drawing goes on
-            warnings.simplefilter("ignore", UserWarning)
-            self.fig.savefig(buf, format="png", pil_kwargs={"compress_level": 1})  # fast to write, still small
-        return buf.getvalue()
+            self.suptitle.set_text(suptitle)
+        return self._blit.render(tuple(self._tokens))
 
 
 class HeadHeatmapExplorer(widgets.VBox):
@@ -122,10 +134,10 @@ class HeadHeatmapExplorer(widgets.VBox):
         self._diversity: dict[tuple[str, int], float] = {}
         self.text = widgets.Text(value=text, description="sentence", continuous_update=False,
                                  layout=widgets.Layout(width="95%"))
-        self.layer = widgets.IntSlider(value=layer, min=0, max=n_layers - 1, description="layer",
-                                       continuous_update=False)
-        self.head = widgets.IntSlider(value=head, min=0, max=n_heads - 1, description="query head",
-                                      continuous_update=False)
+        self.layer = StrictIntSlider(value=layer, min=0, max=n_layers - 1, description="layer", name="layer",
+                                     continuous_update=False)
+        self.head = StrictIntSlider(value=head, min=0, max=n_heads - 1, description="query head", name="head",
+                                    continuous_update=False)
         self.all_heads = widgets.Checkbox(value=all_heads, description=f"show all {n_heads} heads")
         self.readout = widgets.HTML()
         # flex-start: keep the picture at its own size; a VBox would otherwise stretch it to the full width
@@ -135,32 +147,43 @@ class HeadHeatmapExplorer(widgets.VBox):
         self._canvas_all = MapCanvas(n_heads // 3, 3, panel_inches=2.4)
         for control in (self.text, self.layer, self.head, self.all_heads):
             control.observe(lambda change: self.update(), names="value")
-        controls = widgets.HBox([self.layer, self.head, self.all_heads])
+        controls = widgets.HBox([self.layer, self.head, self.all_heads], layout=widgets.Layout(flex_flow="row wrap"))
         super().__init__([self.text, controls, self.readout, self.image])
         self.update()
 
     def _layer_maps(self, text: str):
+        """(tokens, weights, capped text) for ``text``: one forward pass on its first tokens, kept for a few texts."""
         if text not in self._maps:
-            self._maps[text] = all_layer_maps(text)
-            while len(self._maps) > 4:
-                self._maps.popitem(last=False)
+            self._maps[text] = _maps_of(cap_text(text))
+            while len(self._maps) > MAPS_KEPT:
+                evicted, _ = self._maps.popitem(last=False)
+                self._diversity = {k: d for k, d in self._diversity.items() if k[0] != evicted}
         self._maps.move_to_end(text)
         return self._maps[text]
 
-    def diversity(self, text: str, layer: int) -> float:
-        """Head diversity of ``layer`` for ``text`` (computed once, then remembered)."""
+    def diversity(self, text: str, layer: int) -> float | None:
+        """Head diversity of ``layer`` for ``text`` (computed once, then remembered); None under two tokens.
+
+        The measure skips the first query position (it can only attend to itself, in every head), so a
+        one-token text has no position left to compare.
+        """
         key = (text, layer)
         if key not in self._diversity:
-            self._diversity[key] = head_diversity(self._layer_maps(text)[1][layer])
+            weights = self._layer_maps(text)[1][layer]
+            self._diversity[key] = head_diversity(weights) if weights.shape[-1] >= 2 else None
         return self._diversity[key]
 
     def readout_values(self) -> dict:
         """What the readout says, as numbers (for tests)."""
         text, layer, head = self.text.value, self.layer.value, self.head.value
-        tokens, _ = self._layer_maps(_check_text(text))
+        tokens, _, capped = self._layer_maps(_check_text(text))
         return {"text": text, "layer": layer, "head": head, "all_heads": self.all_heads.value,
-                "n_tokens": len(tokens), "kv_head": head // self.group_size,
+                "n_tokens": len(tokens), "n_tokens_in_text": capped.n_tokens, "kv_head": head // self.group_size,
                 "diversity": self.diversity(text, layer)}
+
+    def kept_bytes(self) -> int:
+        """Bytes of the tensors the widget keeps between updates (the maps of the last few texts)."""
+        return sum(w.numel() * w.element_size() for _, w, _ in self._maps.values())
 
     def _draw(self, tokens, maps, layer: int, head: int) -> bytes:
         if self.all_heads.value:
@@ -179,17 +202,20 @@ class HeadHeatmapExplorer(widgets.VBox):
         except ValueError as e:
             self.readout.value = f"<b>Cannot draw:</b> {e}"
             return
-        tokens, weights = self._layer_maps(text)
+        tokens, weights, capped = self._layer_maps(text)
         layer, head = self.layer.value, self.head.value
         v = self.readout_values()
         g = self.group_size
         shared = ", ".join(map(str, range(v["kv_head"] * g, (v["kv_head"] + 1) * g)))
-        cut = " (cut to the first tokens)" if len(tokens) == MAX_TOKENS else ""
+        if v["diversity"] is None:
+            diversity = (f"Head diversity of layer {layer}: needs at least two tokens (this text has "
+                         f"{len(tokens)}): the first token can only look at itself, in every head.")
+        else:
+            diversity = (f"Head diversity of layer {layer}: <b>{v['diversity']:.3f}</b> (mean Jensen-Shannon "
+                         f"distance over pairs of its {weights.shape[1]} heads; 0 = identical maps, 1 = no overlap)")
         self.readout.value = (
-            f"Layer {layer}, query head {head} &middot; {len(tokens)} tokens{cut}<br>"
-            f"Head diversity of layer {layer}: <b>{v['diversity']:.3f}</b> "
-            f"(mean Jensen-Shannon distance over pairs of its {weights.shape[1]} heads; 0 = identical maps, "
-            f"1 = no overlap)<br>"
+            f"Layer {layer}, query head {head} &middot; {len(tokens)} token{'s' if len(tokens) != 1 else ''}"
+            f"{cut_note(capped)}<br>{diversity}<br>"
             f"SmolLM2 is GQA: query head {head} reads KV head {v['kv_head']}, shared by query heads {shared}."
         )
         self.image.value = self._draw(tokens, weights[layer], layer, head)

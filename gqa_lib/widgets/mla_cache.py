@@ -7,7 +7,7 @@ and RoPE key ``d_rope``). Every figure in the readout and the bar chart comes fr
 
 from __future__ import annotations
 
-import io
+import math
 import time
 
 import ipywidgets as widgets
@@ -17,6 +17,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from ..cache_math import DTYPE_BYTES, auto_format_bytes, dtype_bytes, kv_cache_bytes, mla_cache_bytes
 from ..layout import check_kv_heads, check_positive_int, divisors
 from ..plots import PALETTE
+from .blit import BlitFigure
+from .controls import StrictDropdown, StrictIntSlider, StrictSelectionSlider
 
 KINDS = ("MHA", "GQA", "MQA", "MLA")
 TOKEN_CHOICES = (4_096, 32_768, 100_000, 131_072)
@@ -36,6 +38,10 @@ def check_slider_value(name: str, value: int) -> None:
     if not lo <= value <= hi or (value - lo) % step:
         grid = f"{lo}..{hi}" if step == 1 else f"{lo}..{hi} in steps of {step}"
         raise ValueError(f"{name}={value} is not on the slider (valid: {grid})")
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def closest_divisor(n: int, wanted: int) -> int:
@@ -76,17 +82,23 @@ class MLACacheComparison(widgets.VBox):
         slider = dict(continuous_update=False, style={"description_width": "185px"},  # labels in full
                       layout=widgets.Layout(width="455px"))
         r = SLIDER_RANGES
-        self.n_layers = widgets.IntSlider(v["n_layers"], *r["n_layers"], description="layers", **slider)
-        self.n_heads = widgets.IntSlider(v["n_heads"], *r["n_heads"], description="query heads", **slider)
-        self.n_kv_heads = widgets.SelectionSlider(options=divisors(v["n_heads"]), value=v["n_kv_heads"],
-                                                  description="GQA KV heads (= groups)", **slider)
-        self.head_dim = widgets.IntSlider(v["head_dim"], *r["head_dim"], description="head dim", **slider)
-        self.d_c = widgets.IntSlider(v["d_c"], *r["d_c"], description="MLA latent d_c", **slider)
-        self.d_rope = widgets.IntSlider(v["d_rope"], *r["d_rope"], description="MLA RoPE key d_h^R", **slider)
-        self.dtype = widgets.Dropdown(options=list(DTYPE_BYTES), value=v["dtype"], description="dtype",
-                                      style=slider["style"])
-        self.seq_len = widgets.Dropdown(options=[(f"{n:,}", n) for n in TOKEN_CHOICES], value=v["seq_len"],
-                                        description="tokens (totals)", style=slider["style"])
+
+        def int_slider(name: str, description: str):
+            return StrictIntSlider(v[name], *r[name], description=description, name=name, **slider)
+
+        self.n_layers = int_slider("n_layers", "layers")
+        self.n_heads = int_slider("n_heads", "query heads")
+        self.n_kv_heads = StrictSelectionSlider(options=divisors(v["n_heads"]), value=v["n_kv_heads"],
+                                                description="GQA KV heads (= groups)", name="n_kv_heads",
+                                                why=f"for {_plural(v['n_heads'], 'query head')} (only divisors are)",
+                                                **slider)
+        self.head_dim = int_slider("head_dim", "head dim")
+        self.d_c = int_slider("d_c", "MLA latent d_c")
+        self.d_rope = int_slider("d_rope", "MLA RoPE key d_h^R")
+        self.dtype = StrictDropdown(options=list(DTYPE_BYTES), value=v["dtype"], description="dtype", name="dtype",
+                                    style=slider["style"])
+        self.seq_len = StrictDropdown(options=[(f"{n:,}", n) for n in TOKEN_CHOICES], value=v["seq_len"],
+                                      description="tokens (totals)", name="seq_len", style=slider["style"])
         self.readout = widgets.HTML()
         self.image = widgets.Image(format="png", layout=widgets.Layout(align_self="flex-start"))  # natural size
         self.last_update_s = float("nan")
@@ -98,7 +110,9 @@ class MLACacheComparison(widgets.VBox):
             control.observe(lambda change: self._changed(), names="value")
         shape = widgets.VBox([self.n_layers, self.n_heads, self.n_kv_heads, self.head_dim])
         mla = widgets.VBox([self.d_c, self.d_rope, self.dtype, self.seq_len])
-        super().__init__([widgets.HBox([shape, mla]), self.readout, self.image])
+        # Two columns of sliders in a wide window, one under the other in a narrow one (rather than cut off).
+        super().__init__([widgets.HBox([shape, mla], layout=widgets.Layout(flex_flow="row wrap")), self.readout,
+                          self.image])
         self.update()
 
     def _on_heads(self, change) -> None:
@@ -107,6 +121,7 @@ class MLACacheComparison(widgets.VBox):
         self._syncing = True
         try:
             self.n_kv_heads.options = divisors(change["new"])
+            self.n_kv_heads.why = f"for {_plural(change['new'], 'query head')} (only divisors are)"
             self.n_kv_heads.value = new_kv
         finally:
             self._syncing = False
@@ -132,7 +147,7 @@ class MLACacheComparison(widgets.VBox):
 
     def _labels(self) -> list[str]:
         h, kv = self.n_heads.value, self.n_kv_heads.value
-        return [f"MHA\n{h} KV heads", f"GQA\n{kv} KV heads", "MQA\n1 KV head",
+        return [f"MHA\n{_plural(h, 'KV head')}", f"GQA\n{_plural(kv, 'KV head')}", "MQA\n1 KV head",
                 f"MLA\nd_c {self.d_c.value} + d_h^R {self.d_rope.value}"]
 
     def _build_chart(self) -> None:
@@ -142,7 +157,12 @@ class MLACacheComparison(widgets.VBox):
         self._bars = ax.bar(range(len(KINDS)), [1] * len(KINDS), color=[PALETTE[k] for k in KINDS])
         self._values = [ax.annotate("", (i, 1), ha="center", va="bottom", xytext=(0, 2),
                                     textcoords="offset points", fontsize=9) for i in range(len(KINDS))]
-        ax.set_xticks(range(len(KINDS)))
+        # Bar names as plain texts under the axis (drawn at every update) rather than tick labels, whose change
+        # would make the whole axis be laid out again.
+        self._names = [ax.text(i, -0.03, "", transform=ax.get_xaxis_transform(), ha="center", va="top",
+                               fontsize=10) for i in range(len(KINDS))]
+        ax.set_xticks(range(len(KINDS)), [""] * len(KINDS))
+        ax.set_xlim(-0.6, len(KINDS) - 0.4)
         ax.set_yscale("log")
         # Plain "10 KB" tick labels: readable, and much faster to draw than mathtext powers of ten.
         ax.yaxis.set_major_locator(LogLocator(base=10))
@@ -150,7 +170,9 @@ class MLACacheComparison(widgets.VBox):
         ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_ylabel("cache per token (log scale; KB = 10^3 B)")
         ax.grid(axis="x", visible=False)
+        self._title = ax.set_title(" ", fontsize=10)
         self._ax = ax
+        self._blit = BlitFigure(fig, [*self._bars, *self._values, *self._names, self._title])
 
     def _draw(self, per_token: dict[str, int]) -> bytes:
         ax = self._ax
@@ -159,13 +181,15 @@ class MLACacheComparison(widgets.VBox):
             bar.set_height(value)
             text.xy = (bar.get_x() + bar.get_width() / 2, value)
             text.set_text(auto_format_bytes(value))
-        ax.set_ylim(min(values) / 3, max(values) * 4)
-        ax.set_xticklabels(self._labels())
-        ax.set_title(f"Cache one token adds: {self.n_layers.value} layers, {self.n_heads.value} query heads, "
-                     f"head dim {self.head_dim.value}, {self.dtype.value}, batch 1", fontsize=10)
-        buf = io.BytesIO()
-        self._fig.savefig(buf, format="png", pil_kwargs={"compress_level": 1})  # fast to encode
-        return buf.getvalue()
+        for text, label in zip(self._names, self._labels(), strict=True):
+            text.set_text(label)
+        # Whole decades as limits: the axis (the slow part to draw) changes only when a bar crosses a decade.
+        limits = (10.0 ** math.floor(math.log10(min(values) / 3)), 10.0 ** math.ceil(math.log10(max(values) * 4)))
+        ax.set_ylim(*limits)
+        self._title.set_text(f"Cache one token adds: {_plural(self.n_layers.value, 'layer')}, "
+                             f"{_plural(self.n_heads.value, 'query head')}, head dim {self.head_dim.value}, "
+                             f"{self.dtype.value}, batch 1")
+        return self._blit.render(limits)
 
     def update(self) -> None:
         """Recompute the readout and redraw the chart from the controls' current values."""

@@ -2,12 +2,14 @@
 
 All numbers come from ``gqa_lib.cache_math.kv_cache_bytes``; the reduction is ``n_heads / 1``. A preset
 fills the sliders with a real model's shape from ``data/models.json``; moving any slider away from
-the preset's value switches the preset back to "custom".
+the preset's value switches the preset back to ``"custom"``. For a GQA preset the model as released
+is drawn between the two (MHA -> GQA -> MQA), as long as the sliders still show its shape.
+Controls refuse values they do not offer, listing the valid ones (``controls.NotOffered``).
 """
 
 from __future__ import annotations
 
-import io
+import math
 import time
 
 import ipywidgets as widgets
@@ -18,8 +20,11 @@ from ..cache_math import DTYPE_BYTES, GIB, auto_format_bytes, dtype_bytes, kv_ca
 from ..layout import check_positive_int
 from ..models import get_model, load_models
 from ..plots import GPU_MEMORY_GIB, NEUTRAL, PALETTE
+from .blit import BlitFigure
+from .controls import CUSTOM, StrictDropdown, StrictIntSlider, StrictSelectionSlider
 
-CUSTOM = "custom"
+ROWS_WITH_GQA = {"MHA": 2.0, "GQA": 1.0, "MQA": 0.0}  # bar positions (y) with the released GQA model drawn
+ROWS_WITHOUT = {"MHA": 1.6, "GQA": 1.0, "MQA": 0.4}
 HEAD_DIMS = [32, 64, 80, 96, 128, 160, 192, 256]
 CONTEXTS = [2**k for k in range(8, 18)]  # 256 .. 131072 tokens
 MAX_HEADS, MAX_LAYERS, MAX_BATCH = 128, 128, 64
@@ -61,14 +66,19 @@ class MQACacheComparison(widgets.VBox):
             raise ValueError(f"preset={preset!r} is not known (valid: {', '.join(names)})")
         style = {"description_width": "110px"}
         slide = {"style": style, "continuous_update": False}
-        self.preset = widgets.Dropdown(options=names, value=CUSTOM, description="model preset", style=style)
-        self.n_heads = widgets.IntSlider(value=32, min=1, max=MAX_HEADS, description="query heads", **slide)
-        self.head_dim = widgets.Dropdown(options=HEAD_DIMS, value=128, description="head dim", style=style)
-        self.n_layers = widgets.IntSlider(value=32, min=1, max=MAX_LAYERS, description="layers", **slide)
-        self.context = widgets.SelectionSlider(options=[(_context_label(c), c) for c in CONTEXTS], value=4096,
-                                               description="context (tokens)", **slide)
-        self.batch = widgets.IntSlider(value=1, min=1, max=MAX_BATCH, description="batch", **slide)
-        self.dtype = widgets.Dropdown(options=list(DTYPE_BYTES), value="bf16", description="dtype", style=style)
+        self.preset = StrictDropdown(options=names, value=CUSTOM, description="model preset", style=style,
+                                     name="preset")
+        self.n_heads = StrictIntSlider(value=32, min=1, max=MAX_HEADS, description="query heads", name="n_heads",
+                                       **slide)
+        self.head_dim = StrictDropdown(options=HEAD_DIMS, value=128, description="head dim", style=style,
+                                       name="head_dim")
+        self.n_layers = StrictIntSlider(value=32, min=1, max=MAX_LAYERS, description="layers", name="n_layers",
+                                        **slide)
+        self.context = StrictSelectionSlider(options=[(_context_label(c), c) for c in CONTEXTS], value=4096,
+                                             description="context (tokens)", name="context", **slide)
+        self.batch = StrictIntSlider(value=1, min=1, max=MAX_BATCH, description="batch", name="batch", **slide)
+        self.dtype = StrictDropdown(options=list(DTYPE_BYTES), value="bf16", description="dtype", style=style,
+                                    name="dtype")
         self.readout = widgets.HTML()
         # flex-start: keep the picture at its own size; a VBox would otherwise stretch it to the full width
         self.image = widgets.Image(format="png", layout=widgets.Layout(align_self="flex-start"))
@@ -116,43 +126,72 @@ class MQACacheComparison(widgets.VBox):
         v = cache_comparison(self.n_heads.value, self.head_dim.value, self.n_layers.value, self.context.value,
                              self.batch.value, self.dtype.value)
         v["preset"] = self.preset.value
+        v["released_gqa"] = None  # the preset's own GQA cache, when the sliders show a GQA model as released
+        if v["preset"] != CUSTOM:
+            spec = get_model(v["preset"])
+            if spec.n_kv_heads is not None and 1 < spec.n_kv_heads < spec.n_heads:
+                b = v["bytes_per_elem"]
+                v["released_gqa"] = {
+                    "n_kv_heads": spec.n_kv_heads,
+                    "bytes": kv_cache_bytes(v["n_layers"], spec.n_kv_heads, v["head_dim"], v["context"], v["batch"], b),
+                    "bytes_per_token": kv_cache_bytes(v["n_layers"], spec.n_kv_heads, v["head_dim"], 1, 1, b),
+                    "vs_mha": reduction_vs_mha(spec.n_heads, spec.n_kv_heads)}
         return v
 
     def _build_figure(self) -> None:
-        self.fig = Figure(figsize=(8.2, 2.8))
-        self.fig.subplots_adjust(left=0.09, right=0.68, bottom=0.22, top=0.8)
+        self.fig = Figure(figsize=(8.2, 3.0))
+        self.fig.subplots_adjust(left=0.16, right=0.68, bottom=0.2, top=0.8)
         ax = self.ax = self.fig.add_subplot()
-        self.bars = ax.barh([1, 0], [1, 1], color=[PALETTE["MHA"], PALETTE["MQA"]], height=0.6)
-        ax.set_yticks([1, 0], ["MHA", "MQA"])
+        self.bars = {k: ax.barh([ROWS_WITH_GQA[k]], [1], color=PALETTE[k], height=0.6)[0] for k in ROWS_WITH_GQA}
         ax.set_xscale("log")
         # Plain tick labels: log-scale ticks default to mathtext ("10^{-2}"), whose parsing is most of a redraw.
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel("KV cache (GiB = 2^30 bytes, log scale)")
-        self.bar_text = [ax.text(1, y, "", va="center", ha="left", fontsize=9,
-                                 bbox={"facecolor": "white", "edgecolor": "none", "pad": 1}) for y in (1, 0)]
+        self.bar_text = {k: ax.text(1, ROWS_WITH_GQA[k], "", va="center", ha="left", fontsize=9,
+                                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 1}) for k in ROWS_WITH_GQA}
         for (label, gib), ls in zip(GPU_MEMORY_GIB.items(), ("--", "-.", ":"), strict=True):
             ax.axvline(gib, color=NEUTRAL, lw=1.2, ls=ls, label=f"GPU memory {label}")
         ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
-        ax.set_ylim(-0.6, 1.6)
+        ax.set_ylim(-0.6, 2.6)
         ax.grid(axis="y", visible=False)
+        self.title = ax.set_title(" ", fontsize=9)
+        # Axis limits and row names make the background; bars, their labels and the title are redrawn each time.
+        self._blit = BlitFigure(self.fig, [*self.bars.values(), *self.bar_text.values(), self.title])
 
     def _draw(self, v: dict) -> bytes:
-        mha, mqa = v["mha_bytes"] / GIB, v["mqa_bytes"] / GIB
-        for bar, x, txt, y in zip(self.bars, (mha, mqa), self.bar_text, (1, 0), strict=True):
-            bar.set_width(x)
-            txt.set_position((x * 1.15, y))
-            txt.set_text(auto_format_bytes(x * GIB, binary=True))
-        lo = min(mqa, min(GPU_MEMORY_GIB.values())) / 4
-        hi = max(mha, max(GPU_MEMORY_GIB.values())) * 12  # room for the label right of the longest bar
-        self.ax.set_xlim(lo, hi)
+        gqa = v["released_gqa"]
+        rows = ROWS_WITH_GQA if gqa else ROWS_WITHOUT
+        gib = {"MHA": v["mha_bytes"] / GIB, "MQA": v["mqa_bytes"] / GIB, "GQA": gqa["bytes"] / GIB if gqa else 1.0}
+        names = {"MHA": f"MHA\n{v['n_heads']} KV head{'s' if v['n_heads'] > 1 else ''}", "MQA": "MQA\n1 KV head",
+                 "GQA": f"GQA (released)\n{gqa['n_kv_heads']} KV heads" if gqa else ""}
+        for k, bar in self.bars.items():
+            shown = k != "GQA" or gqa is not None
+            bar.set_visible(shown)
+            self.bar_text[k].set_visible(shown)
+            bar.set_y(rows[k] - 0.3)
+            bar.set_width(gib[k])
+            self.bar_text[k].set_position((gib[k] * 1.15, rows[k]))
+            self.bar_text[k].set_text(auto_format_bytes(gib[k] * GIB, binary=True))
+        kinds = [k for k in rows if k != "GQA" or gqa]
+        # Whole decades as limits: the axis (the slow part to draw) changes only when a bar crosses a decade.
+        lo = min(gib["MQA"], min(GPU_MEMORY_GIB.values())) / 4
+        hi = max(gib["MHA"], max(GPU_MEMORY_GIB.values())) * 12  # room for the label right of the longest bar
+        limits = (10.0 ** math.floor(math.log10(lo)), 10.0 ** math.ceil(math.log10(hi)))
+        ticks = ([rows[k] for k in kinds], [names[k] for k in kinds])
+        self.ax.set_xlim(*limits)
+        self.ax.set_yticks(*ticks)
         heads = f"{v['n_heads']} query head{'s' if v['n_heads'] > 1 else ''}"
-        self.ax.set_title(f"The MQA cache is {v['reduction']:g}x smaller than the MHA cache\n{heads}, "
-                          f"{v['n_layers']} layers, head dim {v['head_dim']}, {v['context']:,} tokens, "
-                          f"batch {v['batch']}, {v['dtype']}", fontsize=9)
-        buf = io.BytesIO()
-        self.fig.savefig(buf, format="png", pil_kwargs={"compress_level": 1})  # fast to write, still small
-        return buf.getvalue()
+        if v["n_heads"] == 1:
+            head = "With one query head, MHA and MQA are the same shape: the same cache (1x)"
+        elif gqa:
+            head = (f"MHA -> GQA as released -> MQA: {v['n_heads']} -> {gqa['n_kv_heads']} -> 1 KV heads "
+                    f"({gqa['vs_mha']:g}x, then {v['reduction']:g}x smaller than MHA)")
+        else:
+            head = f"The MQA cache is {v['reduction']:g}x smaller than the MHA cache"
+        self.title.set_text(f"{head}\n{heads}, {v['n_layers']} layers, head dim {v['head_dim']}, {v['context']:,} "
+                            f"tokens, batch {v['batch']}, {v['dtype']}")
+        return self._blit.render((limits, tuple(ticks[0]), tuple(ticks[1])))
 
     def update(self) -> None:
         """Recompute the readout and the bars from the controls' current values."""
@@ -164,14 +203,27 @@ class MQACacheComparison(widgets.VBox):
             spec = get_model(v["preset"])
             real = f"{spec.attention} with {spec.n_kv_heads} KV head{'s' if spec.n_kv_heads > 1 else ''}"
             note = f"<br><i>{spec.name} itself is {real}.</i>" + (f" <i>Note: {spec.note}.</i>" if spec.note else "")
+        gqa = v["released_gqa"]
+        released = ""
+        if gqa:
+            released = (f"GQA as released ({gqa['n_kv_heads']} K/V heads a layer): "
+                        f"<b>{auto_format_bytes(gqa['bytes'])}</b> = {auto_format_bytes(gqa['bytes'], binary=True)}, "
+                        f"{auto_format_bytes(gqa['bytes_per_token'])} per token, {gqa['vs_mha']:g}x smaller than "
+                        f"MHA<br>")
+        if v["n_heads"] == 1:
+            reduction = ("Reduction: none (1x): with one query head, MHA and MQA are the same shape "
+                         "(one K/V head either way)<br>")
+        else:
+            reduction = f"Reduction: <b>{v['reduction']:g}x</b> (= query heads / 1 K/V head)<br>"
         self.readout.value = (
             f"MHA ({v['n_heads']} K/V head{'s' if v['n_heads'] > 1 else ''} a layer): "
             f"<b>{auto_format_bytes(v['mha_bytes'])}</b> = {auto_format_bytes(v['mha_bytes'], binary=True)}, "
             f"{auto_format_bytes(v['mha_bytes_per_token'])} per token<br>"
+            + released +
             f"MQA (1 K/V head a layer): <b>{auto_format_bytes(v['mqa_bytes'])}</b> = "
             f"{auto_format_bytes(v['mqa_bytes'], binary=True)}, {auto_format_bytes(v['mqa_bytes_per_token'])} "
             f"per token<br>"
-            f"Reduction: <b>{v['reduction']:g}x</b> (= query heads / 1 K/V head)<br>"
+            + reduction +
             f"Assumes {v['context']:,} tokens, batch {v['batch']}, {unit}; GB = 10^9 bytes, GiB = 2^30 bytes."
             + note
         )

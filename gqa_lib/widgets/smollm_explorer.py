@@ -5,10 +5,15 @@ query heads (one colour scale) next to the keys and values of the one KV head th
 readout gives the layer's head diversity for pairs inside a group and pairs across groups
 (``gqa_lib.diversity.within_across_diversity``). One forward pass per sentence gives all 30 layers
 (``smollm.capture_layers``); they are kept, so moving the layer or group only recomputes and redraws.
+
+The model only ever sees the text's first ``MAX_TOKENS`` tokens (``token_cap``): memory grows with the
+square of the tokens, and those are all the picture shows. Of each layer only what the picture and
+the readout use is kept (queries, keys, values, attention weights); the readout says when a text was cut.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 import warnings
@@ -23,9 +28,11 @@ from .. import smollm
 from ..diversity import pairwise_head_distance
 from ..models import get_model
 from ..plots import DIVERGING_CMAP, HEATMAP_CMAP
+from .controls import StrictIntSlider, StrictToggleButtons
+from .token_cap import MAX_TOKENS, cap_text, cut_note
 
 DEFAULT_TEXT = smollm.PROMPTS["sentences"]["fox"]
-MAX_TOKENS = 32  # more token labels than this do not fit on the axes
+CAPTURES_KEPT = 4  # texts whose captures are kept: about 1 MB each at the token cap
 _SPEC = get_model("SmolLM2-135M")  # 30 layers, 9 query heads, 3 KV heads: known before the model loads
 
 
@@ -150,14 +157,16 @@ class SmollmGroupExplorer(widgets.VBox):
         self.group_size = _SPEC.group_size
         self._captures: OrderedDict[str, list] = OrderedDict()  # text -> captures of all layers, a few kept
         self._distances: dict[tuple[str, int], torch.Tensor] = {}
+        self._capped: dict = {}  # text -> token_cap.CappedText
         self.text = widgets.Text(value=text, description="sentence", continuous_update=False,
                                  layout=widgets.Layout(width="95%"))
-        self.layer = widgets.IntSlider(value=layer, min=0, max=n_layers - 1, description="layer",
-                                       continuous_update=False)
+        self.layer = StrictIntSlider(value=layer, min=0, max=n_layers - 1, description="layer", name="layer",
+                                     continuous_update=False)
         options = [(f"KV head {j} (query heads {j * self.group_size}-{(j + 1) * self.group_size - 1})", j)
                    for j in range(n_kv)]
-        self.group = widgets.ToggleButtons(options=options, value=group, description="group",
-                                           style={"button_width": "200px"})
+        # Buttons as wide as their labels ("KV head 0 (query heads 0-2)"): a fixed width cut them short.
+        self.group = StrictToggleButtons(options=options, value=group, description="group", name="group",
+                                         style={"button_width": "auto"})
         self.readout = widgets.HTML()
         self.image = widgets.Image(format="png", layout=widgets.Layout(align_self="flex-start"))  # natural size
         self.last_update_s = float("nan")
@@ -168,14 +177,27 @@ class SmollmGroupExplorer(widgets.VBox):
         self.update()
 
     def captures(self, text: str) -> list:
-        """All 30 layers' captures of ``text`` (one forward pass, remembered for the last few texts)."""
+        """All 30 layers' captures of ``text``'s first tokens (one forward pass, remembered for the last few texts)."""
         if text not in self._captures:
-            self._captures[text] = smollm.capture_layers(text)
-            while len(self._captures) > 4:
+            capped = cap_text(text)
+            # Keep what the picture and readout use; the layer's input and output are not shown.
+            slim = [dataclasses.replace(c, hidden=torch.empty(0), output=torch.empty(0))
+                    for c in smollm.capture_layers(capped.text)]
+            self._captures[text] = slim
+            self._capped[text] = capped
+            while len(self._captures) > CAPTURES_KEPT:
                 evicted, _ = self._captures.popitem(last=False)
+                self._capped.pop(evicted, None)
                 self._distances = {k: d for k, d in self._distances.items() if k[0] != evicted}
         self._captures.move_to_end(text)
         return self._captures[text]
+
+    def kept_bytes(self) -> int:
+        """Bytes of the tensors the widget keeps between updates (captures and distance matrices)."""
+        tensors = [t for caps in self._captures.values() for c in caps
+                   for t in (c.hidden, c.q, c.k, c.v, c.weights, c.output)]
+        tensors += list(self._distances.values())
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def distances(self, text: str, layer: int) -> torch.Tensor:
         """(9, 9) Jensen-Shannon distances between the query heads' maps, first ``MAX_TOKENS`` tokens."""
@@ -196,10 +218,16 @@ class SmollmGroupExplorer(widgets.VBox):
         heads = list(range(group * g, (group + 1) * g))
         in_group = [float(d[i, j]) for i in heads for j in heads if i < j]
         k_seen, v_seen = smollm.kv_seen_by_query_heads(cap)
-        return {"text": text, "layer": layer, "group": group, "query_heads": heads,
-                "n_tokens": min(len(cap.tokens), MAX_TOKENS),
-                "within": float(d[same].mean()), "across": float(d[kv_of[:, None] != kv_of[None, :]].mean()),
-                "group_within": sum(in_group) / len(in_group),
+        n_tokens = min(len(cap.tokens), MAX_TOKENS)
+        enough = n_tokens >= 2  # the distance skips the first query position, which can only look at itself
+
+        def mean(x):
+            return float(x.mean()) if enough else None
+
+        return {"text": text, "layer": layer, "group": group, "query_heads": heads, "n_tokens": n_tokens,
+                "n_tokens_in_text": self._capped[text].n_tokens,
+                "within": mean(d[same]), "across": mean(d[kv_of[:, None] != kv_of[None, :]]),
+                "group_within": sum(in_group) / len(in_group) if enough else None,
                 "kv_identical_in_group": all(torch.equal(x[h], x[heads[0]]) for x in (k_seen, v_seen) for h in heads)}
 
     def update(self) -> None:
@@ -212,16 +240,20 @@ class SmollmGroupExplorer(widgets.VBox):
             return
         v = self.readout_values()
         heads = ", ".join(map(str, v["query_heads"]))
-        n_tokens = len(self.captures(text)[0].tokens)
-        cut = f" (showing the first {MAX_TOKENS} of {n_tokens})" if n_tokens > MAX_TOKENS else ""
         same = "identical" if v["kv_identical_in_group"] else "NOT identical"
+        if v["within"] is None:
+            diversity = ("Head diversity needs at least two tokens (this text has 1): the first token can only look "
+                         "at itself, in every head.")
+        else:
+            diversity = (
+                f"Head diversity (mean Jensen-Shannon distance between two heads' attention rows; 0 = same maps, "
+                f"1 = no overlap): pairs inside group {v['group']}: <b>{v['group_within']:.3f}</b>; "
+                f"all pairs sharing a KV head: <b>{v['within']:.3f}</b>; pairs in different groups: "
+                f"<b>{v['across']:.3f}</b> (within / across = {v['within'] / v['across']:.2f}).")
         self.readout.value = (
-            f"Layer {v['layer']}, {v['n_tokens']} tokens{cut}. Query heads {heads} read the same K and V "
-            f"(checked: {same}).<br>"
-            f"Head diversity (mean Jensen-Shannon distance between two heads' attention rows; 0 = same maps, "
-            f"1 = no overlap): pairs inside group {v['group']}: <b>{v['group_within']:.3f}</b>; "
-            f"all pairs sharing a KV head: <b>{v['within']:.3f}</b>; pairs in different groups: "
-            f"<b>{v['across']:.3f}</b> (within / across = {v['within'] / v['across']:.2f})."
+            f"Layer {v['layer']}, {v['n_tokens']} token{'s' if v['n_tokens'] != 1 else ''}"
+            f"{cut_note(self._capped[text])}. Query heads {heads} read the same K and V "
+            f"(checked: {same}).<br>{diversity}"
         )
         cap = self.captures(text)[v["layer"]]
         self.image.value = self._canvas.draw(cap, v["group"], v["n_tokens"])

@@ -118,6 +118,78 @@ _PROBE_SETTLED = """([quiet, idle]) => { const p = window.__gqaProbe; const now 
   return p.last !== null ? now - p.last > quiet : now - p.start > idle; }"""
 
 
+# Text a reader cannot read in full: for every piece of widget text (labels, slider readouts, buttons,
+# the chosen option of a dropdown, HTML readouts) either its box cuts it short (its content is wider or
+# taller than the box that clips it) or something else is drawn over it (the element at points across
+# its text, found with document.elementFromPoint, is not the text's own element or inside it). Each
+# element is scrolled into view vertically first, so the points are on screen; sideways, what a row
+# wider than its output area hides on the right counts as hidden. Returns one line per problem.
+_TEXT_FITS_SCRIPT = """(root) => {
+  const problems = [];
+  const describe = (el) => {
+    const cls = (el.className && el.className.baseVal === undefined ? el.className : '').toString().trim()
+      .split(/\\s+/).filter(c => c.startsWith('widget') || c.startsWith('jp-')).slice(0, 2).join('.');
+    const text = (el.innerText || el.value || '').trim().replace(/\\s+/g, ' ').slice(0, 60);
+    return `<${el.tagName.toLowerCase()}${cls ? '.' + cls : ''}> "${text}"`;
+  };
+  const selector = ['.widget-label', '.widget-readout', '.widget-button', '.widget-toggle-button',
+                    '.widget-dropdown select', '.widget-html-content', '.widget-checkbox label', 'button'].join(', ');
+  const seen = new Set();
+  for (const el of root.querySelectorAll(selector)) {
+    if (seen.has(el)) continue;
+    seen.add(el);
+    const style = getComputedStyle(el);
+    if (style.display === 'none' || style.visibility === 'hidden' || el.getClientRects().length === 0) continue;
+    let text = el.tagName === 'SELECT' ? ((el.options[el.selectedIndex] || {}).text || '') : (el.innerText || '');
+    text = text.trim();
+    if (!text) continue;
+    el.scrollIntoView({block: 'nearest', inline: 'nearest'});
+    // ... but only vertically: a reader sees the start of a row that is wider than its output area, so
+    // text beyond its right edge counts as hidden (it is, until the reader scrolls sideways).
+    for (let p = el.parentElement; p; p = p.parentElement) if (p.scrollLeft) p.scrollLeft = 0;
+    if (el.tagName === 'SELECT') {
+      // A <select> shows its chosen option in its own box, less the padding and the arrow.
+      const ctx = document.createElement('canvas').getContext('2d');
+      ctx.font = `${style.fontWeight} ${style.fontSize} ${style.fontFamily}`;
+      const need = ctx.measureText(text.replace(/\\u00a0/g, ' ')).width;
+      const room = el.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+      if (need > room + 1) problems.push(`${describe(el)}: the chosen option needs ${Math.ceil(need)} px, `
+                                         + `the box shows ${Math.floor(room)} px`);
+    } else if (el.scrollWidth > el.clientWidth + 1 && style.overflowX !== 'visible') {
+      problems.push(`${describe(el)}: cut short (text ${el.scrollWidth} px wide, box ${el.clientWidth} px)`);
+      continue;
+    } else if (el.scrollHeight > el.clientHeight + 1 && style.overflowY !== 'visible') {
+      problems.push(`${describe(el)}: cut short (text ${el.scrollHeight} px tall, box ${el.clientHeight} px)`);
+      continue;
+    }
+    // Points across the text: start, middle and end of each line box of the text (at most 40 lines).
+    const rects = [];
+    if (el.tagName === 'SELECT' || el.tagName === 'BUTTON') {
+      rects.push(el.getBoundingClientRect());
+    } else {
+      const range = document.createRange();
+      range.selectNodeContents(el);
+      for (const r of range.getClientRects()) if (r.width > 2 && r.height > 2) rects.push(r);
+    }
+    let reported = false;
+    for (const r of rects.slice(0, 40)) {
+      for (const fx of [0.02, 0.5, 0.98]) {
+        const x = r.left + fx * r.width, y = r.top + r.height / 2;
+        if (x < 0 || y < 0 || x >= innerWidth || y >= innerHeight) continue;
+        const hit = document.elementFromPoint(x, y);
+        if (hit && (hit === el || el.contains(hit))) continue;
+        problems.push(`${describe(el)}: covered at (${Math.round(x)}, ${Math.round(y)}) by `
+                      + (hit ? describe(hit) : 'nothing (outside its clip)'));
+        reported = true;
+        break;
+      }
+      if (reported) break;
+    }
+  }
+  return problems;
+}"""
+
+
 @dataclass
 class Slider:
     label: str
@@ -272,6 +344,17 @@ class NotebookPage:
         result = self._settle(quiet_ms)
         assert result["changes"], f"pressing {key} on slider {label!r} changed nothing in the widget"
         return float(result["ms"])
+
+    def text_problems(self, root) -> list[str]:
+        """Widget text that is cut short or covered (see ``_TEXT_FITS_SCRIPT``); empty when all is readable."""
+        self.page.mouse.move(0, 0)  # no hover effects or tooltips over the widget
+        return root.evaluate(_TEXT_FITS_SCRIPT)
+
+    def click_and_wait(self, root, locator, quiet_ms: int = 300) -> None:
+        """Click ``locator`` inside the widget ``root``; wait until the widget has redrawn."""
+        self._probe(root, locator, start_now=True)
+        locator.click()
+        self._settle(quiet_ms)
 
     def screenshot(self, path, root=None) -> None:
         """Scroll the widget's top (and the cell above it) into view and save what the reader sees."""

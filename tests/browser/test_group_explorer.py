@@ -1,6 +1,5 @@
 """Notebook 04's group explorer in the browser: keyboard moves, KV-head choices, readout against the arithmetic.
 
-The explorer has no model dropdown (the KV-cache calculator of notebook 01 has; its test covers presets).
 Each check reads the sliders the reader sees, computes the cache with ``gqa_lib.cache_math`` here,
 and looks for those numbers, next to their names, in the widget's text.
 """
@@ -20,7 +19,7 @@ from gqa_lib.layout import attention_kind, divisors
 NOTEBOOK = notebook_showing("group_explorer")
 closest_divisor = importlib.import_module(widgets.group_explorer.__module__).closest_divisor  # the widget's rule
 HEADS, KV, HEAD_DIM, CONTEXT = "query heads", "KV heads (= groups)", "head dim", "context (tokens)"
-FORMULA = re.compile(r"= 2 \(K and V\) x (?P<n_layers>\d+) layers x (?P<kv>\d+) KV heads x head dim (?P<d>\d+) x "
+FORMULA = re.compile(r"= 2 \(K and V\) x (?P<n_layers>\d+) layers? x (?P<kv>\d+) KV heads? x head dim (?P<d>\d+) x "
                      r"(?P<ctx>[\d,]+) tokens x batch (?P<batch>\d+) x (?P<b>\d+) bytes \((?P<dtype>\w+)\)")
 
 pytestmark = pytest.mark.skipif(NOTEBOOK is None, reason="no notebook shows widgets.group_explorer() yet")
@@ -57,10 +56,11 @@ def check(nb, root, what: str) -> dict:
     mha = kv_cache_bytes(n_layers, h, d, ctx, batch, b)
     text = "\n".join(v["lines"])
     # The wording may change; the numbers, and what they are next to, must not.
-    for fact in (f"{attention_kind(h, kv)}: {h} query heads read {kv} KV heads (= groups)",
+    heads = f"{h} query head{'s read' if h > 1 else ' reads'} {kv} KV head{'s' if kv > 1 else ''} (= groups)"
+    saving = "the same size (1x" if kv == h else f"{reduction_vs_mha(h, kv):g}x smaller"
+    for fact in (f"{attention_kind(h, kv)}: {heads}",
                  f"KV cache: {auto_format_bytes(cache)} ({auto_format_bytes(cache, binary=True)})",
-                 f"MHA of the same shape: {auto_format_bytes(mha)}",
-                 f"{reduction_vs_mha(h, kv):g}x smaller", f"{h // kv} query head"):
+                 f"MHA of the same shape: {auto_format_bytes(mha)}", saving, f"{h // kv} query head"):
         assert fact in text, f"after {what}: {fact!r} is not in the readout:\n{text}"
     return v
 
@@ -103,3 +103,26 @@ def test_keyboard_moves_keep_readout_and_kv_choices_right(explorer, screenshots_
     v = check(nb, root, "query heads End")
     assert v["n_heads"] == int(nb.controls(root)["sliders"][HEADS]["max"])
     nb.screenshot(screenshots_dir / "04-group-explorer-after-keyboard.png", root)
+
+
+def test_llama3_70b_preset_gives_its_80_layers(explorer, screenshots_dir):
+    nb, root = explorer
+    nb.choose(root, "model preset", "Llama-3 70B")
+    v = check(nb, root, "choosing Llama-3 70B")
+    assert (v["n_heads"], v["n_kv_heads"], v["head_dim"]) == (64, 8, 128)
+    assert int(nb.controls(root)["sliders"]["layers"]["readout"]) == 80
+
+
+def test_order_toggle_redraws_in_the_repeat_order(explorer, screenshots_dir):
+    nb, root = explorer
+    from playwright.sync_api import expect
+
+    nb.choose(root, "model preset", "Llama-3 8B")
+    picture = root.locator("img").first
+    before = picture.get_attribute("src")
+    nb.click_and_wait(root, root.locator(".widget-toggle-buttons button", has_text="repeat"))
+    # On a busy machine the redraw can arrive after the probe settles: wait for it (a new picture) explicitly.
+    expect(picture).not_to_have_attribute("src", before, timeout=30_000)
+    expect(root.locator(".widget-html-content").first).to_contain_text("i % n_kv_heads", timeout=30_000)
+    nb.screenshot(screenshots_dir / "04-group-explorer-repeat-order.png", root)
+    nb.click_and_wait(root, root.locator(".widget-toggle-buttons button", has_text="contiguous"))

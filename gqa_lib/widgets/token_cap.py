@@ -1,0 +1,56 @@
+"""The cap on the text the SmolLM2 explorers analyse: its first ``MAX_TOKENS`` tokens, never more.
+
+A forward pass that keeps every layer's attention maps needs memory that grows with the square of
+the token count (30 layers x 9 heads x tokens^2 weights, plus the model's own work: measured about
+0.5 GB at 600 tokens and 1.9 GB at 1,200), so a pasted page could end the kernel. The explorers show
+only the first ``MAX_TOKENS`` tokens anyway, and with a causal mask the attention of a text's first
+tokens does not depend on what follows: running the model on the first ``MAX_TOKENS`` tokens alone
+gives exactly the maps shown. So the text is cut before the model sees it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAX_TOKENS = 32  # tokens analysed and shown; more labels than this do not fit on the axes
+
+
+@dataclass(frozen=True)
+class CappedText:
+    text: str  # what the model is run on: the first ``n_kept`` tokens of the reader's text
+    n_tokens: int  # tokens in the reader's whole text
+    n_kept: int  # tokens analysed (at most MAX_TOKENS)
+
+    @property
+    def cut(self) -> bool:
+        return self.n_kept < self.n_tokens
+
+
+def cap_text(text: str, max_tokens: int = MAX_TOKENS) -> CappedText:
+    """``text`` cut after its first ``max_tokens`` SmolLM2 tokens (the whole text if it is shorter).
+
+    The cut is made at the character where token ``max_tokens`` ends, so the kept text tokenizes to
+    the same first tokens (checked; shortened further in the rare case a merge crosses the cut).
+    """
+    from .. import smollm
+
+    _, tok = smollm.load_smollm()
+    enc = tok(text, return_offsets_mapping=True, add_special_tokens=False)
+    n = len(enc["input_ids"])
+    if n <= max_tokens:
+        return CappedText(text, n, n)
+    keep = max_tokens
+    while keep > 0:
+        prefix = text[: enc["offset_mapping"][keep - 1][1]]
+        if len(tok(prefix, add_special_tokens=False)["input_ids"]) <= max_tokens:
+            return CappedText(prefix, n, len(tok(prefix, add_special_tokens=False)["input_ids"]))
+        keep -= 1
+    raise ValueError(f"text cannot be cut to {max_tokens} tokens")  # not reached for real tokenizers
+
+
+def cut_note(capped: CappedText) -> str:
+    """The readout's sentence about the cap ('' when nothing was cut)."""
+    if not capped.cut:
+        return ""
+    return (f" (the text has {capped.n_tokens:,} tokens; only its first {capped.n_kept} are analysed and shown, "
+            f"the most this explorer takes)")
