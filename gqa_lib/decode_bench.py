@@ -463,15 +463,15 @@ def check_targets(rows: list[dict], seq_len: int = 16384, n_heads: int = 32, gqa
     return out
 
 
-IMPL_LABELS = {"gqa_lib": "gqa_lib: grouped rows, fused kernel (no copy)",
-               "sdpa": "PyTorch SDPA(enable_gqa=True)",
-               "expand": "expand-then-attend (repeat_kv, fresh copy)",
-               "expand_into": "expand-then-attend into a reused buffer",
+IMPL_LABELS = {"gqa_lib": "gqa_lib (grouped rows, no copy)",
+               "sdpa": "SDPA(enable_gqa=True)",
+               "expand": "expand (repeat_kv, fresh copy)",
+               "expand_into": "expand into a reused buffer",
                "grouped_explicit": "grouped, scores written out (no copy)"}
 IMPL_MARKERS = {"gqa_lib": "o", "sdpa": "^", "expand": "s", "expand_into": "P", "grouped_explicit": "D"}
 
 
-def _kind_legend(ax, kinds, impls, extra=(), loc="lower right"):
+def _kind_legend(ax, kinds, impls, extra=(), loc="lower right", **kwargs):
     from matplotlib.lines import Line2D
 
     from .plots import kind_color
@@ -479,14 +479,15 @@ def _kind_legend(ax, kinds, impls, extra=(), loc="lower right"):
     handles = [Line2D([], [], marker="o", ls="", color=kind_color(k), label=k) for k in kinds]
     handles += [Line2D([], [], marker=IMPL_MARKERS[i], ls="", color="white", markeredgecolor="black",
                        label=IMPL_LABELS[i]) for i in impls]
-    ax.legend(handles=handles + list(extra), fontsize=7.5, loc=loc)
+    ax.legend(handles=handles + list(extra), fontsize=7.5, loc=loc, **kwargs)
 
 
 def plot_decode_times(rows: list[dict], read_bytes_per_s: float, ax=None, impls=("gqa_lib", "sdpa", "expand")):
     """Log-log: time per decode step against cache bytes read, colour = attention kind, marker = implementation.
 
-    The dashed line is the floor set by memory: bytes / measured read bandwidth. The first
-    implementation's points are labelled with the cache length in thousands of tokens (1k = 1024).
+    Bars span the quartiles of the timed calls (``q1_ms`` to ``q3_ms``). The dashed line is the
+    floor set by memory: bytes / measured read bandwidth. The first implementation's points are
+    labelled with the cache length in thousands of tokens (1k = 1024).
     """
     import matplotlib.pyplot as plt
 
@@ -495,7 +496,10 @@ def plot_decode_times(rows: list[dict], read_bytes_per_s: float, ax=None, impls=
     if ax is None:
         _, ax = plt.subplots(figsize=(7.5, 4.8))
     shown = [r for r in rows if r["impl"] in impls]
-    for r in shown:
+    for r in shown:  # the bar spans the quartiles of the timed calls
+        ax.errorbar(r["cache_bytes_read"] / 1e6, r["median_ms"],
+                    yerr=[[r["median_ms"] - r["q1_ms"]], [r["q3_ms"] - r["median_ms"]]], fmt="none",
+                    ecolor=kind_color(r["kind"]), elinewidth=1, capsize=2, zorder=2)
         ax.scatter(r["cache_bytes_read"] / 1e6, r["median_ms"], color=kind_color(r["kind"]),
                    marker=IMPL_MARKERS.get(r["impl"], "o"), s=46, zorder=3, edgecolor="black", linewidth=0.4)
     for r in shown:
@@ -517,23 +521,29 @@ def plot_decode_times(rows: list[dict], read_bytes_per_s: float, ax=None, impls=
 
 def plot_roofline(rows: list[dict], read_bytes_per_s: float, peak_flops_per_s: float, ax=None,
                   impls=("gqa_lib", "sdpa", "expand"), decode_gemm_flops_per_s: float | None = None,
-                  label_seq: bool = True):
+                  decode_gemm_label: str = "decode-shape GEMM", label_seq: bool = True):
     """The roofline: attained GFLOP/s (FLOPs / median time) against arithmetic intensity (FLOP per byte read).
 
     Solid line: ``min(peak, intensity * bandwidth)``, the most a step of that intensity can attain
     (sloped part: memory-bound; flat part: compute-bound). The dotted line, if given, is the
     GFLOP/s of a matrix product of the decode step's own thin shape. Colour = attention kind,
-    marker = implementation; ``rows`` should share one dtype and thread count.
+    marker = implementation, bars = quartiles of the timed calls; ``rows`` should share one dtype and
+    thread count. Points of one intensity differ in cache length (labelled for the first implementation).
     """
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter
 
     from .plots import NEUTRAL, kind_color
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(7.5, 4.8))
+        _, ax = plt.subplots(figsize=(7.5, 5.8), layout="constrained")
     shown = [r for r in rows if r["impl"] in impls]
-    for r in shown:
+    for r in shown:  # the bar spans the quartiles of the timed calls (slower quartile = lower GFLOP/s)
+        gf = r["flops"] / r["median_ms"] / 1e6
+        err = [[gf - r["flops"] / r["q3_ms"] / 1e6], [r["flops"] / r["q1_ms"] / 1e6 - gf]]
+        ax.errorbar(r["flop_per_byte"], gf, yerr=err, fmt="none", ecolor=kind_color(r["kind"]), elinewidth=1,
+                    capsize=2, zorder=2)
         ax.scatter(r["flop_per_byte"], r["flops"] / r["median_ms"] / 1e6, color=kind_color(r["kind"]),
                    marker=IMPL_MARKERS.get(r["impl"], "o"), s=40, zorder=3, edgecolor="black", linewidth=0.4,
                    alpha=0.85)
@@ -546,16 +556,17 @@ def plot_roofline(rows: list[dict], read_bytes_per_s: float, peak_flops_per_s: f
     xs = [lo, ridge, hi]
     ax.plot(xs, [min(peak_flops_per_s, x * read_bytes_per_s) / 1e9 for x in xs], color=NEUTRAL, lw=1.6)
     extra = [Line2D([], [], color=NEUTRAL, lw=1.6,
-                    label=f"roofline: {read_bytes_per_s / 1e9:.1f} GB/s x intensity, capped at "
-                          f"{peak_flops_per_s / 1e9:.0f} GFLOP/s (large GEMM)")]
+                    label=f"roofline: {read_bytes_per_s / 1e9:.1f} GB/s x FLOP/B, "
+                          f"cap {peak_flops_per_s / 1e9:.0f} GFLOP/s")]
     if decode_gemm_flops_per_s is not None:
         ax.axhline(decode_gemm_flops_per_s / 1e9, color=NEUTRAL, ls=":", lw=1.2)
         extra.append(Line2D([], [], color=NEUTRAL, ls=":", lw=1.2,
-                            label=f"GEMM of the decode step's shape: {decode_gemm_flops_per_s / 1e9:.0f} GFLOP/s"))
+                            label=f"{decode_gemm_label}: {decode_gemm_flops_per_s / 1e9:.0f} GFLOP/s"))
     ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
     ax.set_yscale("log")
     ax.set_xlabel("arithmetic intensity (FLOP per byte of K and V read)")
     ax.set_ylabel("attained GFLOP/s (step FLOPs / median time)")
     kinds = sorted({r["kind"] for r in shown}, key=["MHA", "GQA", "MQA"].index)
-    _kind_legend(ax, kinds, impls, extra, loc="upper left")
+    _kind_legend(ax, kinds, impls, extra, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
     return ax

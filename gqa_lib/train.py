@@ -301,7 +301,8 @@ def plot_sweep(rows: list[dict], axes=None):
     ticks = [s["kv_bytes_per_token"] for s in summary]
     ax_loss.set_xticks(ticks, [f"{t:,} B" for t in ticks])
     ax_loss.minorticks_off()
-    ax_loss.set_xlabel("KV cache bytes per token (fp32, all layers)")
+    ax_loss.invert_xaxis()  # MHA on the left, as in the right panel
+    ax_loss.set_xlabel("KV cache bytes per token (fp32, all layers; fewer to the right)")
     ax_loss.set_ylabel("validation loss (nats per byte)")
     ax_loss.set_title(f"Mean ± std over {summary[0]['n_seeds']} seeds")
     mha = {int(r["seed"]): float(r["val_loss"]) for r in rows if int(r["n_kv_heads"]) == n_heads}
