@@ -15,7 +15,7 @@ matrix-multiply GFLOP/s of fp32 and bf16 (a 2048-cubed product, and the decode s
 shape). Each row gets its bytes, FLOPs, arithmetic intensity, roofline bound
 max(bytes / bandwidth, FLOPs / peak) and its time as a % of that bound (100 * bound / time).
 
-    .venv/bin/python benchmarks/decode_attention.py --overwrite     # the shipped table (~6 min on 2 idle cores)
+    .venv/bin/python benchmarks/decode_attention.py --overwrite   # the shipped table (~7 min on 2 idle cores)
     .venv/bin/python benchmarks/decode_attention.py --seq-lens 1024 --dtypes fp32 --threads 1 --reps 3 --out /tmp/d.csv
 
 Timing: median of --reps calls after --warmup calls, the implementations taking turns. Before each
