@@ -1,20 +1,28 @@
-"""Time one decode step of attention against a KV cache: 32 query heads, 32 / 8 / 1 KV heads, three implementations.
+"""Time one decode step of attention against its roofline: 32 query heads, 32 / 8 / 1 KV heads.
 
-One new token (batch 1, head_dim 128) attends to a cache of 1k, 4k and 16k tokens. Implementations:
-gqa_lib's grouped attention (no copy), expand-then-attend (transformers' repeat_kv, a copy), and
-PyTorch's scaled_dot_product_attention(enable_gqa=True); --variants adds the grouped attention with
-its scores written out. Outputs are checked equal first. The
-machine's memory read bandwidth (summing a 512 MB tensor) is measured too, and each run's effective
-bandwidth (cache bytes read / time) is reported against it.
+One new token (batch 1, head_dim 128) attends to a cache of 1k, 4k, 16k and 32k tokens, in fp32 and
+bf16, with 1 and 2 threads. Implementations (gqa_lib/decode_bench.py says what each does):
+gqa_lib's grouped attention (each KV head read once, no copy); PyTorch's
+scaled_dot_product_attention(enable_gqa=True), the same CPU kernel but each query head read on its
+own, so each KV head is read group_size times; expand-then-attend as transformers' repeat_kv does it
+(a fresh copy every call; with one KV head repeat_kv's reshape returns a stride-0 view instead, no
+copy); and the same copy into a buffer allocated once (--variants adds grouped attention with its
+scores written out). Outputs are checked equal first.
 
-    .venv/bin/python benchmarks/decode_attention.py --variants   # the shipped table (~1.5 min on a quiet machine)
-    .venv/bin/python benchmarks/decode_attention.py --seq-lens 1024 --reps 5 --out /tmp/decode.csv
+In the same run, for each thread count, the two roofline ceilings are measured: the memory read
+bandwidth (summing a buffer 4x the last-level cache, whose size is read from sysfs) and the
+matrix-multiply GFLOP/s of fp32 and bf16 (a 2048-cubed product, and the decode step's own thin
+shape). Each row gets its bytes, FLOPs, arithmetic intensity, roofline bound
+max(bytes / bandwidth, FLOPs / peak) and its time as a % of that bound (100 * bound / time).
+
+    .venv/bin/python benchmarks/decode_attention.py --overwrite   # the shipped table (~7 min on 2 idle cores)
+    .venv/bin/python benchmarks/decode_attention.py --seq-lens 1024 --dtypes fp32 --threads 1 --reps 3 --out /tmp/d.csv
 
 Timing: median of --reps calls after --warmup calls, the implementations taking turns. Before each
-timed call a 512 MB buffer is read so that K and V come from memory, not the CPU cache, as in a model
-whose layers' caches together exceed it (--no-flush to skip). With one thread (the default) the
-clock is the process's CPU time, which leaves out time the scheduler gave to other programs on a
-shared machine; --clock wall measures elapsed time (use it with --threads N on a quiet machine).
+timed call a buffer twice the last-level cache is read, so K and V come from memory, not the CPU
+cache, as in a model whose layers' caches together exceed it. With 1 thread the clock is the
+process's CPU time (it leaves out time the scheduler gave to other programs on a shared machine);
+with more, elapsed time.
 """
 
 from __future__ import annotations
@@ -34,96 +42,164 @@ from gqa_lib.decode_bench import (  # noqa: E402
     DTYPES,
     IMPLEMENTATIONS,
     VARIANTS,
+    CacheFlusher,
     check_targets,
-    measure_read_bandwidth,
+    clock_for,
+    last_level_cache,
+    measure_ceilings,
+    pick,
     run_decode_benchmark,
 )
+
+MIN_FLUSH_FACTOR, MIN_BANDWIDTH_FACTOR = 2, 4
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seq-lens", type=int, nargs="+", default=[1024, 4096, 16384], help="cached tokens")
+    p.add_argument("--seq-lens", type=int, nargs="+", default=[1024, 4096, 16384, 32768], help="cached tokens")
     p.add_argument("--kv-heads", type=int, nargs="+", default=[32, 8, 1], help="KV-head counts (must divide --n-heads)")
     p.add_argument("--n-heads", type=int, default=32, help="query heads (default 32)")
     p.add_argument("--head-dim", type=int, default=128, help="head dimension (default 128)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="element type of q, K, V (default fp32)")
-    p.add_argument("--reps", type=int, default=25, help="timed calls per implementation and case (default 25)")
-    p.add_argument("--warmup", type=int, default=3, help="untimed calls first (default 3)")
-    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
-    p.add_argument("--clock", choices=["auto", "cpu", "wall"], default="auto",
-                   help="what median_ms measures: process CPU time or elapsed time "
-                        "(auto: cpu with 1 thread, else wall)")
-    p.add_argument("--no-flush", action="store_true", help="do not evict the CPU caches before each timed call")
+    p.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"],
+                   help=f"element types of q, K, V (default fp32 bf16; valid: {', '.join(DTYPES)})")
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts (default 1 2)")
+    p.add_argument("--reps", type=int, default=11, help="timed calls per implementation and case (default 11)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
+    p.add_argument("--flush-factor", type=float, default=2.0,
+                   help=f"cache flush buffer, in last-level caches (default 2, at least {MIN_FLUSH_FACTOR})")
+    p.add_argument("--bandwidth-factor", type=float, default=4.0,
+                   help=f"bandwidth buffer, in last-level caches (default 4, at least {MIN_BANDWIDTH_FACTOR})")
+    p.add_argument("--gemm-size", type=int, default=2048, help="side of the square GEMM for the peak (default 2048)")
     p.add_argument("--variants", action="store_true",
                    help="also time grouped attention with the scores written out (separates the gain of "
                         "not copying K/V from that of the fused kernel)")
-    p.add_argument("--bandwidth-mb", type=int, default=512, help="size of the tensor summed for bandwidth (MB)")
     results.add_output_options(p, "decode_attention_cpu.csv")
     args = p.parse_args(argv)
-    results.require_at_least_one(p, args, ("reps", "threads", "n_heads", "head_dim", "bandwidth_mb"))
+    # Every option is checked here, before any memory is allocated or anything timed.
+    results.require_at_least_one(p, args, ("reps", "n_heads", "head_dim", "gemm_size"))
+    if args.warmup < 0:
+        p.error(f"--warmup={args.warmup} must be 0 or more")
+    for name in ("seq_lens", "threads"):
+        for x in getattr(args, name):
+            if x < 1:
+                p.error(f"--{name.replace('_', '-')} {x} must be at least 1")
+    cpus = os.cpu_count() or 1
+    for t in args.threads:
+        if t > cpus:
+            p.error(f"--threads {t} is more than the {cpus} CPUs this machine has")
     for kv in args.kv_heads:
         if kv < 1 or args.n_heads % kv:
-            p.error(f"--kv-heads {kv} must divide --n-heads={args.n_heads}")
-    if args.clock == "auto":
-        args.clock = "cpu" if args.threads == 1 else "wall"
+            p.error(f"--kv-heads {kv} must be at least 1 and divide --n-heads={args.n_heads}")
+    for d in args.dtypes:
+        if d not in DTYPES:
+            p.error(f"--dtypes {d!r} is not known (valid: {', '.join(DTYPES)})")
+    if args.flush_factor < MIN_FLUSH_FACTOR:
+        p.error(f"--flush-factor={args.flush_factor} must be at least {MIN_FLUSH_FACTOR}: a smaller flush "
+                "leaves part of K and V in the last-level cache")
+    if args.bandwidth_factor < MIN_BANDWIDTH_FACTOR:
+        p.error(f"--bandwidth-factor={args.bandwidth_factor} must be at least {MIN_BANDWIDTH_FACTOR}: a smaller "
+                "buffer is partly read from the last-level cache")
     return args
 
 
-def print_table(rows: list[dict], read_gbps: float) -> None:
-    print(f"\n{'tokens':>6} {'KV heads':>8} {'cache MB':>9} {'impl':>15} {'median ms':>10} {'IQR ms':>17} "
-          f"{'eff. GB/s':>9} {'% of read bw':>12}")
+def print_ceilings(c: dict) -> None:
+    peaks = ", ".join(f"{d} {f / 1e9:.0f}" for d, f in c["peak"].items())
+    thin = ", ".join(f"{d} {g} row(s) {f / 1e9:.0f}" for (d, g), f in c["decode_gemm"].items())
+    print(f"ceilings, {c['threads']} thread(s), {c['clock']} clock: "
+          f"read bandwidth {c['read_bytes_per_s'] / 1e9:.2f} GB/s (sum of {c['bandwidth_bytes'] / 1e6:.0f} MB); "
+          f"GEMM {c['gemm_shape']} GFLOP/s: {peaks}; "
+          f"decode-shape GEMM (rows x {c['head_dim']}) @ ({c['head_dim']} x {c['seq_len']}) GFLOP/s: {thin}",
+          flush=True)
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"\n{'dtype':>5} {'thr':>3} {'tokens':>6} {'KV':>3} {'impl':>16} {'MB':>7} {'FLOP/B':>6} {'median ms':>9} "
+          f"{'IQR ms':>15} {'bound ms':>8} {'by':>7} {'% bound':>7}")
     for r in rows:
         iqr = f"{r['q1_ms']:.2f}-{r['q3_ms']:.2f}"
-        share = 100 * r["effective_GBps"] / read_gbps
-        print(f"{r['seq_len']:>6} {r['n_kv_heads']:>8} {r['cache_bytes_read'] / 1e6:>9.1f} {r['impl']:>15} "
-              f"{r['median_ms']:>10.2f} {iqr:>17} {r['effective_GBps']:>9.2f} {share:>11.0f}%")
+        print(f"{r['dtype']:>5} {r['threads']:>3} {r['seq_len']:>6} {r['n_kv_heads']:>3} {r['impl']:>16} "
+              f"{r['cache_bytes_read'] / 1e6:>7.1f} {r['flop_per_byte']:>6.2f} {r['median_ms']:>9.2f} {iqr:>15} "
+              f"{r['bound_ms']:>8.2f} {r['bound_by']:>7} {r['pct_of_bound']:>6.1f}%")
 
 
-def print_targets(targets: list[dict]) -> None:
-    for t in targets:
-        ratio = f" (byte ratio {t['byte_ratio']:.0f}x)" if t["byte_ratio"] == t["byte_ratio"] else ""
-        verdict = "met " if t["met"] else "MISS"
-        print(f"  [{verdict}] {t['target']}: {t['value']:.2f} (target >= {t['threshold']}){ratio}")
+def print_targets(rows: list[dict], ceilings: dict, seq_len: int, n_heads: int) -> None:
+    """Issue 13's targets at ``seq_len`` tokens, 1 thread; and what limits the rows that have no target."""
+    print(f"\nTargets at {seq_len} tokens, 1 thread (fp32 unless said):")
+    for t in check_targets(rows, seq_len, n_heads, 8, "fp32", 1):
+        print(f"  [{'met ' if t['met'] else 'MISS'}] {t['target']}: {t['value']:.2f} (target >= {t['threshold']})")
+    thin = ceilings[1]["decode_gemm"]
+    for dtype in [d for d in ("fp32", "bf16") if any(r["dtype"] == d for r in rows)]:
+        for kv in (n_heads, 8, 1):
+            if (dtype, kv) == ("fp32", n_heads) or (dtype, kv) == ("fp32", 8):
+                continue
+            get = lambda col, kv=kv, dtype=dtype: pick(rows, "gqa_lib", kv, seq_len, col, dtype=dtype, threads=1)  # noqa: E731
+            bound_by = "memory" if get("memory_bound_ms") >= get("compute_bound_ms") else "compute"
+            attained = get("attained_GFLOPs")
+            print(f"  [report] gqa_lib {dtype} at {kv} KV heads: {get('pct_of_bound'):.1f}% of the bound "
+                  f"({get('median_ms'):.2f} ms against memory {get('memory_bound_ms'):.2f} ms, compute "
+                  f"{get('compute_bound_ms'):.2f} ms: {bound_by}-bound); attains {attained:.0f} GFLOP/s, "
+                  f"a GEMM of its shape {thin[dtype, n_heads // kv] / 1e9:.0f}; "
+                  f"effective {get('effective_GBps'):.2f} GB/s")
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     if results.output_blocked(args.out, args.overwrite):
         return 1
-    torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     start = time.perf_counter()
-    bw = measure_read_bandwidth(args.bandwidth_mb * 10**6, reps=15)
-    read_bps = bw["cpu_bytes_per_s"] if args.clock == "cpu" else bw["bytes_per_s"]
-    print(f"memory read bandwidth ({args.threads} thread(s), {args.clock} clock, sum of {bw['bytes'] / 1e6:.0f} MB): "
-          f"{read_bps / 1e9:.2f} GB/s (median of {bw['reps']})")
+    llc = last_level_cache()
+    print(f"last-level cache: {llc['bytes'] / 2**20:.0f} MiB (L{llc['level']}, {llc['source']})")
+    dtypes = [DTYPES[d] for d in args.dtypes]
     impls = {**IMPLEMENTATIONS, **(VARIANTS if args.variants else {})}
+    flush = CacheFlusher(int(args.flush_factor * llc["bytes"]))
+    ceilings, rows = {}, []
+    before_threads = torch.get_num_threads()
+    for threads in args.threads:
+        c = ceilings[threads] = measure_ceilings(threads, dtypes, args.n_heads, args.head_dim, max(args.seq_lens),
+                                                 int(args.bandwidth_factor * llc["bytes"]), args.gemm_size,
+                                                 sorted({args.n_heads // kv for kv in args.kv_heads}))
+        c["head_dim"], c["seq_len"] = args.head_dim, max(args.seq_lens)
+        print_ceilings(c)
+        torch.set_num_threads(threads)
+        for dname, dtype in zip(args.dtypes, dtypes, strict=True):
+            def progress(seq_len, kv, dname=dname, threads=threads):
+                print(f"  done: {dname}, {threads} thread(s), {seq_len} tokens, {kv} KV heads "
+                      f"({time.perf_counter() - start:.0f} s)", flush=True)
 
-    def progress(seq_len, kv):
-        print(f"  done: {seq_len} tokens, {kv} KV heads ({time.perf_counter() - start:.0f} s)", flush=True)
-
-    rows = run_decode_benchmark(args.seq_lens, args.kv_heads, args.n_heads, args.head_dim, DTYPES[args.dtype],
-                                args.reps, args.warmup, impls, 0 if args.no_flush else 512 * 10**6, args.clock,
-                                progress)
+            rows += run_decode_benchmark(args.seq_lens, args.kv_heads, args.n_heads, args.head_dim, dtype, args.reps,
+                                         args.warmup, impls, flush, clock_for(threads), c, progress)
+    torch.set_num_threads(before_threads)
+    del flush
     for r in rows:
         r["role"] = "variant" if r["impl"] in VARIANTS else "compared"
-        r["read_GBps"] = round(read_bps / 1e9, 4)
-    print_table(rows, read_bps / 1e9)
-    biggest = max(args.seq_lens)
-    if {args.n_heads, 8, 1} <= set(args.kv_heads):
-        print(f"\nTargets at {biggest} tokens:")
-        print_targets(check_targets(rows, read_bps, biggest, args.n_heads, 8, "gqa_lib"))
+    print_table(rows)
+    target_len = 16384 if 16384 in args.seq_lens else max(args.seq_lens)
+    if {args.n_heads, 8, 1} <= set(args.kv_heads) and 1 in args.threads and "fp32" in args.dtypes:
+        print_targets(rows, ceilings, target_len, args.n_heads)
     meta = {
         "what": "one decode step of attention (batch 1, one new token) against a KV cache; median over reps",
-        "command": results.command_line(), **results.environment_metadata(), "clock": args.clock,
-        "cache_flush": "no" if args.no_flush else "512 MB read before each timed call",
-        "read_bandwidth_GBps": f"{read_bps / 1e9:.3f}",
-        "read_bandwidth_wall_GBps": f"{bw['bytes_per_s'] / 1e9:.3f}",
-        "read_bandwidth_cpu_GBps": f"{bw['cpu_bytes_per_s'] / 1e9:.3f}",
-        "loadavg_before": " ".join(f"{x:.2f}" for x in load_before),
-        "loadavg_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "wall_seconds": f"{time.perf_counter() - start:.0f}",
+        "command": results.command_line(), **results.environment_metadata(),
+        "last_level_cache_bytes": str(llc["bytes"]), "last_level_cache_source": llc["source"],
+        "cache_flush": f"{flush_bytes(args, llc) / 1e6:.0f} MB ({args.flush_factor:g}x the last-level cache) "
+                       "read before each timed call",
+        "clock": "cpu (process time) with 1 thread, wall with more",
+        "roofline": "bound = max(cache bytes / read bandwidth, FLOPs / GEMM peak); pct_of_bound = 100 * bound / median",
     }
+    for threads, c in ceilings.items():
+        meta[f"read_bandwidth_GBps_{threads}t"] = f"{c['read_bytes_per_s'] / 1e9:.3f}"
+        for d in c["peak"]:
+            meta[f"gemm_peak_GFLOPs_{d}_{threads}t"] = f"{c['peak'][d] / 1e9:.1f}"
+        for (d, g), f in c["decode_gemm"].items():
+            meta[f"decode_gemm_GFLOPs_{d}_{g}rows_{threads}t"] = f"{f / 1e9:.1f}"
+    any_c = next(iter(ceilings.values()))
+    meta.update({"bandwidth_buffer_bytes": str(any_c["bandwidth_bytes"]), "gemm_shape": any_c["gemm_shape"],
+                 "decode_gemm_shape": f"(1, rows, {args.head_dim}) @ (1, {args.head_dim}, {max(args.seq_lens)}), "
+                                      "rows = query heads per KV head",
+                 "loadavg_before": " ".join(f"{x:.2f}" for x in load_before),
+                 "loadavg_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+                 "wall_seconds": f"{time.perf_counter() - start:.0f}",
+                 "cpu_seconds": f"{time.process_time():.0f}"})
     try:
         path = results.write_results(args.out, rows, meta, overwrite=args.overwrite)
     except results.ResultsExistError as err:
@@ -131,6 +207,10 @@ def main(argv=None) -> int:
         return 1
     print(f"\nwrote {path} ({len(rows)} rows)")
     return 0
+
+
+def flush_bytes(args, llc) -> int:
+    return int(args.flush_factor * llc["bytes"]) // 4 * 4
 
 
 if __name__ == "__main__":

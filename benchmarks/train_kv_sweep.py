@@ -31,7 +31,7 @@ from gqa_lib import results  # noqa: E402  (CSV writing and the options every be
 from gqa_lib.corpus import load_corpus  # noqa: E402
 from gqa_lib.layout import divisors  # noqa: E402
 from gqa_lib.tiny_lm import TinyLMConfig  # noqa: E402
-from gqa_lib.train import TrainConfig, run_variant, summarize_sweep  # noqa: E402
+from gqa_lib.train import TrainConfig, pairwise_tests, run_variant, summarize_sweep  # noqa: E402
 
 # The shipped sweep's model and training (~10 min on 2 idle cores; see benchmarks/README.md).
 MODEL = dict(d_model=128, n_layers=2, n_heads=8, d_ff=384)
@@ -115,16 +115,20 @@ def run_sweep(args) -> tuple[list[dict], float]:
     return rows, time.perf_counter() - start
 
 
-def print_summary(summary: list[dict]) -> None:
+def print_summary(summary: list[dict], tests: list[dict]) -> None:
     print("\nValidation loss (nats per byte) by KV heads; difference = variant - MHA at the same seed")
-    print(f"{'KV heads':>8} {'KV B/token':>10} {'loss mean':>10} {'± std':>7} {'diff mean':>10} {'± std':>7} "
-          f"{'95% CI of diff':>20} {'worse/seeds':>11} {'diff %':>7}")
+    print(f"{'KV heads':>8} {'params':>8} {'KV B/token':>10} {'loss mean':>10} {'± std':>7} {'diff mean':>10} "
+          f"{'± std':>7} {'95% CI of diff':>20} {'worse/seeds':>11} {'diff %':>7}")
     for s in summary:
         ci = f"[{s['ci95_low']:+.4f}, {s['ci95_high']:+.4f}]"
-        print(f"{s['n_kv_heads']:>8} {s['kv_bytes_per_token']:>10} {s['val_loss_mean']:>10.4f} "
+        print(f"{s['n_kv_heads']:>8} {s['n_params']:>8} {s['kv_bytes_per_token']:>10} {s['val_loss_mean']:>10.4f} "
               f"{s['val_loss_std']:>7.4f} "
               f"{s['diff_vs_mha_mean']:>+10.4f} {s['diff_vs_mha_std']:>7.4f} {ci:>20} "
               f"{s['n_worse']:>5}/{s['n_paired']:<5} {s['diff_pct']:>+7.2f}")
+    print("\nPaired t-tests of every pair (scipy.stats.ttest_rel), Holm-corrected over all the pairs:")
+    for t in tests:
+        print(f"  {t['n_kv_a']} vs {t['n_kv_b']} KV heads: diff {t['mean_diff']:+.4f}, t = {t['t']:+.2f}, "
+              f"p = {t['p']:.4f}, Holm p = {t['p_holm']:.4f} -> {'resolved' if t['resolved'] else 'not resolved'}")
 
 
 def main(argv=None) -> int:
@@ -148,7 +152,7 @@ def main(argv=None) -> int:
         "kv_bytes_per_token": "fp32, all layers, K and V",
     }
     path = results.save_rows(args.out, rows, meta, overwrite=args.overwrite)  # never loses the rows
-    print_summary(summarize_sweep(rows))
+    print_summary(summarize_sweep(rows), pairwise_tests(rows))
     if path is None:
         return 1
     print(f"\n{len(rows)} runs in {wall / 60:.1f} min; wrote {path}")

@@ -193,16 +193,33 @@ def run_variant(model_cfg: TinyLMConfig, cfg: TrainConfig, train_tokens: torch.T
     }
 
 
-# Two-sided 95% quantiles of Student's t by degrees of freedom (standard tables; no scipy here).
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-         10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101,
-         19: 2.093, 20: 2.086, 25: 2.060, 30: 2.042}
-
-
 def t_975(df: int) -> float:
-    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (nearest tabulated df below)."""
+    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (two-sided 95% intervals).
+
+    scipy computes it for any ``df``; a hand-typed table would cover only the ones someone typed.
+    """
+    from scipy import stats
+
     check_positive_int("df", df)
-    return T_975[max(k for k in T_975 if k <= df)]
+    return float(stats.t.ppf(0.975, df))
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (same order as given), for a family of tests.
+
+    Sort the m p-values ascending; the i-th smallest (i = 0..m-1) is multiplied by m - i, the running
+    maximum keeps the order, and values are capped at 1 (Holm 1979). Rejecting where the adjusted value
+    is below alpha keeps the chance of any false rejection in the family below alpha. (scipy offers
+    only false-discovery-rate corrections, ``scipy.stats.false_discovery_control``; Holm controls the
+    family-wise error, which a handful of planned comparisons calls for.)
+    """
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted, running = [0.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def summarize_sweep(rows: list[dict]) -> list[dict]:
@@ -210,15 +227,21 @@ def summarize_sweep(rows: list[dict]) -> list[dict]:
 
     ``rows`` are run_variant rows. A difference is ``variant - MHA`` at the same seed (positive:
     the variant is worse). ``ci95_low``/``ci95_high`` is the paired t interval of its mean;
-    ``n_worse`` counts the seeds at which the variant's loss is higher than MHA's.
+    ``n_worse`` counts the seeds at which the variant's loss is higher than MHA's. ``n_params`` and
+    ``params_vs_mha_pct`` (from the rows' ``n_params``; -1 and NaN without it) say how much smaller the
+    variant is: fewer KV heads also mean smaller K and V projections, so a difference mixes the
+    effect of sharing K and V with that of having fewer parameters.
     """
     import statistics
 
     by_kv: dict[int, dict[int, float]] = {}
     bytes_of: dict[int, int] = {}
+    params_of: dict[int, int] = {}
     for r in rows:
         by_kv.setdefault(int(r["n_kv_heads"]), {})[int(r["seed"])] = float(r["val_loss"])
         bytes_of[int(r["n_kv_heads"])] = int(r["kv_bytes_per_token"])
+        if "n_params" in r:
+            params_of[int(r["n_kv_heads"])] = int(r["n_params"])
     n_heads = max(by_kv)
     if int(rows[0]["n_heads"]) != n_heads:
         raise ValueError(f"the rows hold no MHA run (n_kv_heads == n_heads={rows[0]['n_heads']}) to pair with")
@@ -234,12 +257,45 @@ def summarize_sweep(rows: list[dict]) -> list[dict]:
         half = t_975(n - 1) * std_d / math.sqrt(n) if n > 1 else float("nan")
         vals = list(losses.values())
         out.append({
-            "n_kv_heads": kv, "kv_bytes_per_token": bytes_of[kv], "n_seeds": len(vals),
+            "n_kv_heads": kv, "kv_bytes_per_token": bytes_of[kv], "n_params": params_of.get(kv, -1),
+            "params_vs_mha_pct": (100 * (params_of[kv] / params_of[n_heads] - 1)
+                                  if kv in params_of and n_heads in params_of else float("nan")),
+            "n_seeds": len(vals),
             "val_loss_mean": statistics.fmean(vals), "val_loss_std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
             "diff_vs_mha_mean": mean_d, "diff_vs_mha_std": std_d, "ci95_low": mean_d - half,
             "ci95_high": mean_d + half, "n_worse": sum(d > 0 for d in diffs), "n_paired": n,
             "diff_pct": 100 * mean_d / statistics.fmean(mha[s] for s in seeds),
         })
+    return out
+
+
+def pairwise_tests(rows: list[dict], alpha: float = 0.05) -> list[dict]:
+    """Paired t-tests of every pair of variants (loss of ``a`` minus loss of ``b``, seed by seed), Holm-corrected.
+
+    One dict per pair (fewer KV heads as ``a``): ``n_kv_a``, ``n_kv_b``, ``n_paired``, ``mean_diff``,
+    ``t``, ``p`` (two-sided, ``scipy.stats.ttest_rel``), ``p_holm`` (adjusted over all the pairs, see
+    :func:`holm`) and ``resolved`` (``p_holm < alpha``). Needs at least 2 shared seeds per pair.
+    """
+    from itertools import combinations
+
+    from scipy import stats
+
+    by_kv: dict[int, dict[int, float]] = {}
+    for r in rows:
+        by_kv.setdefault(int(r["n_kv_heads"]), {})[int(r["seed"])] = float(r["val_loss"])
+    out = []
+    for b, a in combinations(sorted(by_kv, reverse=True), 2):  # b has more KV heads than a
+        seeds = sorted(set(by_kv[a]) & set(by_kv[b]))
+        if len(seeds) < 2:
+            raise ValueError(f"{a} and {b} KV heads share {len(seeds)} seed(s); a paired test needs at least 2")
+        xa, xb = [by_kv[a][s] for s in seeds], [by_kv[b][s] for s in seeds]
+        res = stats.ttest_rel(xa, xb)
+        out.append({"n_kv_a": a, "n_kv_b": b, "n_paired": len(seeds),
+                    "mean_diff": sum(x - y for x, y in zip(xa, xb, strict=True)) / len(seeds),
+                    "t": float(res.statistic), "p": float(res.pvalue)})
+    for row, adj in zip(out, holm([r["p"] for r in out]), strict=True):
+        row["p_holm"] = adj
+        row["resolved"] = bool(adj < alpha)
     return out
 
 
@@ -266,7 +322,8 @@ def plot_sweep(rows: list[dict], axes=None):
     ticks = [s["kv_bytes_per_token"] for s in summary]
     ax_loss.set_xticks(ticks, [f"{t:,} B" for t in ticks])
     ax_loss.minorticks_off()
-    ax_loss.set_xlabel("KV cache bytes per token (fp32, all layers)")
+    ax_loss.invert_xaxis()  # MHA on the left, as in the right panel
+    ax_loss.set_xlabel("KV cache bytes per token (fp32, all layers; fewer to the right)")
     ax_loss.set_ylabel("validation loss (nats per byte)")
     ax_loss.set_title(f"Mean ± std over {summary[0]['n_seeds']} seeds")
     mha = {int(r["seed"]): float(r["val_loss"]) for r in rows if int(r["n_kv_heads"]) == n_heads}

@@ -6,7 +6,17 @@ import pytest
 import torch
 
 from gqa_lib.tiny_lm import TinyLMConfig
-from gqa_lib.train import TrainConfig, init_model, kv_bytes_per_token, lr_at, summarize_sweep, t_975, train_lm
+from gqa_lib.train import (
+    TrainConfig,
+    holm,
+    init_model,
+    kv_bytes_per_token,
+    lr_at,
+    pairwise_tests,
+    summarize_sweep,
+    t_975,
+    train_lm,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 SMALL = dict(d_model=32, n_layers=1, n_heads=4, d_ff=64, max_len=16)
@@ -73,7 +83,8 @@ def test_kv_bytes_per_token():
 
 
 def row(seed, kv, loss):
-    return {"seed": seed, "n_heads": 8, "n_kv_heads": kv, "kv_bytes_per_token": 64 * kv, "val_loss": loss}
+    return {"seed": seed, "n_heads": 8, "n_kv_heads": kv, "kv_bytes_per_token": 64 * kv, "val_loss": loss,
+            "n_params": 1000 + 10 * kv}
 
 
 def test_summary_pairs_each_variant_with_mha_seed_by_seed():
@@ -85,7 +96,8 @@ def test_summary_pairs_each_variant_with_mha_seed_by_seed():
     assert s["diff_vs_mha_mean"] == pytest.approx(0.025)
     sd = math.sqrt(sum((d - 0.025) ** 2 for d in (0.02, 0.03, 0.01, 0.04)) / 3)
     assert s["diff_vs_mha_std"] == pytest.approx(sd)
-    assert s["ci95_low"] == pytest.approx(0.025 - 3.182 * sd / 2)
+    assert s["ci95_low"] == pytest.approx(0.025 - 3.1824 * sd / 2, abs=1e-6)  # t(0.975, 3 df) = 3.1824
+    assert s["n_params"] == 1010 and s["params_vs_mha_pct"] == pytest.approx(100 * (1010 / 1080 - 1))
     assert s["n_worse"] == 4 and s["n_paired"] == 4
     assert s["val_loss_std"] > 5 * s["diff_vs_mha_std"]  # seed noise is large; pairing removes it
     assert by_kv[8]["diff_vs_mha_mean"] == 0
@@ -96,5 +108,35 @@ def test_summary_needs_an_mha_run():
         summarize_sweep([row(0, 2, 1.0), row(0, 1, 1.1)])
 
 
-def test_t_quantiles():
-    assert t_975(4) == 2.776 and t_975(22) == 2.086 and t_975(1000) == 2.042
+def test_t_quantiles_match_the_printed_tables():
+    assert t_975(4) == pytest.approx(2.776, abs=5e-4) and t_975(9) == pytest.approx(2.262, abs=5e-4)
+    assert t_975(22) == pytest.approx(2.074, abs=5e-4)  # a df the old hand-typed table did not hold
+    with pytest.raises(ValueError, match="df"):
+        t_975(0)
+
+
+def test_holm_adjusts_step_down_and_keeps_order():
+    # Worked example: p = 0.01, 0.04, 0.03, 0.005 -> sorted 0.005*4, 0.01*3, 0.03*2, 0.04*1, running max.
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert holm([0.5, 0.9]) == [1.0, 1.0]  # capped at 1
+    assert holm([]) == []
+
+
+def test_pairwise_tests_cover_every_pair_with_scipys_paired_t():
+    from scipy import stats
+
+    mha = [1.00, 1.10, 0.90, 1.05]
+    gqa = [1.01, 1.12, 0.90, 1.07]
+    mqa = [1.03, 1.13, 0.94, 1.08]
+    rows = ([row(s, 8, x) for s, x in enumerate(mha)] + [row(s, 2, x) for s, x in enumerate(gqa)]
+            + [row(s, 1, x) for s, x in enumerate(mqa)])
+    tests = {(t["n_kv_a"], t["n_kv_b"]): t for t in pairwise_tests(rows)}
+    assert set(tests) == {(2, 8), (1, 8), (1, 2)}
+    want = stats.ttest_rel(mqa, gqa)
+    assert tests[1, 2]["t"] == pytest.approx(want.statistic) and tests[1, 2]["p"] == pytest.approx(want.pvalue)
+    assert tests[1, 2]["mean_diff"] == pytest.approx(0.02)
+    adjusted = holm([t["p"] for t in tests.values()])
+    assert [t["p_holm"] for t in tests.values()] == pytest.approx(adjusted)
+    assert all(t["resolved"] == (t["p_holm"] < 0.05) for t in tests.values())
+    with pytest.raises(ValueError, match="share 1 seed"):
+        pairwise_tests([row(0, 8, 1.0), row(0, 1, 1.1)])
