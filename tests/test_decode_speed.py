@@ -143,3 +143,18 @@ def test_bad_options_are_named(argv, message, capsys):
     with pytest.raises(SystemExit):
         _load_command().parse_args(argv)
     assert message in capsys.readouterr().err
+
+
+def test_plot_draws_every_row_and_the_prediction():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    rows = [{"variant": v, "path": p, "n_heads": 9, "n_kv_heads": kv, "prompt_tokens": 1000, "clock": "cpu",
+             "bytes_per_token": b, "tokens_per_s": t}
+            for v, kv, b, t in (("released", 3, 6e8, 10.0), ("mha_twin", 9, 7e8, 8.0)) for p in ds.PATHS]
+    ax = ds.plot_decode_speed(rows, read_gbps=12.0)
+    assert sum(len(c.get_offsets()) for c in ax.collections) == 4
+    x, y = ax.lines[0].get_data()
+    assert abs(y[0] - 12.0e3 / x[0]) < 1e-9  # tokens/s = GB/s * 1000 / MB per token
+    with pytest.raises(ValueError, match="rows is empty"):
+        ds.plot_decode_speed([], 12.0)
