@@ -322,7 +322,7 @@ def plot_decode_speed(rows: list[dict], read_gbps: float, ax=None):
     if not rows:
         raise ValueError("rows is empty: there is nothing to plot")
     if ax is None:
-        _, ax = plt.subplots(figsize=(8, 5))
+        _, ax = plt.subplots(figsize=(10, 5), layout="constrained")
     mb = np.array([float(r["bytes_per_token"]) / 1e6 for r in rows])
     grid = np.linspace(mb.min() * 0.9, mb.max() * 1.1, 200)
     ax.plot(grid, read_gbps * 1e3 / grid, "--", color=NEUTRAL,
@@ -341,5 +341,5 @@ def plot_decode_speed(rows: list[dict], read_gbps: float, ax=None):
     ax.set_xlabel("MB read per generated token (float32 weights + KV cache)")
     ax.set_ylabel(f"tokens per second ({rows[0]['clock']} clock)")
     ax.set_ylim(bottom=0)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: points fill the lower left
     return ax
