@@ -1,0 +1,149 @@
+"""Time SmolLM2-135M-Instruct generating after long prompts: as released (3 KV heads), its MHA twin, 1 KV head.
+
+After a prompt of 1000, 4000 and 8000 tokens, each model generates --new-tokens tokens greedily, on
+gqa_lib's path (SmolLMDecoder with gqa_lib's attention layers and KVCache) and with transformers'
+generate (its SDPA attention and DynamicCache). The three models:
+
+- released: 9 query heads share 3 KV heads, as trained;
+- mha_twin: the 3 KV heads copied to 9 (gqa_lib.convert.expand_to_mha): the same logits, 3x the cache;
+- kv1_mean: 1 KV head, the mean of the 3 (gqa_lib.convert.reduce_kv_heads); not uptrained, timed only.
+
+Each row has tokens per second, the bytes one step reads (float32 weights + float32 cache of the mean
+context) and the tokens per second that memory read bandwidth predicts (bandwidth / bytes). The
+bandwidth is measured in the same run by summing a buffer of 4x the last-level cache (size from sysfs).
+
+    .venv/bin/python benchmarks/decode_smollm.py                 # the shipped table (see benchmarks/README.md)
+    .venv/bin/python benchmarks/decode_smollm.py --seq-lens 256 --new-tokens 4 --reps 2 --out /tmp/d.csv
+
+Prompt: the series' own sentences (data/prompts.json) repeated, cut at the prompt length; deterministic
+and offline. Timing: one thread (--threads); the clock is the process's CPU time with one thread, which
+leaves out time the scheduler gave to other programs (--clock wall for elapsed time); a rep generates
+--new-tokens tokens, the median over --reps reps after one untimed warm-up rep, the models and paths
+taking turns. The prompt's prefill is not timed (--prefill-threads threads).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+import torch  # noqa: E402
+
+from gqa_lib import results  # noqa: E402  (CSV writing and the options every benchmark shares)
+from gqa_lib.decode_speed import (  # noqa: E402
+    PATHS,
+    VARIANTS,
+    bandwidth_buffer_bytes,
+    last_level_cache_bytes,
+    measure_bandwidth,
+    run_decode_speed,
+    speedup,
+)
+from gqa_lib.models import get_model  # noqa: E402
+
+CONTEXT = get_model("SmolLM2-135M").context  # 8192: positions the model was trained on (data/models.json)
+TARGET = 1.5  # the released model's tokens per second over its MHA twin's at the longest prompt (issue 13)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seq-lens", type=int, nargs="+", default=[1000, 4000, 8000], help="prompt tokens")
+    p.add_argument("--new-tokens", type=int, default=16, help="tokens generated per timed rep (default 16)")
+    p.add_argument("--reps", type=int, default=5, help="timed reps per model and path (default 5)")
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads while decoding (default 1)")
+    p.add_argument("--prefill-threads", type=int, default=1, help="threads for the untimed prefill (default 1)")
+    p.add_argument("--clock", choices=["auto", "cpu", "wall"], default="auto",
+                   help="what tokens_per_s divides by (auto: process CPU time with 1 thread, else wall)")
+    p.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), help="which paths to time")
+    p.add_argument("--hf-attention", choices=["sdpa", "eager"], default="sdpa",
+                   help="transformers' attention implementation (default sdpa; eager copies K/V with repeat_kv)")
+    results.add_output_options(p, "decode_smollm_cpu.csv")
+    args = p.parse_args(argv)
+    results.require_at_least_one(p, args, ("new_tokens", "reps", "threads", "prefill_threads"))
+    for n in args.seq_lens:
+        if n < 2:
+            p.error(f"--seq-lens {n} must be at least 2 (the prompt's last token is fed by the first timed step)")
+        if n + args.new_tokens > CONTEXT:
+            p.error(f"--seq-lens {n} plus --new-tokens {args.new_tokens} is {n + args.new_tokens} tokens, past "
+                    f"SmolLM2's context of {CONTEXT}; use at most {CONTEXT - args.new_tokens}")
+    if args.clock == "auto":
+        args.clock = "cpu" if args.threads == 1 else "wall"
+    return args
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"\n{'prompt':>6} {'model':>9} {'KV':>3} {'path':>12} {'MB/token':>9} {'tok/s':>7} {'IQR tok/s':>13} "
+          f"{'predicted':>9} {'% of pred.':>10} {'same tokens':>11}")
+    for r in rows:
+        iqr = f"{r['tokens_per_s_q1']:.2f}-{r['tokens_per_s_q3']:.2f}"
+        print(f"{r['prompt_tokens']:>6} {r['variant']:>9} {r['n_kv_heads']:>3} {r['path']:>12} "
+              f"{r['bytes_per_token'] / 1e6:>9.1f} {r['tokens_per_s']:>7.2f} {iqr:>13} "
+              f"{r['predicted_tokens_per_s']:>9.2f} {r['pct_of_prediction']:>9.1f}% "
+              f"{r['same_tokens_as_gqa_lib']!s:>11}")
+
+
+def print_target(rows: list[dict], seq_len: int, paths) -> None:
+    print(f"\nTarget at {seq_len} prompt tokens: released >= {TARGET}x the MHA twin's tokens per second")
+    for path in paths:
+        got = speedup(rows, path, seq_len)
+        predicted = speedup(rows, path, seq_len, column="predicted_tokens_per_s")
+        print(f"  [{'met ' if got >= TARGET else 'MISS'}] {path}: {got:.2f}x (bytes predict {predicted:.2f}x)")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if results.output_blocked(args.out, args.overwrite):
+        return 1
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+    from gqa_lib.smollm import PROMPTS, load_smollm
+
+    model, tok = load_smollm()
+    llc = last_level_cache_bytes()
+    bw = measure_bandwidth(llc)
+    read_bps = bw["cpu_bytes_per_s"] if args.clock == "cpu" else bw["bytes_per_s"]
+    print(f"last-level cache {llc / 2**20:.0f} MiB; read bandwidth ({args.threads} thread(s), {args.clock} clock, "
+          f"sum of {bw['bytes'] / 1e6:.0f} MB): {read_bps / 1e9:.2f} GB/s (median of {bw['reps']})")
+    sentences = list(PROMPTS["sentences"].values())
+
+    def progress(seq_len):
+        print(f"  done: {seq_len} prompt tokens ({time.perf_counter() - start:.0f} s)", flush=True)
+
+    rows = run_decode_speed(model, tok, sentences, args.seq_lens, args.new_tokens, args.reps, 1, args.clock,
+                            read_bps, args.paths, args.hf_attention, args.prefill_threads, progress)
+    for r in rows:
+        r["read_GBps"] = round(read_bps / 1e9, 4)
+    print_table(rows)
+    print_target(rows, max(args.seq_lens), args.paths)
+    meta = {
+        "what": "SmolLM2-135M-Instruct greedy decode after a prompt: tokens/s, bytes read per token, "
+                "bandwidth prediction; variants " + ", ".join(VARIANTS),
+        "command": results.command_line(), **results.environment_metadata(), "clock": args.clock,
+        "decode_threads": str(args.threads), "prefill_threads": str(args.prefill_threads),
+        "prompt": "data/prompts.json sentences repeated in order, joined by spaces, cut at the prompt length",
+        "transformers_attention": args.hf_attention,
+        "last_level_cache_bytes": str(llc), "bandwidth_buffer_bytes": str(bandwidth_buffer_bytes(llc)),
+        "read_bandwidth_GBps": f"{read_bps / 1e9:.3f}",
+        "read_bandwidth_wall_GBps": f"{bw['bytes_per_s'] / 1e9:.3f}",
+        "read_bandwidth_cpu_GBps": f"{bw['cpu_bytes_per_s'] / 1e9:.3f}",
+        "loadavg_before": " ".join(f"{x:.2f}" for x in load_before),
+        "loadavg_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "wall_seconds": f"{time.perf_counter() - start:.0f}",
+    }
+    try:
+        path = results.write_results(args.out, rows, meta, overwrite=args.overwrite)
+    except results.ResultsExistError as err:
+        print(err, file=sys.stderr)
+        return 1
+    print(f"\nwrote {path} ({len(rows)} rows)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
