@@ -200,10 +200,8 @@ def main(argv=None) -> int:
                  "loadavg_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
                  "wall_seconds": f"{time.perf_counter() - start:.0f}",
                  "cpu_seconds": f"{time.process_time():.0f}"})
-    try:
-        path = results.write_results(args.out, rows, meta, overwrite=args.overwrite)
-    except results.ResultsExistError as err:
-        print(err, file=sys.stderr)
+    path = results.save_rows(args.out, rows, meta, overwrite=args.overwrite)  # never loses the rows
+    if path is None:
         return 1
     print(f"\nwrote {path} ({len(rows)} rows)")
     return 0

@@ -150,10 +150,8 @@ def main(argv=None) -> int:
         "wall_seconds": f"{time.perf_counter() - start:.0f}",
         "loadavg_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
     }
-    try:
-        path = results.write_results(args.out, rows, meta, overwrite=args.overwrite)
-    except results.ResultsExistError as err:
-        print(err, file=sys.stderr)
+    path = results.save_rows(args.out, rows, meta, overwrite=args.overwrite)  # never loses the rows
+    if path is None:
         return 1
     print(f"wrote {path}")
     return 0

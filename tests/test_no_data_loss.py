@@ -201,7 +201,8 @@ def test_an_interrupted_results_write_keeps_the_old_file(tmp_path, monkeypatch, 
 
 
 def _writes_results(script: Path) -> bool:
-    return "write_results" in script.read_text()
+    text = script.read_text()
+    return "results.save_rows" in text or "results.write_results" in text
 
 
 @pytest.mark.parametrize("script", [s for s in BENCHMARKS if _writes_results(s)], ids=lambda p: p.name)
@@ -224,4 +225,4 @@ def test_experiment_commands_refuse_to_replace_results(script, tmp_path):
 
 def test_some_experiment_command_writes_results():
     """Guards the parametrized test above against silently testing nothing."""
-    assert any(_writes_results(s) for s in BENCHMARKS), "no benchmarks/*.py writes results with write_results"
+    assert sum(_writes_results(s) for s in BENCHMARKS) >= 5, "the benchmarks that write results are not all found"
