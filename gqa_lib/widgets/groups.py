@@ -386,9 +386,11 @@ class GroupExplorer(widgets.VBox):
         self._syncing = True
         try:
             self.n_heads.value = h
-            self.n_kv_heads.options = divisors(h)
-            self.n_kv_heads.why = f"for {_plural(h, 'query head')} (only divisors are)"
-            self.n_kv_heads.value, self.head_dim.value, self.n_layers.value = kv, d, layers
+            with self.n_kv_heads.hold_sync():  # new options and value reach the browser as one message
+                self.n_kv_heads.options = divisors(h)
+                self.n_kv_heads.why = f"for {_plural(h, 'query head')} (only divisors are)"
+                self.n_kv_heads.value = kv
+            self.head_dim.value, self.n_layers.value = d, layers
         finally:
             self._syncing = False
         self.update()
@@ -400,9 +402,10 @@ class GroupExplorer(widgets.VBox):
         wanted = closest_divisor(change["new"], self.n_kv_heads.value)
         self._syncing = True
         try:
-            self.n_kv_heads.options = divisors(change["new"])
-            self.n_kv_heads.why = f"for {_plural(change['new'], 'query head')} (only divisors are)"
-            self.n_kv_heads.value = wanted
+            with self.n_kv_heads.hold_sync():  # new options and value reach the browser as one message
+                self.n_kv_heads.options = divisors(change["new"])
+                self.n_kv_heads.why = f"for {_plural(change['new'], 'query head')} (only divisors are)"
+                self.n_kv_heads.value = wanted
         finally:
             self._syncing = False
         self._leave_preset_if_changed()
