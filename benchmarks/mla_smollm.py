@@ -39,9 +39,11 @@ from gqa_lib.mla_convert import (  # noqa: E402
     latent_decoders,
     window_losses,
 )
+from gqa_lib.models import get_model  # noqa: E402
 from gqa_lib.smollm_decoder import SmolLMDecoder  # noqa: E402
 
-HEAD_DIM, N_LAYERS = 64, 30
+SMOLLM = get_model("SmolLM2-135M")  # shapes from data/models.json
+HEAD_DIM, N_LAYERS = SMOLLM.head_dim, SMOLLM.n_layers
 
 
 def parse_args(argv=None):
