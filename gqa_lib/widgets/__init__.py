@@ -19,6 +19,7 @@ _BUILDERS = {
     "group_explorer": "groups",  # notebook 04 (module named apart from its builder, so importing it cannot shadow it)
     "smollm_group_explorer": "smollm_explorer",  # notebook 05
     "mla_cache_comparison": "mla_cache",  # notebook 07
+    "cache_budget_explorer": "cache_budget",  # notebook 08
 }
 
 __all__ = list(_BUILDERS)

@@ -1,0 +1,170 @@
+"""Every way to shrink SmolLM2-135M's KV cache, scored on held-out text: the table behind notebook 08.
+
+One trained model (30 layers, 9 query heads, 3 KV heads of 64), one set of held-out windows, and for
+each method the cache it needs and the loss it costs:
+
+- fewer KV heads: 3 -> 1 by mean-pooling (Ainslie et al. 2023), as converted, and uptrained (K and V
+  projections only, seeded batches from the training files), with the original model given the same
+  uptraining as a control (some of any gain is only the model adapting to this text);
+- a latent (MLA-style, gqa_lib/mla_convert.py): an input-weighted SVD of [W_k; W_v] at several ranks;
+- a sliding window of several sizes, with and without 4 attention-sink tokens;
+- int8 and int4 caches, per token and per channel (KIVI-style), scales and minima counted;
+- cross-layer sharing of K/V by pairs of adjacent layers (CLA-2), as converted (no training);
+- combinations of two of these.
+
+Loss: mean next-token loss (nats) on the second half of each evaluation window (windows of 2048 tokens
+of the corpus's validation files; every scored token has at least 1024 tokens of context, so windows
+of 1024 and below are always in force). Bytes: what each cache holds at the window's length (2048
+tokens), all layers, divided by 2048 (gqa_lib/cache_shrink.py counts them). 95% BCa bootstrap
+intervals over windows (scipy), for the loss and for its change from the original, paired by window.
+
+    .venv/bin/python benchmarks/cache_pareto.py                 # the shipped table
+    .venv/bin/python benchmarks/cache_pareto.py --eval-windows 2 --window 256 --score-from 128 \
+        --uptrain-steps 1 --out /tmp/p.csv
+
+Writes data/results/cache_pareto.csv (refuses to replace it without --overwrite).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+import torch  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+from gqa_lib import results  # noqa: E402  (CSV writing and the options every benchmark shares)
+from gqa_lib.cache_pareto import default_methods, score_methods, summarise  # noqa: E402
+from gqa_lib.conversion_eval import convert_kv_heads, uptrain, window_token_ids  # noqa: E402
+from gqa_lib.corpus import load_corpus  # noqa: E402
+from gqa_lib.mla_convert import input_second_moments, latent_decoders  # noqa: E402
+from gqa_lib.smollm_decoder import SmolLMDecoder  # noqa: E402
+
+BASELINE = "original (3 KV heads, bf16)"
+
+
+def parse_args(argv=None):
+    """The options, each checked before any work (a bad one stops with a usage error, exit 2)."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--eval-windows", type=results.int_at_least(2), default=8,
+                   help="held-out windows, 2 or more: the bootstrap resamples them (default 8)")
+    p.add_argument("--window", type=results.int_at_least(4), default=2048, help="tokens per window (default 2048)")
+    p.add_argument("--score-from", type=results.positive_int, default=1024,
+                   help="score only predictions made with at least this many tokens of context (default 1024)")
+    p.add_argument("--ranks", type=results.positive_int, nargs="+", default=[64, 128, 192, 256],
+                   help="latent ranks (default 64 128 192 256; 384 would be the original)")
+    p.add_argument("--sliding", type=results.positive_int, nargs="+", default=[256, 512, 1024],
+                   help="sliding-window sizes in tokens (default 256 512 1024)")
+    p.add_argument("--sinks", type=results.non_negative_int, default=4,
+                   help="attention-sink tokens kept with each window in the '+ sinks' rows (default 4; 0: none)")
+    p.add_argument("--calib-windows", type=results.positive_int, default=16,
+                   help="calibration windows of 256 tokens from the training files, for the latents (default 16)")
+    p.add_argument("--uptrain-steps", type=results.non_negative_int, default=30,
+                   help="uptraining steps of the 1-KV-head model and the control (default 30; 0: no uptraining rows)")
+    p.add_argument("--lr", type=results.positive_float, default=1e-3, help="uptraining learning rate (default 1e-3)")
+    p.add_argument("--seed", type=results.non_negative_int, default=0, help="seed of uptraining batches and bootstrap")
+    p.add_argument("--threads", type=results.positive_int, default=2, help="torch.set_num_threads (default 2)")
+    results.add_output_options(p, "cache_pareto.csv")
+    p.add_argument("--allow-other-corpus", action="store_true",
+                   help="run even if this Python's standard library differs from the shipped corpus")
+    args = p.parse_args(argv)
+    if args.score_from >= args.window - 1:
+        p.error(f"--score-from={args.score_from} must be below --window={args.window} - 1 (something must be scored)")
+    results.check_output_option(p, args)
+    return args
+
+
+def sources_for(args, model, tok, corpus, decoder, bar) -> dict:
+    """{source name: attention layers}: the original, 1 KV head (and uptrained), the control, and each latent."""
+    train_text = bytes(corpus.train.tolist()).decode("utf-8", errors="replace")
+    sources = {"original": list(decoder.attention)}
+    pooled = convert_kv_heads(model, 1, "mean")
+    sources["mean-pooled"] = list(SmolLMDecoder.from_transformers(pooled).attention)
+    if args.uptrain_steps:
+        train = window_token_ids(tok, train_text, 512, 256)  # the conversion's uptraining windows (notebook 06)
+        for name, start in (("uptrained", pooled), ("control", model)):
+            bar.set_postfix_str(f"uptraining {name}")
+            trained = copy.deepcopy(start)
+            with torch.enable_grad():
+                uptrain(trained, train, args.uptrain_steps, batch=2, lr=args.lr, seed=args.seed)
+            sources[name] = list(SmolLMDecoder.from_transformers(trained).attention)
+            bar.update(1)
+    bar.set_postfix_str("calibrating latents")
+    calib = window_token_ids(tok, train_text, args.calib_windows, 256)
+    latents = latent_decoders(decoder, args.ranks, input_second_moments(decoder, calib))
+    sources.update({f"latent-{r}": list(d.attention) for r, d in latents.items()})
+    bar.update(1)
+    return sources
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    start = time.perf_counter()
+    corpus = load_corpus(strict=not args.allow_other_corpus)
+    from gqa_lib.smollm import MODEL_FILE_INFO, load_smollm
+
+    model, tok = load_smollm()
+    print(f"corpus: {corpus.describe()}")
+    val_text = bytes(corpus.val.tolist()).decode("utf-8", errors="replace")
+    windows = window_token_ids(tok, val_text, args.eval_windows, args.window)  # (eval_windows, window)
+    decoder = SmolLMDecoder.from_transformers(model)
+    methods = default_methods(args.ranks, args.sliding, args.sinks, uptrained=args.uptrain_steps > 0)
+    bar = tqdm(total=len(methods) + 1 + 2 * (args.uptrain_steps > 0), desc="cache pareto", unit="step")
+    sources = sources_for(args, model, tok, corpus, decoder, bar)
+
+    def progress(method):
+        bar.set_postfix_str(method.name)
+        bar.update(1)
+
+    scores = score_methods(decoder, sources, methods, windows, args.score_from, progress)
+    bar.close()
+    rows = summarise(scores, BASELINE, seed=args.seed)
+    scored = args.eval_windows * (args.window - 1 - args.score_from)
+    for r in rows:
+        r["scored_tokens"] = scored
+    print(f"\n{'method':<44} {'bytes/token':>11} {'x orig':>7} {'loss':>7} {'95% CI':>17} {'Δloss':>8} "
+          f"{'95% CI of Δ':>19} pareto")
+    for r in sorted(rows, key=lambda r: -r["kv_bytes_per_token"]):
+        print(f"{r['method']:<44} {r['kv_bytes_per_token']:>11,.0f} {r['bytes_vs_original']:>7.3f} "
+              f"{r['val_nll']:>7.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] {r['delta_nll']:>+8.3f} "
+              f"[{r['delta_ci_low']:+.3f}, {r['delta_ci_high']:+.3f}] {'*' if r['pareto'] else ''}")
+    meta = {
+        "what": "SmolLM2-135M with its KV cache shrunk each way; loss (nats per token) on held-out text against "
+                "KV bytes per token",
+        "command": results.command_line(), **results.environment_metadata(), "model": MODEL_FILE_INFO["name"],
+        "model_file": f"{MODEL_FILE_INFO['file']} ({MODEL_FILE_INFO['quantization']})",
+        "model_sha256": MODEL_FILE_INFO["sha256"],
+        "eval_text": f"{args.eval_windows} evenly spaced windows of {args.window} SmolLM2 tokens of the corpus "
+                     "validation files; scored: the predictions made at positions "
+                     f"{args.score_from}..{args.window - 2} "
+                     f"of each ({scored} tokens in all)",
+        "bytes": f"cache bytes after {args.window} tokens, all 30 layers, divided by {args.window}; bf16 = 2 bytes; "
+                 "int8/int4 with a bf16 scale and minimum per group of 64 numbers (per channel: per 64-token block)",
+        "uptraining": (f"{args.uptrain_steps} AdamW steps, lr {args.lr}, K and V projections only, batch 2 x 256 "
+                       f"tokens from 512 windows of the training files, seed {args.seed}"
+                       if args.uptrain_steps else "none"),
+        "calibration_text": f"{args.calib_windows} windows of 256 tokens of the corpus training files (latents)",
+        "interval": "95% BCa bootstrap over evaluation windows, scipy.stats.bootstrap, 2000 resamples, "
+                    f"numpy default_rng({args.seed}); delta intervals paired by window",
+        "corpus_python": corpus.python, "corpus_sha256": corpus.sha256,
+        "corpus_matches_shipped": str(corpus.matches_shipped),
+        "wall_seconds": f"{time.perf_counter() - start:.0f}",
+        "loadavg_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+    path = results.save_rows(args.out, rows, meta, overwrite=args.overwrite)  # never loses the rows
+    if path is None:
+        return 1
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

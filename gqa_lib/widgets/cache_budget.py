@@ -1,0 +1,179 @@
+"""Notebook 08's widget: give the cache a memory and a context, and see which ways of shrinking it fit.
+
+The budget per token of context is ``memory / (context x batch)`` (GB = 10^9 bytes). Every method of
+``data/results/cache_pareto.csv`` either fits (its bytes per token, recomputed at the chosen context
+by ``gqa_lib.cache_pareto.bytes_per_token_at``, are within the budget) or does not; the readout names
+the best that fits and lists the others with their measured change in loss. Losses are those measured
+at the file's context (2,048 tokens); only the bytes change with the context.
+Controls refuse values they do not offer, listing the valid ones (``controls.NotOffered``).
+"""
+
+from __future__ import annotations
+
+import html
+import time
+
+import ipywidgets as widgets
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from matplotlib.ticker import FuncFormatter, NullLocator
+
+from ..cache_pareto import FAMILY_STYLE, bytes_per_token_at
+from ..plots import NEUTRAL, PALETTE
+from .blit import BlitFigure
+from .controls import StrictIntSlider, StrictSelectionSlider
+
+MEMORY_GB = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10]
+CONTEXTS = [2**k for k in range(9, 16)]  # 512 .. 32768 tokens (SmolLM2 was trained up to 8,192)
+MAX_BATCH = 64
+LISTED = 8  # rows of the table of methods that fit
+
+
+def _memory_label(gb: float) -> str:
+    return f"{gb * 1000:g} MB" if gb < 1 else f"{gb:g} GB"
+
+
+def _context_label(n: int) -> str:
+    return f"{n // 1024}k" if n >= 1024 else str(n)
+
+
+def budget_choice(rows: list[dict], memory_gb: float, context: int, batch: int) -> dict:
+    """The budget per token, and every method with its bytes at ``context`` and whether it fits, best first.
+
+    ``rows``: the rows of ``cache_pareto.csv`` (dicts). Returns {'budget', 'fits': [...], 'too_big': [...],
+    'best': row or None, 'original': row}; each listed row gains 'bytes_at_context'.
+    """
+    budget = memory_gb * 1e9 / (context * batch)
+    listed = []
+    for r in rows:
+        r = dict(r)
+        r["bytes_at_context"] = bytes_per_token_at(r, context)
+        listed.append(r)
+    fits = sorted((r for r in listed if r["bytes_at_context"] <= budget), key=lambda r: float(r["val_nll"]))
+    too_big = sorted((r for r in listed if r["bytes_at_context"] > budget), key=lambda r: r["bytes_at_context"])
+    original = next(r for r in listed if r["family"] == "original" and r["source"] == "original")
+    return {"budget": budget, "fits": fits, "too_big": too_big, "best": fits[0] if fits else None,
+            "original": original}
+
+
+class CacheBudgetExplorer(widgets.VBox):
+    """Controls ``.memory``, ``.context``, ``.batch``; readout ``.readout``; chart ``.image``;
+    numbers ``readout_values()``."""
+
+    def __init__(self, table, memory_gb: float = 0.02, context: int = 2048, batch: int = 1):
+        self.rows = [dict(r) for r in table.to_dict("records")]
+        style = {"description_width": "120px"}
+        slide = {"style": style, "continuous_update": False}
+        self.memory = StrictSelectionSlider(options=[(_memory_label(m), m) for m in MEMORY_GB], value=memory_gb,
+                                            description="cache memory", name="memory", **slide)
+        self.context = StrictSelectionSlider(options=[(_context_label(c), c) for c in CONTEXTS], value=context,
+                                             description="context (tokens)", name="context", **slide)
+        self.batch = StrictIntSlider(value=batch, min=1, max=MAX_BATCH, description="batch", name="batch", **slide)
+        self.readout = widgets.HTML()
+        self.image = widgets.Image(format="png", layout=widgets.Layout(align_self="flex-start"))
+        self.last_update_s = float("nan")
+        self._build_figure()
+        for c in (self.memory, self.context, self.batch):
+            c.observe(lambda _: self.update(), names="value")
+        controls = widgets.HBox([self.memory, self.context, self.batch], layout=widgets.Layout(flex_flow="row wrap"))
+        super().__init__([controls, self.readout, self.image])
+        self.update()
+
+    def readout_values(self) -> dict:
+        return budget_choice(self.rows, self.memory.value, self.context.value, self.batch.value)
+
+    def _build_figure(self) -> None:
+        self.fig = Figure(figsize=(8.4, 3.6))
+        self.fig.subplots_adjust(left=0.1, right=0.74, bottom=0.16, top=0.9)
+        ax = self.ax = self.fig.add_subplot()
+        every = [bytes_per_token_at(r, c) for r in self.rows for c in CONTEXTS]
+        budgets = [m * 1e9 / (c * b) for m in MEMORY_GB for c in CONTEXTS for b in (1, MAX_BATCH)]
+        lo, hi = min(every) / 2, max(every) * 2
+        self.limits = (lo, hi)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(lo, hi)
+        losses = [float(r["val_nll"]) for r in self.rows]
+        ax.set_ylim(min(losses) / 1.1, max(losses) * 1.1)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlabel("KV cache bytes per token of context")
+        ax.set_ylabel("held-out loss (nats)")
+        self._budget_range = (min(budgets), max(budgets))
+        # What does not fit is shaded: a rectangle from the budget to the right edge, in data x and axes y.
+        self.shade = Rectangle((1, 0), 1, 1, transform=ax.get_xaxis_transform(), color=NEUTRAL, alpha=0.15, lw=0)
+        ax.add_patch(self.shade)
+        self.line = ax.axvline(1, color="black", lw=1.4, ls=":")
+        self.points = {}
+        extra = iter(["#999933", "#882255", "#44AA99", "#332288"])
+        for family in dict.fromkeys(r["family"] for r in self.rows):
+            marker, key = FAMILY_STYLE.get(family, ("x", None))
+            colour = PALETTE[key] if key else next(extra, NEUTRAL)
+            self.points[family] = ax.scatter([1], [1], marker=marker, color=colour, s=40, label=family, zorder=3)
+        self.best = ax.scatter([1], [1], s=220, facecolors="none", edgecolors="black", lw=1.6, zorder=4,
+                               label="best that fits")
+        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
+        self.title = ax.set_title(" ", fontsize=9)
+        self._blit = BlitFigure(self.fig, [self.shade, self.line, *self.points.values(), self.best, self.title])
+
+    def _draw(self, v: dict) -> bytes:
+        budget = v["budget"]
+        x = min(max(budget, self.limits[0]), self.limits[1])
+        self.line.set_xdata([x, x])
+        self.shade.set_x(x)
+        self.shade.set_width(self.limits[1] * 10 - x)
+        listed = v["fits"] + v["too_big"]
+        for family, artist in self.points.items():
+            mine = [(r["bytes_at_context"], float(r["val_nll"])) for r in listed if r["family"] == family]
+            artist.set_offsets(np.array(mine))
+        best = v["best"]
+        self.best.set_visible(best is not None)
+        if best is not None:
+            self.best.set_offsets([[best["bytes_at_context"], float(best["val_nll"])]])
+        self.title.set_text(f"budget {budget:,.0f} bytes per token: {len(v['fits'])} of {len(listed)} methods fit "
+                            "(shaded: too big)")
+        return self._blit.render(None)
+
+    def _readout_html(self, v: dict) -> str:
+        m, c, b = self.memory.value, self.context.value, self.batch.value
+        orig = v["original"]
+        head = (f"<b>Budget</b>: {_memory_label(m)} / ({c:,} tokens x batch {b}) = "
+                f"<b>{v['budget']:,.0f} bytes per token</b>; the original cache needs "
+                f"{orig['bytes_at_context']:,.0f} (bf16).")
+        if v["best"] is None:
+            smallest = v["too_big"][0]
+            return (head + f"<br>No method fits: the smallest, {html.escape(smallest['method'])}, needs "
+                    f"{smallest['bytes_at_context']:,.0f} bytes per token.")
+        best = v["best"]
+        lines = [head, f"<b>Best that fits</b>: {html.escape(best['method'])}, loss {float(best['val_nll']):.3f} "
+                       f"({float(best['delta_nll']):+.3f} nats against the original).",
+                 "<table><tr><th align=left>fits</th><th>bytes / token</th><th>change in loss (95% CI)</th></tr>"]
+        for r in v["fits"][:LISTED]:
+            lines.append(f"<tr><td>{html.escape(r['method'])}</td><td align=right>{r['bytes_at_context']:,.0f}</td>"
+                         f"<td align=right>{float(r['delta_nll']):+.3f} [{float(r['delta_ci_low']):+.3f}, "
+                         f"{float(r['delta_ci_high']):+.3f}]</td></tr>")
+        lines.append("</table>")
+        more = len(v["fits"]) - LISTED
+        if more > 0:
+            lines.append(f"and {more} more that fit, with higher loss.")
+        return "\n".join(lines)
+
+    def update(self) -> None:
+        """Recompute the readout and the chart from the controls' current values."""
+        start = time.perf_counter()
+        v = self.readout_values()
+        self.readout.value = self._readout_html(v)
+        self.image.value = self._draw(v)
+        self.last_update_s = time.perf_counter() - start
+
+
+def cache_budget_explorer(table=None, memory_gb: float = 0.02, context: int = 2048, batch: int = 1):
+    """The widget of notebook 08, on ``table`` (default: the shipped ``data/results/cache_pareto.csv``)."""
+    if table is None:
+        from ..results import RESULTS_DIR, read_results
+
+        table = read_results(RESULTS_DIR / "cache_pareto.csv")
+    return CacheBudgetExplorer(table, memory_gb, context, batch)
