@@ -8,7 +8,10 @@ every layer. The per-layer arithmetic is gqa_lib.convert's (reduce_kv_heads, exp
 module moves weights between transformers' ``LlamaAttention`` and gqa_lib's layer and back.
 
 Held-out text: the validation files of the standard-library corpus (gqa_lib/corpus.py), tokenised with
-SmolLM2's own tokenizer, cut into fixed windows.
+SmolLM2's own tokenizer, cut into fixed windows. Statistics are over those windows: :func:`window_nlls`
+scores each window, :func:`bootstrap_mean` gives a mean with its bootstrap standard error and 95%
+interval (a loss, or a loss difference paired by window), :func:`recovered_fraction_interval` the
+share of a conversion's damage that uptraining wins back, with the control's change subtracted.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
@@ -84,6 +88,28 @@ def window_token_ids(tokenizer, text: str, n_windows: int, window: int) -> torch
         raise ValueError(f"text has {len(ids)} tokens; n_windows={n_windows} x window={window} needs more")
     starts = torch.linspace(0, len(ids) - window, n_windows).long()
     return ids[starts[:, None] + torch.arange(window)]  # (n_windows, window)
+
+
+@torch.no_grad()
+def window_nlls(model, windows: torch.Tensor, batch: int = 4) -> np.ndarray:
+    """Mean next-token loss (nats) of each window of ``windows`` (n, window), window >= 2: (n,) float64.
+
+    The windows are the units the bootstrap resamples (:func:`bootstrap_mean`): tokens inside a window
+    are not independent, windows far apart in the text nearly are. With windows of equal length the
+    mean of this array is :func:`mean_nll`.
+    """
+    _check_windows("windows", windows)
+    check_positive_int("batch", batch)
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(windows), batch):
+        ids = windows[i:i + batch]
+        logits = model(input_ids=ids, use_cache=False).logits[:, :-1].float()  # (b, window - 1, vocab)
+        loss = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # (b, window - 1)
+        out.append(loss.double().mean(1))
+    model.train(was_training)
+    return torch.cat(out).numpy()
 
 
 @torch.no_grad()
@@ -165,45 +191,198 @@ def uptrain(model, train_windows: torch.Tensor, steps: int, batch: int = 2, lr: 
     return losses
 
 
-def plot_conversion(rows: list[dict], vocab_size: int | None = None, axes=None):
-    """Left: held-out loss of every condition of the conversion table. Right: loss during uptraining.
+# --- statistics over windows ---------------------------------------------------------------------
 
-    With ``vocab_size``, a line marks the loss of a uniform guess over the vocabulary, ln(vocab_size).
+# The token budget the GQA paper's recipe would give SmolLM2-135M. Ainslie et al. (2023), sections 2.1
+# and 3.1: uptraining runs for a proportion alpha = 0.05 of the original pre-training steps; applied to
+# tokens (as if uptraining batches held as many tokens as pre-training ones). SmolLM2-135M was
+# pre-trained on 2 trillion tokens (HuggingFaceTB/SmolLM2-135M model card: "The 135M model was trained
+# on 2 trillion tokens").
+PAPER_UPTRAIN_FRACTION = 0.05
+SMOLLM2_135M_PRETRAIN_TOKENS = 2 * 10**12
+PAPER_UPTRAIN_TOKENS = round(PAPER_UPTRAIN_FRACTION * SMOLLM2_135M_PRETRAIN_TOKENS)  # 100 billion
+
+
+def _per_window(name: str, values, n: int | None = None) -> np.ndarray:
+    """``values`` as a 1-D float64 array of at least 2 finite numbers (and ``n`` of them if given)."""
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1 or len(x) < 2:
+        raise ValueError(f"{name} has shape {x.shape}; need a 1-D array of at least 2 per-window values "
+                         "(the bootstrap resamples windows)")
+    if n is not None and len(x) != n:
+        raise ValueError(f"{name} has {len(x)} windows, the others {n}: paired values need the same windows")
+    if not np.isfinite(x).all():
+        raise ValueError(f"{name} holds a non-finite value at window {int(np.flatnonzero(~np.isfinite(x))[0])}")
+    return x
+
+
+def bootstrap_mean(values, baseline=None, confidence: float = 0.95, n_resamples: int = 2000,
+                   seed: int = 0) -> tuple[float, float, float, float]:
+    """Mean of ``values`` (n,) with its bootstrap standard error and confidence interval: (mean, se, low, high).
+
+    With ``baseline`` (n,), the same windows scored another way, it is the mean of ``values - baseline``
+    paired by window: each window's difficulty cancels, so the interval of a difference is much tighter
+    than the two intervals side by side suggest. scipy.stats.bootstrap (the BCa interval, 2000 resamples
+    of the windows drawn by ``numpy.random.default_rng(seed)``): a maintained, tested bootstrap rather than
+    our own resampling loop; its ``standard_error`` is the standard deviation of the resampled means.
+    Values that are all equal (a model compared with itself) give (mean, 0, mean, mean): every resample
+    has the same mean, and BCa's correction would divide zero by zero.
+    """
+    from scipy.stats import bootstrap
+
+    x = _per_window("values", values)
+    if baseline is not None:
+        x = x - _per_window("baseline", baseline, len(x))
+    mean = float(x.mean())
+    if np.ptp(x) == 0:
+        return mean, 0.0, mean, mean
+    res = bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=n_resamples, method="BCa",
+                    rng=np.random.default_rng(seed))
+    return mean, float(res.standard_error), float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def recovered_fraction(converted, uptrained, original, control):
+    """Share of a conversion's damage that uptraining wins back, net of what uptraining does to the original.
+
+    recovered = ((converted - uptrained) - (original - control)) / (converted - original), with losses in
+    nats: ``converted`` the converted model before uptraining, ``uptrained`` after, ``original`` the
+    unconverted model, ``control`` the unconverted model uptrained the same way (same steps, learning rate
+    and batches). Uptraining on this text lowers even the original's loss (it adapts to the text, not
+    only to its new KV heads); without subtracting that, the conversion would get credit for it. 1 means
+    back to where the same uptraining takes the original; 0, no better than the control's own gain.
+    Works on numbers or on arrays (element by element).
+    """
+    return ((converted - uptrained) - (original - control)) / (converted - original)
+
+
+def recovered_fraction_interval(converted, uptrained, original, control, confidence: float = 0.95,
+                                n_resamples: int = 2000, seed: int = 0) -> tuple[float, float, float, float]:
+    """:func:`recovered_fraction` of four models' mean losses, with bootstrap se and interval: (value, se, low, high).
+
+    Each argument is the (n,) per-window loss of one model on the same n windows (:func:`window_nlls`).
+    The value is the fraction computed from the four mean losses (a ratio of mean changes, not a mean of
+    per-window ratios: a window the conversion barely hurts would put a near-zero denominator in the
+    latter). scipy.stats.bootstrap with ``paired=True`` resamples window indices and takes the same
+    windows from all four arrays, because all four were scored on the same windows and a hard window
+    raises all four losses together; resampling them independently would count that shared difficulty as
+    noise and widen the interval. BCa, 2000 resamples, ``numpy.random.default_rng(seed)``.
+    """
+    from scipy.stats import bootstrap
+
+    c = _per_window("converted", converted)
+    u, o, k = (_per_window(name, x, len(c)) for name, x in
+               (("uptrained", uptrained), ("original", original), ("control", control)))
+    value = float(recovered_fraction(c.mean(), u.mean(), o.mean(), k.mean()))
+
+    def statistic(c, u, o, k, axis=-1):
+        return recovered_fraction(c.mean(axis), u.mean(axis), o.mean(axis), k.mean(axis))
+
+    res = bootstrap((c, u, o, k), statistic, paired=True, vectorized=True, confidence_level=confidence,
+                    n_resamples=n_resamples, method="BCa", rng=np.random.default_rng(seed))
+    return value, float(res.standard_error), float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def _final_rows(table):
+    """The conversion table as a DataFrame, keeping only the rows before uptraining or at its last step."""
+    import pandas as pd
+
+    t = pd.DataFrame(table).copy()
+    last = t["uptrain_steps"].max()
+    return t[t["uptrain_steps"].isin([0, last])]
+
+
+def rank_methods(table) -> list[dict]:
+    """The three conversions ranked by held-out loss after uptraining, best first.
+
+    ``table``: rows of ``benchmarks/convert_smollm.py`` (list of dicts, or the DataFrame of
+    ``gqa_lib.results.read_results``). Only the rows at the last uptraining step count. A method with
+    several draws (random init) is the mean of its draws; ``draw_min``/``draw_max`` give their spread
+    (equal to ``val_nll`` for a single draw) and ``se`` is the bootstrap standard error of a single draw
+    (NaN for several: their spread is the figure to read). ``recovered`` is the mean recovered fraction.
+    """
+    t = _final_rows(table)
+    done = t[(t["uptrain_steps"] > 0) & t["method"].isin(METHODS)]
+    if done.empty:
+        raise ValueError("table has no uptrained conversion rows (method mean, first or random, uptrain_steps > 0)")
+    out = []
+    for method, part in done.groupby("method"):
+        single = len(part) == 1
+        out.append({"method": method, "draws": len(part), "val_nll": float(part["val_nll"].mean()),
+                    "se": float(part["se"].iloc[0]) if single else float("nan"),
+                    "draw_min": float(part["val_nll"].min()), "draw_max": float(part["val_nll"].max()),
+                    "recovered": float(part["recovered_fraction"].mean())})
+    return sorted(out, key=lambda r: r["val_nll"])
+
+
+def ranking_line(table) -> str:
+    """One line: the methods ranked after uptraining, e.g. 'mean 5.263 (se 0.041) < random 5.9 (3 draws ...) < ...'."""
+    parts = []
+    for r in rank_methods(table):
+        if r["draws"] == 1:
+            parts.append(f"{r['method']} {r['val_nll']:.3f} (se {r['se']:.3f})")
+        else:
+            parts.append(f"{r['method']} {r['val_nll']:.3f} (mean of {r['draws']} draws, "
+                         f"{r['draw_min']:.3f} to {r['draw_max']:.3f})")
+    return "after uptraining, loss (nats per token), best first: " + " < ".join(parts)
+
+
+def plot_conversion(table, vocab_size: int | None = None, ax=None):
+    """Held-out loss of each conversion before and after the same uptraining, with 95% bootstrap intervals.
+
+    ``table``: rows of ``benchmarks/convert_smollm.py`` (list of dicts, or the DataFrame of
+    ``gqa_lib.results.read_results``). One pair of bars per model: the original (its "after" is the
+    control, uptrained the same way), mean-pooling, first head, and each random draw; lighter hatched bar
+    before uptraining, solid after, the stored BCa intervals as error bars (drawn as given with matplotlib:
+    seaborn would recompute intervals from raw data the file does not hold). Inside each uptrained
+    conversion's bar, its recovered fraction (control subtracted) with its 95% interval, in percent.
+    With ``vocab_size``, a dotted line marks a uniform guess over the vocabulary, ln(vocab_size).
     """
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     from .plots import NEUTRAL, PALETTE
 
-    if axes is None:
-        _, axes = plt.subplots(1, 2, figsize=(11, 4.2), gridspec_kw={"width_ratios": [1.3, 1]})
-    ax_bar, ax_up = axes
-    base = float(next(r for r in rows if r["condition"].startswith("original ("))["val_nll"])
-    colour = {9: PALETTE["MHA"], 3: PALETTE["GQA"], 1: PALETTE["MQA"]}
-    names = [r["condition"] + (f" ({r['uptrain_steps']} steps)" if r["uptrain_steps"] else "") for r in rows]
-    losses = [float(r["val_nll"]) for r in rows]
-    ax_bar.barh(range(len(rows)), losses, color=[colour[int(r["n_kv_heads"])] for r in rows])
-    ax_bar.set_yticks(range(len(rows)), names, fontsize=8)
-    ax_bar.invert_yaxis()
-    ax_bar.axvline(base, color=NEUTRAL, ls="--", lw=1, label="original")
+    t = _final_rows(table)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(10, 5.4), layout="constrained")
+    original = t[(t["method"] == "none") & (t["uptrain_steps"] == 0)].iloc[0]
+    control = t[(t["method"] == "none") & (t["uptrain_steps"] > 0)]
+    pairs = [("original\n(3 KV heads;\nafter = control)", original, control.iloc[0] if len(control) else None)]
+    for method in ("mean", "first", "random"):
+        for draw, part in t[t["method"] == method].groupby("draw", dropna=False):
+            before = part[part["uptrain_steps"] == 0].iloc[0]
+            after = part[part["uptrain_steps"] > 0]
+            label = (f"MQA by random\ninit, draw {int(draw)}" if method == "random" else
+                     {"mean": "MQA by\nmean-pooling", "first": "MQA by\nfirst head"}[method])
+            pairs.append((label, before, after.iloc[0] if len(after) else None))
+    width = 0.38
+    for i, (_label, before, after) in enumerate(pairs):
+        colour = PALETTE["GQA"] if before["method"] == "none" else PALETTE["MQA"]
+        for r, dx, style in ((before, -width / 2, {"alpha": 0.45, "hatch": "//"}), (after, width / 2, {})):
+            if r is None:
+                continue
+            y = float(r["val_nll"])
+            err = [[y - float(r["ci_low"])], [float(r["ci_high"]) - y]]
+            ax.bar(i + dx, y, width, color=colour, edgecolor="white", yerr=err, capsize=3, **style)
+            ax.text(i + dx, float(r["ci_high"]), f"{y:.2f}", ha="center", va="bottom", fontsize=7)
+        if after is not None and after["method"] != "none":
+            ax.text(i + width / 2, float(after["val_nll"]) / 2,
+                    f"{100 * after['recovered_fraction']:.0f}%\n[{100 * after['recovered_ci_low']:.0f}, "
+                    f"{100 * after['recovered_ci_high']:.0f}]", ha="center", va="center", fontsize=7, color="white")
+    ax.set_xticks(range(len(pairs)), [p[0] for p in pairs], fontsize=8)
+    ax.axhline(float(original["val_nll"]), color=NEUTRAL, ls="--", lw=1, label="original, not uptrained")
     if vocab_size:
-        ax_bar.axvline(math.log(vocab_size), color=NEUTRAL, ls=":", lw=1.5,
-                       label=f"uniform guess over {vocab_size:,} tokens")
-        ax_bar.legend(fontsize=8, loc="lower right")
-    for i, x in enumerate(losses):
-        ax_bar.text(x, i, f" {x:.2f}", va="center", fontsize=8)
-    ax_bar.set_xlabel("held-out loss (nats per token)")
-    ax_bar.set_title("SmolLM2: 3 KV heads -> 1 (MQA) in all 30 layers")
-    curve = [(0, next(float(r["val_nll"]) for r in rows if r["condition"] == "MQA by mean"))]
-    curve += [(int(r["uptrain_steps"]), float(r["val_nll"])) for r in rows
-              if r["condition"] == "MQA by mean, uptrained"]
-    ax_up.plot(*zip(*curve, strict=True), "o-", color=PALETTE["MQA"], label="mean-pooled MQA")
-    control = [r for r in rows if "control" in r["condition"]]
-    if control:
-        ax_up.plot([0, int(control[0]["uptrain_steps"])], [base, float(control[0]["val_nll"])], "s--",
-                   color=PALETTE["GQA"], label="original 3 KV heads, same uptraining")
-    ax_up.axhline(base, color=NEUTRAL, ls=":", lw=1, label="original, not uptrained")
-    ax_up.set_xlabel("uptraining steps (K and V projections only)")
-    ax_up.set_ylabel("held-out loss (nats per token)")
-    ax_up.set_title("Uptraining the mean-pooled model")
-    ax_up.legend(fontsize=8)
-    return axes
+        ax.axhline(math.log(vocab_size), color=NEUTRAL, ls=":", lw=1.5,
+                   label=f"uniform guess over {vocab_size:,} tokens, ln(vocab)")
+    steps = int(t["uptrain_steps"].max())
+    handles = [Patch(facecolor=NEUTRAL, alpha=0.45, hatch="//", label="before uptraining"),
+               Patch(facecolor=NEUTRAL, label=f"after {steps} uptraining step{'s' if steps != 1 else ''} (K, V only)"),
+               *ax.get_legend_handles_labels()[0],
+               Patch(facecolor="none", edgecolor="none",
+                     label="in an uptrained MQA bar: % of the loss recovered, control subtracted [95% CI]")]
+    ax.legend(handles=handles, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+    top = max(float(t["ci_high"].max()), math.log(vocab_size) if vocab_size else 0.0)
+    ax.set_ylim(0, top * 1.08)
+    ax.set_ylabel("held-out loss (nats per token)")
+    ax.set_title("SmolLM2-135M: 3 KV heads -> 1 (MQA) in all 30 layers, 95% bootstrap intervals over windows")
+    return ax

@@ -1,18 +1,28 @@
-"""Changing a transformers Llama model's KV heads: shapes, exact expansion, and the GQA paper's three methods."""
+"""Changing a transformers Llama model's KV heads: shapes, exact expansion, the GQA paper's three methods, and
+the statistics over held-out windows (per-window losses, bootstrap intervals, the control-subtracted recovery)."""
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from gqa_lib.conversion_eval import (
+    PAPER_UPTRAIN_TOKENS,
     attention_modules,
+    bootstrap_mean,
     convert_kv_heads,
     kv_heads_of,
     max_logit_difference,
     mean_nll,
+    plot_conversion,
+    rank_methods,
+    ranking_line,
+    recovered_fraction,
+    recovered_fraction_interval,
     uptrain,
+    window_nlls,
     window_token_ids,
 )
 
@@ -98,6 +108,116 @@ def test_windows_are_fixed_and_checked():
     assert [bytes(r).decode() for r in w.tolist()] == ["abcd", "efgh", "ijkl"]
     with pytest.raises(ValueError, match="n_windows=3 x window=5"):
         window_token_ids(ByteTokenizer(), "abcdefghijkl", 3, 5)
+
+
+def test_window_nlls_are_each_windows_own_loss_and_average_to_mean_nll(tiny_llama):
+    ids = torch.randint(0, 64, (5, 12), generator=torch.Generator().manual_seed(3))
+    per_window = window_nlls(tiny_llama, ids, batch=2)  # batches of 2, 2, 1: batching must not matter
+    assert per_window.shape == (5,) and per_window.dtype == np.float64
+    assert per_window.mean() == pytest.approx(mean_nll(tiny_llama, ids), rel=1e-6)
+    alone = [mean_nll(tiny_llama, ids[i:i + 1]) for i in range(5)]
+    np.testing.assert_allclose(per_window, alone, rtol=1e-6)
+    assert np.ptp(per_window) > 0.01  # the windows really differ, so the agreement above says something
+
+
+def test_recovered_fraction_subtracts_the_controls_change():
+    # converted 10, uptrained 6, original 2.5, control 2.4: (4 - 0.1) / 7.5
+    assert recovered_fraction(10.0, 6.0, 2.5, 2.4) == pytest.approx(0.52)
+    assert recovered_fraction(10.0, 6.0, 2.5, 2.5) == pytest.approx(4 / 7.5)  # a control that did not move
+    assert recovered_fraction(10.0, 9.9, 2.5, 2.4) == pytest.approx(0.0)  # no more than the control's own gain
+    assert recovered_fraction(10.0, 2.4, 2.5, 2.4) == pytest.approx(1.0)  # where the uptrained original is
+
+
+def test_recovered_interval_is_a_ratio_of_mean_changes_paired_by_window():
+    rng = np.random.default_rng(0)
+    original = rng.normal(2.5, 0.4, 64)  # (64,) windows of very different difficulty
+    converted = original + np.linspace(0.5, 15.0, 64)  # damage varies a lot between windows
+    share_won_back = np.linspace(0.9, 0.1, 64)  # windows hurt least recover most
+    uptrained = converted - share_won_back * (converted - original) + rng.normal(0, 0.05, 64)
+    control = original - 0.1
+    value, se, low, high = recovered_fraction_interval(converted, uptrained, original, control)
+    means = [x.mean() for x in (converted, uptrained, original, control)]
+    assert value == pytest.approx(recovered_fraction(*means))
+    per_window_mean = recovered_fraction(converted, uptrained, original, control).mean()
+    assert abs(value - per_window_mean) > 0.1  # so the line above tells the two apart
+    assert low < value < high and 0 < se < 0.05
+    assert (value, se, low, high) == recovered_fraction_interval(converted, uptrained, original, control)  # seeded
+    with pytest.raises(ValueError, match="control has 63 windows, the others 64"):
+        recovered_fraction_interval(converted, uptrained, original, control[:63])
+
+
+def test_bootstrap_mean_on_a_known_case():
+    rng = np.random.default_rng(1)
+    x = rng.normal(2.0, 0.5, 400)
+    mean, se, low, high = bootstrap_mean(x)
+    assert mean == x.mean()
+    assert se == pytest.approx(x.std() / math.sqrt(len(x)), rel=0.1)  # the textbook standard error of a mean
+    assert low == pytest.approx(mean - 1.96 * se, abs=0.3 * se)  # close to the normal interval for 400 values
+    assert high == pytest.approx(mean + 1.96 * se, abs=0.3 * se)
+    assert bootstrap_mean(x) == (mean, se, low, high)  # seeded
+    assert bootstrap_mean([3.0, 3.0, 3.0]) == (3.0, 0.0, 3.0, 3.0)  # a model against itself
+
+
+def test_paired_differences_cancel_each_windows_difficulty():
+    rng = np.random.default_rng(2)
+    base = rng.normal(3.0, 1.0, 50)  # hard and easy windows
+    other = base + 0.1 + rng.normal(0, 0.01, 50)  # every window 0.1 worse
+    _, se_alone, _, _ = bootstrap_mean(other)
+    delta, se_paired, d_low, d_high = bootstrap_mean(other, base)
+    assert delta == pytest.approx(0.1, abs=0.01) and d_low < 0.1 < d_high
+    assert se_paired < se_alone / 20
+
+
+@pytest.mark.parametrize(("values", "needle"), [([1.0], "at least 2"), ([[1.0, 2.0]], "1-D"),
+                                                ([1.0, float("nan")], "non-finite value at window 1")])
+def test_bootstrap_refuses_what_it_cannot_resample(values, needle):
+    with pytest.raises(ValueError, match=needle):
+        bootstrap_mean(values)
+
+
+def _rows():
+    """A hand-made conversion table in the command's format (only the columns the readers use)."""
+    def r(condition, method, draw, steps, nll, rec=float("nan")):
+        return {"condition": condition, "n_kv_heads": 3 if method == "none" else 1, "method": method, "draw": draw,
+                "uptrain_steps": steps, "val_nll": nll, "se": 0.05, "ci_low": nll - 0.1, "ci_high": nll + 0.1,
+                "recovered_fraction": rec, "recovered_ci_low": rec - 0.02, "recovered_ci_high": rec + 0.02}
+    return [r("original (3 KV heads)", "none", "", 0, 2.5), r("MQA by mean", "mean", "", 0, 10.4),
+            r("MQA by first", "first", "", 0, 14.8), r("MQA by random, draw 0", "random", 0, 0, 14.2),
+            r("MQA by random, draw 1", "random", 1, 0, 14.0), r("MQA by random, draw 2", "random", 2, 0, 14.4),
+            r("MQA by mean, uptrained", "mean", "", 30, 5.3, 0.64),
+            r("MQA by first, uptrained", "first", "", 30, 6.1, 0.7),
+            r("MQA by random, draw 0, uptrained", "random", 0, 30, 5.6, 0.72),
+            r("MQA by random, draw 1, uptrained", "random", 1, 30, 5.9, 0.7),
+            r("MQA by random, draw 2, uptrained", "random", 2, 30, 5.9, 0.71),
+            r("original, uptrained the same way (control)", "none", "", 30, 2.4)]
+
+
+def test_methods_are_ranked_after_uptraining_with_random_as_the_mean_of_its_draws():
+    ranked = rank_methods(_rows())
+    assert [r["method"] for r in ranked] == ["mean", "random", "first"]
+    random = ranked[1]
+    assert random["draws"] == 3 and random["val_nll"] == pytest.approx(5.8)
+    assert (random["draw_min"], random["draw_max"]) == (5.6, 5.9) and math.isnan(random["se"])
+    assert ranked[0]["se"] == 0.05
+    line = ranking_line(_rows())
+    assert "mean 5.300 (se 0.050) < random 5.800 (mean of 3 draws, 5.600 to 5.900) < first 6.100" in line
+
+
+def test_the_paper_budget_is_five_percent_of_two_trillion_tokens():
+    assert PAPER_UPTRAIN_TOKENS == 100_000_000_000
+
+
+def test_plot_draws_before_and_after_bars_for_every_model():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ax = plot_conversion(_rows(), vocab_size=49152)
+    assert len(ax.patches) == 2 * 6  # original (+control), mean, first, three random draws
+    assert len(ax.get_xticklabels()) == 6
+    assert any(line.get_ydata()[0] == pytest.approx(math.log(49152)) for line in ax.get_lines())
+    plt.close(ax.figure)
 
 
 @pytest.fixture(scope="module")
