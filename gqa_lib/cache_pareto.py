@@ -77,7 +77,8 @@ def window_losses_after(decoder, windows: torch.Tensor, score_from: int) -> torc
                          f"{tuple(windows.shape)}")
     out = []
     for ids in windows:
-        logits = decoder(ids[None])[0, score_from:-1].float()  # (seq - 1 - score_from, vocab)
+        hidden = decoder.hidden_states(ids[None])[0, score_from:-1]  # (seq - 1 - score_from, d_model)
+        logits = decoder.lm_head(hidden).float()  # scored positions only: the head holds a fifth of the weights
         out.append(F.cross_entropy(logits, ids[score_from + 1:]).double())
     return torch.stack(out)
 
@@ -109,7 +110,7 @@ def summarise(scores: dict[str, dict], baseline: str, seed: int = 0) -> list[dic
     """One row per method: bytes, loss and 95% intervals (of the loss, and of its change from ``baseline``).
 
     Intervals are BCa bootstrap intervals over windows (paired by window for the change); ``pareto``
-    marks the methods that no other beats in both bytes and loss.
+    marks the methods that no other beats in both bytes and loss (:func:`mark_pareto`).
     """
     from .mla_convert import bootstrap_interval
 
@@ -131,10 +132,22 @@ def summarise(scores: dict[str, dict], baseline: str, seed: int = 0) -> list[dic
                      "val_nll": round(float(losses.mean()), 5), "ci_low": round(low, 5), "ci_high": round(high, 5),
                      "delta_nll": round(float(losses.mean() - base["losses"].mean()), 5),
                      "delta_ci_low": round(d_low, 5), "delta_ci_high": round(d_high, 5)})
-    flags = pareto_front([(r["kv_bytes_per_token"], r["val_nll"]) for r in rows])
-    for r, f in zip(rows, flags, strict=True):
-        r["pareto"] = f
+    mark_pareto(rows)
     return rows
+
+
+def mark_pareto(rows: list[dict]) -> None:
+    """Set each row's 'pareto': on the front of bytes against loss among the ways to shrink the cache.
+
+    The control (the original model given the uptraining, source 'control') is a check on the uptraining,
+    not a way to shrink the cache, so it is left out of the front and marked False.
+    """
+    methods = [r for r in rows if r["source"] != "control"]
+    flags = pareto_front([(float(r["kv_bytes_per_token"]), float(r["val_nll"])) for r in methods])
+    for r in rows:
+        r["pareto"] = False
+    for r, f in zip(methods, flags, strict=True):
+        r["pareto"] = f
 
 
 def policy_of(row) -> CachePolicy:
@@ -170,37 +183,58 @@ FAMILY_STYLE = {  # marker per family; colours from the series' palette where a 
 
 
 def plot_pareto(table, ax=None, budget: float | None = None, label_front: bool = True):
-    """Held-out loss (with 95% intervals) against KV-cache bytes per token, one marker per family.
+    """Change in held-out loss from the original (95% intervals, paired by window) against KV bytes per token.
 
-    ``table``: a DataFrame with the columns of ``data/results/cache_pareto.csv``. The Pareto front is
-    drawn as a step line; ``budget`` draws a vertical line at that many bytes per token. matplotlib's
+    ``table``: a DataFrame with the columns of ``data/results/cache_pareto.csv``. One marker per family;
+    the Pareto front (``pareto`` column) is drawn as a step line and labelled. The change in loss, not the
+    loss, is drawn because its paired interval is what separates the methods (the loss itself varies far
+    more from window to window than between most methods). The y axis is symmetric-log: linear within
+    0.01 nats of zero, logarithmic beyond, so changes from a thousandth to ten nats all show. matplotlib's
     errorbar draws the stored intervals as given (seaborn would recompute them from raw data).
+    ``budget`` draws a vertical line at that many bytes per token.
     """
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    from .plots import NEUTRAL, PALETTE
+    from .plots import NEUTRAL
 
     if ax is None:
         _, ax = plt.subplots(figsize=(9, 5.2))
-    extra = plt.get_cmap("tab10")
-    for i, (family, part) in enumerate(table.groupby("family", sort=False)):
-        marker, key = FAMILY_STYLE.get(family, ("x", None))
-        colour = PALETTE[key] if key else extra(i % 10)
-        ax.errorbar(part["kv_bytes_per_token"], part["val_nll"],
-                    yerr=[part["val_nll"] - part["ci_low"], part["ci_high"] - part["val_nll"]],
+    for family, part in table.groupby("family", sort=False):
+        marker, colour = family_style(family)
+        ax.errorbar(part["kv_bytes_per_token"], part["delta_nll"],
+                    yerr=[part["delta_nll"] - part["delta_ci_low"], part["delta_ci_high"] - part["delta_nll"]],
                     fmt=marker, color=colour, ms=7, capsize=3, lw=1, label=family, alpha=0.9)
     front = table[table["pareto"].astype(str) == "True"].sort_values("kv_bytes_per_token")
-    ax.step(front["kv_bytes_per_token"], front["val_nll"], where="post", color=NEUTRAL, lw=1, ls="--",
+    ax.step(front["kv_bytes_per_token"], front["delta_nll"], where="post", color=NEUTRAL, lw=1, ls="--",
             label="Pareto front")
     if label_front:
-        for _, r in front.iterrows():
-            ax.annotate(r["method"], (r["kv_bytes_per_token"], r["val_nll"]), xytext=(4, 4),
-                        textcoords="offset points", fontsize=7)
+        for k, (_, r) in enumerate(front.iterrows()):
+            ax.annotate(r["method"], (r["kv_bytes_per_token"], r["delta_nll"]), xytext=(6, 10 if k % 2 else -14),
+                        textcoords="offset points", fontsize=7.5)
     if budget is not None:
         ax.axvline(budget, color="black", lw=1.2, ls=":")
     ax.set_xscale("log")
-    ax.set_yscale("log")
+    ax.set_yscale("symlog", linthresh=0.01)
+    ax.axhline(0, color=NEUTRAL, lw=0.8)
+    plain = FuncFormatter(lambda v, _: f"{v:,.0f}")
+    ax.xaxis.set_major_formatter(plain)
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xticks([2000, 3000, 5000, 10000, 20000])
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.set(xlabel="KV cache bytes per token of context (all 30 layers, at the windows' length)",
-           ylabel="held-out loss (nats per token, log scale)")
+           ylabel="change in held-out loss from the original (nats, symlog)")
     ax.legend(fontsize=8, loc="upper right")
     return ax
+
+
+def family_style(family: str) -> tuple[str, str]:
+    """Marker and colour of a method family: the series' palette for GQA, MQA and MLA, OTHER_COLOURS else."""
+    from .plots import PALETTE
+
+    marker, key = FAMILY_STYLE.get(family, ("x", None))
+    return marker, PALETTE[key] if key else OTHER_COLOURS.get(family, "#888888")
+
+
+OTHER_COLOURS = {"sliding window": "#E69F00", "quantized": "#56B4E9", "cross-layer": "#000000",
+                 "combined": "#882255"}  # Okabe-Ito's other colours (the palette's own scheme), and Tol's wine
