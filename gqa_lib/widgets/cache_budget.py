@@ -41,7 +41,8 @@ def _context_label(n: int) -> str:
 def budget_choice(rows: list[dict], memory_gb: float, context: int, batch: int) -> dict:
     """The budget per token, and every method with its bytes at ``context`` and whether it fits, best first.
 
-    ``rows``: the rows of ``cache_pareto.csv`` (dicts; the uptraining's control row is left out). Returns {'budget', 'fits': [...], 'too_big': [...],
+    ``rows``: the rows of ``cache_pareto.csv`` (dicts; the uptraining's control row is left out).
+    Returns {'budget', 'fits': [...], 'too_big': [...],
     'best': row or None, 'original': row}; each listed row gains 'bytes_at_context'.
     """
     budget = memory_gb * 1e9 / (context * batch)
