@@ -25,7 +25,7 @@ from .blit import BlitFigure
 from .controls import StrictIntSlider, StrictSelectionSlider
 
 MEMORY_GB = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10]
-CONTEXTS = [2**k for k in range(9, 16)]  # 512 .. 32768 tokens (SmolLM2 was trained up to 8,192)
+CONTEXTS = [2**k for k in range(9, 14)]  # 512 .. 8192 tokens: SmolLM2 was trained up to 8,192, no further
 MAX_BATCH = 64
 LISTED = 8  # rows of the table of methods that fit
 
