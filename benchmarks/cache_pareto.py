@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import multiprocessing
 import os
 import sys
 import time
@@ -52,8 +53,8 @@ BASELINE = "original (3 KV heads, bf16)"
 def parse_args(argv=None):
     """The options, each checked before any work (a bad one stops with a usage error, exit 2)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--eval-windows", type=results.int_at_least(2), default=8,
-                   help="held-out windows, 2 or more: the bootstrap resamples them (default 8)")
+    p.add_argument("--eval-windows", type=results.int_at_least(2), default=6,
+                   help="held-out windows, 2 or more: the bootstrap resamples them (default 6)")
     p.add_argument("--window", type=results.int_at_least(4), default=2048, help="tokens per window (default 2048)")
     p.add_argument("--score-from", type=results.positive_int, default=1024,
                    help="score only predictions made with at least this many tokens of context (default 1024)")
@@ -69,7 +70,11 @@ def parse_args(argv=None):
                    help="uptraining steps of the 1-KV-head model and the control (default 30; 0: no uptraining rows)")
     p.add_argument("--lr", type=results.positive_float, default=1e-3, help="uptraining learning rate (default 1e-3)")
     p.add_argument("--seed", type=results.non_negative_int, default=0, help="seed of uptraining batches and bootstrap")
-    p.add_argument("--threads", type=results.positive_int, default=2, help="torch.set_num_threads (default 2)")
+    p.add_argument("--threads", type=results.positive_int, default=2,
+                   help="threads for uptraining and calibration (default 2)")
+    p.add_argument("--workers", type=results.positive_int, default=2,
+                   help="processes scoring methods at once, one thread each (default 2: on 2 cores two 1-thread "
+                        "processes get more done than one 2-thread process)")
     results.add_output_options(p, "cache_pareto.csv")
     p.add_argument("--allow-other-corpus", action="store_true",
                    help="run even if this Python's standard library differs from the shipped corpus")
@@ -103,6 +108,43 @@ def sources_for(args, model, tok, corpus, decoder, bar) -> dict:
     return sources
 
 
+_WORKER = {}
+
+
+def _init_worker(sources, windows, score_from) -> None:
+    """A scoring process: one thread, its own copy of the model, the shared attention sources."""
+    torch.set_num_threads(1)
+    torch.set_grad_enabled(False)
+    from gqa_lib.smollm import load_smollm
+
+    model, _ = load_smollm()
+    _WORKER.update(decoder=SmolLMDecoder.from_transformers(model), sources=sources, windows=windows,
+                   score_from=score_from)
+
+
+def _score_one(method):
+    w = _WORKER
+    return score_methods(w["decoder"], w["sources"], [method], w["windows"], w["score_from"])
+
+
+def score_in_parallel(args, decoder, sources, methods, windows, bar) -> dict:
+    """score_methods over ``args.workers`` processes (spawned: no fork after PyTorch's threads started)."""
+    def progress(method):
+        bar.set_postfix_str(method.name)
+        bar.update(1)
+
+    if args.workers == 1:
+        return score_methods(decoder, sources, methods, windows, args.score_from, progress)
+    slow_first = sorted(methods, key=lambda m: m.policy.axis != "channel" or m.policy.bits is None)
+    ctx = multiprocessing.get_context("spawn")
+    out = {}
+    with ctx.Pool(args.workers, _init_worker, (sources, windows, args.score_from)) as pool:
+        for result in pool.imap_unordered(_score_one, slow_first):
+            out.update(result)
+            progress(next(iter(result.values()))["method"])
+    return {m.name: out[m.name] for m in methods}  # the methods' own order
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -120,11 +162,7 @@ def main(argv=None) -> int:
     bar = tqdm(total=len(methods) + 1 + 2 * (args.uptrain_steps > 0), desc="cache pareto", unit="step")
     sources = sources_for(args, model, tok, corpus, decoder, bar)
 
-    def progress(method):
-        bar.set_postfix_str(method.name)
-        bar.update(1)
-
-    scores = score_methods(decoder, sources, methods, windows, args.score_from, progress)
+    scores = score_in_parallel(args, decoder, sources, methods, windows, bar)
     bar.close()
     rows = summarise(scores, BASELINE, seed=args.seed)
     scored = args.eval_windows * (args.window - 1 - args.score_from)
@@ -154,6 +192,7 @@ def main(argv=None) -> int:
         "calibration_text": f"{args.calib_windows} windows of 256 tokens of the corpus training files (latents)",
         "interval": "95% BCa bootstrap over evaluation windows, scipy.stats.bootstrap, 2000 resamples, "
                     f"numpy default_rng({args.seed}); delta intervals paired by window",
+        "workers": f"{args.workers} scoring processes of 1 thread; uptraining and calibration: {args.threads} threads",
         "corpus_python": corpus.python, "corpus_sha256": corpus.sha256,
         "corpus_matches_shipped": str(corpus.matches_shipped),
         "wall_seconds": f"{time.perf_counter() - start:.0f}",

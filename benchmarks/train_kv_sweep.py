@@ -62,7 +62,7 @@ def _train_one(task: tuple[dict, dict, int]) -> dict:
 def parse_args(argv=None):
     """The options, every one checked here, before any work (bad ones stop with a usage error, exit 2)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=results.positive_int, default=5, help="seeds 0..N-1 (default 5)")
+    p.add_argument("--seeds", type=results.positive_int, default=10, help="seeds 0..N-1 (default 10)")
     p.add_argument("--steps", type=results.positive_int, default=TRAIN["steps"],
                    help=f"training steps (default {TRAIN['steps']})")
     p.add_argument("--kv-heads", type=results.positive_int, nargs="+", default=None,

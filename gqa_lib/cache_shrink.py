@@ -28,7 +28,6 @@ layers, divided by that length; scales and minima included.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -227,15 +226,17 @@ def _latent_group(rank: int) -> int:
 
 
 def _attend_blocks(qg, k, v, k_old, v_old, mask, block: int, g: int) -> torch.Tensor:
-    """Attention where keys of finished blocks (before the query's own block) come from the quantized cache."""
+    """Attention where keys of finished blocks (before the query's own block) come from the quantized cache.
+
+    One fused call over both copies of the keys: query i sees the quantized copy of key j when j's block
+    finished before i's, the bf16 copy when j is in i's own block; one softmax spans both, so this is
+    exactly attention over the keys the cache holds at step i.
+    """
     s = k.shape[-2]
     pos = torch.arange(s, device=qg.device)
-    older = (pos[None, :] // block) < (pos[:, None] // block)  # (s, s): key j in a block finished before query i's
-    older, mask = older.repeat(g, 1), mask.repeat(g, 1)
-    scale = 1 / math.sqrt(k.shape[-1])
-    scores = torch.where(older, qg @ k_old.transpose(-2, -1), qg @ k.transpose(-2, -1)) * scale
-    weights = scores.masked_fill(~mask, float("-inf")).softmax(-1)
-    return (weights * older) @ v_old + (weights * ~older) @ v
+    older = (pos[None, :] // block) < (pos[:, None] // block)  # (s, s): key j's block finished before query i's
+    both = torch.cat([mask & older, mask & ~older], dim=1).repeat(g, 1)  # (g * s, 2 s)
+    return F.scaled_dot_product_attention(qg, torch.cat([k_old, k], 2), torch.cat([v_old, v], 2), attn_mask=both)
 
 
 def shrink_layers(attention: list[nn.Module], policy: CachePolicy = CachePolicy(),

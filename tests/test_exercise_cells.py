@@ -12,7 +12,7 @@ import pytest
 
 import gqa_lib.exercises as ex
 
-NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("0[1-7]_*.ipynb"))
+NOTEBOOKS = sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("0[1-8]_*.ipynb"))
 
 
 def _exercise_cells(path: Path) -> list[dict] | None:

@@ -43,7 +43,7 @@ ALL = [(nb, e) for nb, exs in ex.BY_NOTEBOOK.items() for e in exs]
 
 
 def test_every_notebook_has_two_to_four_exercises():
-    assert sorted(ex.BY_NOTEBOOK) == ["01", "02", "03", "04", "05", "06", "07"]
+    assert sorted(ex.BY_NOTEBOOK) == ["01", "02", "03", "04", "05", "06", "07", "08"]
     for nb, exs in ex.BY_NOTEBOOK.items():
         assert 2 <= len(exs) <= 4, f"notebook {nb} has {len(exs)} exercises"
 
@@ -83,6 +83,20 @@ def test_tiled_repeat_message_names_the_head_and_the_order():
     msg = " ".join(ex.ex04_gqa.kv_head_of.evaluate(museum.kv_head_of_tiled).message.split())
     assert "query head 1 reads KV head 1: this is the tiled order of `.repeat`" in msg
     assert "i // group_size = 1 // 3 = 0" in msg
+
+
+def test_window_and_int_cache_messages_name_the_case():
+    msg = " ".join(ex.ex08_cache_shrink.window_mask.evaluate(museum.sinks_not_causal).message.split())
+    assert "smallest failing input: 6 tokens, window 2, 2 sinks" in msg
+    assert "Your mask lets query 0 see key 1, a later token" in msg
+    msg = " ".join(ex.ex08_cache_shrink.quantized_cache_bytes.evaluate(museum.int_bytes_without_scales).message.split())
+    assert "expected 68, received 64" in msg
+
+
+def test_int_cache_reference_counts_a_scale_and_a_minimum_per_64_numbers():
+    # SmolLM2-135M at 8,192 tokens in int8: 384 bytes of integers and 6 groups x 4 bytes per token and layer
+    assert ex.ex08_cache_shrink.reference_quantized_cache_bytes(30, 384, 8192, 8) == 30 * 8192 * (384 + 6 * 4)
+    assert ex.ex08_cache_shrink.reference_quantized_cache_bytes(30, 384, 8192, 4) == 30 * 8192 * (192 + 6 * 4)
 
 
 # ---------------------------------------------------------------- other valid formulations must pass
@@ -161,6 +175,24 @@ def _sliding_loop(model, tokens, window, local_per_global, batch=1, bytes_per_nu
     return 2 * model.n_kv_heads * model.head_dim * kept * batch * bytes_per_number
 
 
+def _window_triangles(n, window, sinks):
+    ones = torch.ones(n, n, dtype=torch.bool)
+    in_window = ones.triu(-(window - 1))  # key j at most window - 1 before query i
+    return ones.tril() & (in_window | (torch.arange(n) < sinks))
+
+
+def _round_trip_loop(x, bits):
+    out = torch.empty_like(x)
+    flat_in, flat_out = x.reshape(-1, 64), out.view(-1, 64)
+    for r in range(flat_in.shape[0]):  # one group of 64 at a time
+        low, high = torch.aminmax(flat_in[r].float())
+        low = low.to(torch.bfloat16).float()
+        scale = max(((high - low) / (2 ** bits - 1)).to(torch.bfloat16).item(), torch.finfo(torch.bfloat16).tiny)
+        q = torch.clamp(torch.round((flat_in[r].float() - low) / scale), 0, 2 ** bits - 1)
+        flat_out[r] = (q * scale + low).to(x.dtype)
+    return out
+
+
 ALTERNATIVES = {
     "cache_bytes": lambda m, t, b=1, n=2: m.cache_bytes(t, b, DTYPE_NAME[n]),
     "sliding_window_cache_bytes": _sliding_loop,
@@ -179,6 +211,10 @@ ALTERNATIVES = {
     "mean_pool_kv": _pool_loop,
     "mla_scores": _mla_explicit,
     "mla_cache_bytes": lambda m, t, b=1, n=2: m.cache_bytes(t, b, DTYPE_NAME[n]),
+    "window_mask": _window_triangles,
+    "int_round_trip": _round_trip_loop,
+    # bits / 8 bytes a number plus 4 bytes per 64 numbers = (2 bits + 1) / 16 bytes a number
+    "quantized_cache_bytes": lambda n_layers, per, tokens, bits: n_layers * tokens * per * (2 * bits + 1) // 16,
 }
 
 
@@ -257,7 +293,7 @@ def test_learner_cannot_change_the_checkers_inputs():
 
 # ---------------------------------------------------------------- the cases a careful reviewer would choose
 TENSOR_EXERCISES = ["mha", "rope", "decode_step", "mqa", "attend_new_tokens", "expand_kv", "gqa",
-                    "expand_kv_projection", "decode_attention", "mean_pool_kv", "mla_scores"]
+                    "expand_kv_projection", "decode_attention", "mean_pool_kv", "mla_scores", "int_round_trip"]
 
 
 @pytest.mark.parametrize("name", TENSOR_EXERCISES)

@@ -290,3 +290,20 @@ def test_one_head_groups_and_one_query_head_read_as_sentences():
     w = widgets.group_explorer(n_heads=8, n_kv_heads=1, head_dim=8)
     assert "8 query heads read 1 KV head (= groups)" in w.readout.value and "8x smaller" in w.readout.value
     assert "across groups n/a (one group)" in w.readout.value
+
+
+def test_a_layout_drawn_from_its_kept_background_matches_a_fresh_drawing():
+    """Returning to a layout pastes its kept diagram and head numbers: the picture must be the same as drawn anew."""
+    w = widgets.group_explorer()
+    first = w.image.value
+    w.n_heads.value = 48
+    assert w.image.value != first
+    w.n_heads.value = 32
+    w.n_kv_heads.value = 8
+    assert (32, 8) in {k[:2] for k in w._canvas.layout_backgrounds}  # drawn from the kept layout
+    assert w.image.value == first
+    w._canvas.layout_backgrounds.clear()  # and drawn anew: the same picture
+    w.n_heads.value = 48
+    w.n_heads.value = 32
+    w.n_kv_heads.value = 8
+    assert w.image.value == first

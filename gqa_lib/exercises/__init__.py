@@ -8,7 +8,17 @@ solutions are in the repository's ``solutions/`` folder; wrong ones in :mod:`.mu
 
 from __future__ import annotations
 
-from . import ex01_kv_cache, ex02_mha, ex03_mqa, ex04_gqa, ex05_sharing, ex06_tradeoff, ex07_mla, museum
+from . import (
+    ex01_kv_cache,
+    ex02_mha,
+    ex03_mqa,
+    ex04_gqa,
+    ex05_sharing,
+    ex06_tradeoff,
+    ex07_mla,
+    ex08_cache_shrink,
+    museum,
+)
 from .checking import Case, Exercise, Mistake, Result
 
 # notebook number -> its exercises, in the order the notebook asks them
@@ -20,6 +30,7 @@ BY_NOTEBOOK: dict[str, list[Exercise]] = {
     "05": [ex05_sharing.same_kv_head, ex05_sharing.expand_kv_projection],
     "06": [ex06_tradeoff.decode_cost, ex06_tradeoff.decode_attention, ex06_tradeoff.mean_pool_kv],
     "07": [ex07_mla.mla_scores, ex07_mla.mla_cache_bytes],
+    "08": [ex08_cache_shrink.window_mask, ex08_cache_shrink.int_round_trip, ex08_cache_shrink.quantized_cache_bytes],
 }
 EXERCISES: dict[str, Exercise] = {ex.name: ex for exs in BY_NOTEBOOK.values() for ex in exs}
 

@@ -20,6 +20,7 @@ import torch
 from torch.nn import functional as F
 
 from ..attention import causal_mask
+from ..cache_shrink import visible
 from .checking import Case, Mistake
 
 
@@ -531,3 +532,211 @@ def mla_cache_rope_per_head(model, tokens, batch=1, bytes_per_number=2):
 def mla_cache_without_rope(model, tokens, batch=1, bytes_per_number=2):
     """Counts the latent only."""
     return _mla(model).d_c * model.n_layers * tokens * batch * bytes_per_number
+
+
+# --------------------------------------------------------------------------------------- notebook 08
+def _positions(n):
+    return torch.arange(n)[:, None], torch.arange(n)[None, :]  # query i (rows), key j (columns)
+
+
+def _first_wrong(case: Case, fn: Callable) -> tuple[int, int]:
+    """(query, key) of the first entry where the mistake ``fn``'s mask differs from the right one."""
+    wrong = (fn(*case.args) != visible(*case.args)).nonzero()
+    return tuple(wrong[0].tolist())
+
+
+def _wide_story(c: Case) -> str:
+    w, (i, j) = c.args[1], _first_wrong(c, window_one_too_wide)
+    return (f"a window of {w} keeps {w} key{'s' * (w > 1)}, the query's own included: query {i} may see keys "
+            f"{i} - {w} + 1 = {i - w + 1} to {i}. Your mask also lets it see key {j}, {w} back: that is "
+            "i - j <= window; the window is i - j < window.")
+
+
+@exhibit("window_mask", "a window of window + 1 keys", _wide_story)
+def window_one_too_wide(n, window, sinks):
+    """``j >= i - window``: the last ``window`` keys before the query and the query itself, window + 1 in all
+    (the off-by-one of counting the cached tokens and then adding the new one)."""
+    i, j = _positions(n)
+    return (j <= i) & ((j >= i - window) | (j < sinks))
+
+
+@exhibit("window_mask", "the query's own key left out", lambda c: (
+    f"the window of {c.args[1]} key{'s' * (c.args[1] > 1)} includes the query's own key, which is cached before "
+    f"it attends: query i sees keys i - {c.args[1]} + 1 to i. Your mask leaves out the diagonal, so query 0 sees "
+    "no key at all (its softmax would be 0 / 0). Use j <= i, not j < i."))
+def window_without_itself(n, window, sinks):
+    """``j < i``: the ``window`` keys before the query, not counting its own key (a strict lower triangle,
+    ``tril(-1)``); the first token attends to nothing."""
+    i, j = _positions(n)
+    return (j < i) & ((j >= i - window) | (j < sinks))
+
+
+def _sinks_story(c: Case) -> str:
+    s, (i, j) = c.args[2], _first_wrong(c, sinks_not_causal)
+    return (f"the {s} sinks are the first {s} keys, kept after they leave the window; they are still in the past "
+            f"of the queries that see them. Your mask lets query {i} see key {j}, a later token. Keep j <= i for "
+            "the sinks too: (j <= i) & ((i - j < window) | (j < sinks)).")
+
+
+@exhibit("window_mask", "sinks that ignore causality", _sinks_story)
+def sinks_not_causal(n, window, sinks):
+    """``causal & in_window | is_sink``: the sink columns are added after the causal mask, so an early query
+    sees sinks that come after it (query 0 sees key 1 with 2 sinks)."""
+    i, j = _positions(n)
+    return ((j <= i) & (j > i - window)) | (j < sinks)
+
+
+@exhibit("window_mask", "one sink too many", lambda c: (
+    f"sinks = {c.args[2]} keeps keys 0 to {c.args[2] - 1}" if c.args[2] else "sinks = 0 keeps no sink"
+) + f"; your mask also keeps key {c.args[2]} (j <= sinks). The first sinks keys are j < sinks.")
+def sinks_off_by_one(n, window, sinks):
+    """``j <= sinks``: keeps sinks + 1 first keys; with no sinks, key 0 is still kept."""
+    i, j = _positions(n)
+    return (j <= i) & ((j > i - window) | (j <= sinks))
+
+
+def _round_trip(x, bits, levels=None, group=64, stored=True, min_first=True):
+    """Asymmetric round trip per group of ``group`` numbers along the last dim, with switches for the mistakes."""
+    levels = 2 ** bits - 1 if levels is None else levels
+    g = x.float().reshape(*x.shape[:-1], -1, group)  # (..., n_groups, group)
+    low, high = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+    scale = (high - low) / levels
+    if stored:
+        low = low.to(torch.bfloat16).float()
+        scale = ((high - low) / levels if min_first else scale).to(torch.bfloat16).float()
+    scale = scale.clamp_min(torch.finfo(torch.bfloat16).tiny)
+    q = ((g - low) / scale).round().clamp(0, 2 ** bits - 1)
+    return (q * scale + low).reshape(x.shape).to(x.dtype)
+
+
+def _unused_levels(x) -> str:
+    g = x.float().flatten()[:64]  # the first group
+    low, high, top = g.min().item(), g.max().item(), g.abs().max().item()
+    lo, hi = (high, top) if top > high else (-top, low)
+    return (f"the first group spans {low:.4f} to {high:.4f}; a symmetric scale spreads the levels over -{top:.4f} "
+            f"to {top:.4f}, and those between {lo:.4f} and {hi:.4f} go unused")
+
+
+@exhibit("int_round_trip", "2**bits steps instead of 2**bits - 1", lambda c: (
+    f"{c.args[1]} bits hold {2 ** c.args[1]} integers, 0 to {2 ** c.args[1] - 1}: {2 ** c.args[1] - 1} steps from "
+    f"the minimum to the maximum, so scale = (max - min) / {2 ** c.args[1] - 1}. With / {2 ** c.args[1]} the "
+    f"maximum lands on q = {2 ** c.args[1]}, which does not fit in {c.args[1]} bits."))
+def round_trip_too_many_levels(x, bits):
+    """``scale = (max - min) / 2**bits``: counts the integers instead of the steps between them; the largest
+    numbers of each group are clamped one step short."""
+    return _round_trip(x, bits, levels=2 ** bits)
+
+
+@exhibit("int_round_trip", "symmetric absmax without the minimum", lambda c: (
+    f"the cache stores a minimum as well as a scale (asymmetric), so its {2 ** c.args[1]} levels span each group's "
+    f"own minimum to maximum: {_unused_levels(c.args[0])}."))
+def round_trip_symmetric(x, bits):
+    """Symmetric absmax quantization per group (q in -(2**(bits-1) - 1) .. 2**(bits-1) - 1, no minimum): a common
+    format for weights, but not the cache's; it wastes the levels beyond the group's own minimum or maximum."""
+    top = 2 ** (bits - 1) - 1
+    g = x.float().reshape(*x.shape[:-1], -1, 64)
+    scale = (g.abs().amax(-1, keepdim=True) / top).to(torch.bfloat16).float()
+    scale = scale.clamp_min(torch.finfo(torch.bfloat16).tiny)
+    return ((g / scale).round().clamp(-top, top) * scale).reshape(x.shape).to(x.dtype)
+
+
+@exhibit("int_round_trip", "one scale for the whole tensor", lambda c: (
+    f"each group of 64 numbers has its own minimum and scale: x of shape {tuple(c.args[0].shape)} holds "
+    f"{c.args[0].numel() // 64} groups. One range for all {c.args[0].numel():,} numbers makes every group's "
+    "step as coarse as the whole tensor's range needs."))
+def round_trip_whole_tensor(x, bits):
+    """``x.min()`` and ``x.max()`` over the whole tensor: one scale for every token and head."""
+    return _round_trip(x.flatten(), bits, group=x.numel()).reshape(x.shape)
+
+
+@exhibit("int_round_trip", "one scale per row instead of per group of 64", lambda c: (
+    f"a row of {c.args[0].shape[-1]} numbers holds {c.args[0].shape[-1] // 64} groups of 64, each with its own "
+    "minimum and scale (for SmolLM2, one group is one head's key or value of one token). Reshape the last dim to "
+    "(n // 64, 64) before taking the minimum and maximum."))
+def round_trip_per_row(x, bits):
+    """``x.amin(-1)``: one range per row of the last dim, right only where a row is exactly 64 numbers."""
+    return _round_trip(x, bits, group=x.shape[-1])
+
+
+def _stored_story(x, bits) -> str:
+    g = x.float().flatten()[:64]
+    low = g.min().to(torch.bfloat16).float()
+    scale = (g.max() - low) / (2 ** bits - 1)
+    return (f"the cache stores each group's minimum and scale in bf16 (2 bytes each) and gives back q x scale + "
+            f"minimum with those stored values: the first group's scale is {scale.item():.7f} in float32 but "
+            f"{scale.to(torch.bfloat16).item():.7f} as stored. Round the minimum, then the scale, to bf16.")
+
+
+@exhibit("int_round_trip", "scale and minimum kept in float32", lambda c: _stored_story(*c.args))
+def round_trip_not_stored(x, bits):
+    """Keeps the scale and the minimum in float32: a round trip through a cache that stores 4 bytes more per
+    group than the one counted."""
+    return _round_trip(x, bits, stored=False)
+
+
+@exhibit("int_round_trip", "scale measured from the unrounded minimum", lambda c: (
+    "round the minimum to bf16 first and measure the scale from that stored minimum, (max - low) / "
+    f"{2 ** c.args[1] - 1}: dequantizing adds back the stored minimum, so that is where the levels start. Your "
+    "scale came from the float32 minimum and, rounded to bf16, landed on a different bf16 number. Both are "
+    "fair quantizers; this exercise (and gqa_lib) uses the first."))
+def round_trip_scale_before_min(x, bits):
+    """Computes the scale from the float32 minimum, then rounds both to bf16: a valid quantizer, but not the
+    exercise's (the stored scale can differ by a bf16 step, which moves every number of the group)."""
+    return _round_trip(x, bits, min_first=False)
+
+
+def _groups(numbers: int) -> str:
+    return f"{numbers // 64} group{'s' * (numbers > 64)} of 64"
+
+
+@exhibit("int_round_trip", "a group of equal numbers divided by zero", lambda c: (
+    "where a group's numbers are all equal, max - min = 0 and so is the scale: (x - min) / 0 is 0 / 0 = NaN. Such "
+    "a group needs one level only: keep the scale above zero (`scale.clamp_min(torch.finfo(torch.bfloat16).tiny)`) "
+    "so that every q is 0 and the group comes back as its minimum."))
+def round_trip_zero_scale(x, bits):
+    """Divides by a zero scale in a constant group (padding, a dead channel): NaN where the minimum was meant."""
+    levels = 2 ** bits - 1
+    g = x.float().reshape(*x.shape[:-1], -1, 64)
+    low = g.amin(-1, keepdim=True).to(torch.bfloat16).float()
+    scale = ((g.amax(-1, keepdim=True) - low) / levels).to(torch.bfloat16).float()
+    q = ((g - low) / scale).round().clamp(0, levels)
+    return (q * scale + low).reshape(x.shape).to(x.dtype)
+
+
+def _int_bytes(n_layers, numbers_per_token, tokens, bits, scale_bytes=4, groups=None):
+    groups = numbers_per_token // 64 if groups is None else groups
+    return round(n_layers * tokens * (numbers_per_token * bits / 8 + groups * scale_bytes))
+
+
+@exhibit("quantized_cache_bytes", "scales and minima forgotten", lambda c: (
+    f"each group of 64 numbers also stores a bf16 scale and a bf16 minimum, 4 bytes: {c.args[1]:,} numbers per "
+    f"token and layer are {_groups(c.args[1])}, {4 * (c.args[1] // 64)} bytes on top of the "
+    f"{c.args[1] * c.args[3] // 8:,} bytes of {c.args[3]}-bit integers."))
+def int_bytes_without_scales(n_layers, numbers_per_token, tokens, bits):
+    """Counts the integers only: the 1/16 byte per number of scale and minimum goes missing (an eighth of an
+    int4 cache)."""
+    return _int_bytes(n_layers, numbers_per_token, tokens, bits, scale_bytes=0)
+
+
+@exhibit("quantized_cache_bytes", "bits used as bytes", lambda c: (
+    f"each {c.args[3]}-bit integer takes {c.args[3]} / 8 = {c.args[3] / 8:g} byte{'s' * (c.args[3] > 8)}: "
+    f"{c.args[1]:,} numbers are {c.args[1] * c.args[3] // 8:,} bytes, not {c.args[1] * c.args[3]:,}."))
+def int_bytes_bits_as_bytes(n_layers, numbers_per_token, tokens, bits):
+    """Multiplies by ``bits`` where ``bits / 8`` bytes are meant: eight times the integers' real size."""
+    return _int_bytes(n_layers, numbers_per_token, tokens, bits * 8)
+
+
+@exhibit("quantized_cache_bytes", "one scale per token instead of per group of 64", lambda c: (
+    f"'per token' means each token's numbers are quantized on their own, in groups of 64 (with head_dim 64, one "
+    f"head's key or value): {c.args[1]:,} numbers per token and layer are {c.args[1] // 64} groups with 4 bytes each, "
+    f"{4 * (c.args[1] // 64)} bytes, not 4."))
+def int_bytes_one_scale_per_token(n_layers, numbers_per_token, tokens, bits):
+    """One scale and one minimum for all of a token's numbers in a layer."""
+    return _int_bytes(n_layers, numbers_per_token, tokens, bits, groups=1)
+
+
+@exhibit("quantized_cache_bytes", "a scale without the minimum", lambda c: (
+    "the format is asymmetric: each group of 64 stores a bf16 scale AND a bf16 minimum, 2 + 2 = 4 bytes, not 2."))
+def int_bytes_scale_only(n_layers, numbers_per_token, tokens, bits):
+    """Counts 2 bytes a group, as for a symmetric format with a scale only."""
+    return _int_bytes(n_layers, numbers_per_token, tokens, bits, scale_bytes=2)

@@ -19,13 +19,13 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, NullLocator
 
-from ..cache_pareto import FAMILY_STYLE, bytes_per_token_at
-from ..plots import NEUTRAL, PALETTE
+from ..cache_pareto import bytes_per_token_at, family_style
+from ..plots import NEUTRAL
 from .blit import BlitFigure
 from .controls import StrictIntSlider, StrictSelectionSlider
 
 MEMORY_GB = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10]
-CONTEXTS = [2**k for k in range(9, 16)]  # 512 .. 32768 tokens (SmolLM2 was trained up to 8,192)
+CONTEXTS = [2**k for k in range(9, 14)]  # 512 .. 8192 tokens: SmolLM2 was trained up to 8,192, no further
 MAX_BATCH = 64
 LISTED = 8  # rows of the table of methods that fit
 
@@ -41,12 +41,15 @@ def _context_label(n: int) -> str:
 def budget_choice(rows: list[dict], memory_gb: float, context: int, batch: int) -> dict:
     """The budget per token, and every method with its bytes at ``context`` and whether it fits, best first.
 
-    ``rows``: the rows of ``cache_pareto.csv`` (dicts). Returns {'budget', 'fits': [...], 'too_big': [...],
+    ``rows``: the rows of ``cache_pareto.csv`` (dicts; the uptraining's control row is left out).
+    Returns {'budget', 'fits': [...], 'too_big': [...],
     'best': row or None, 'original': row}; each listed row gains 'bytes_at_context'.
     """
     budget = memory_gb * 1e9 / (context * batch)
     listed = []
     for r in rows:
+        if r["source"] == "control":  # a check on the uptraining, not a way to shrink the cache
+            continue
         r = dict(r)
         r["bytes_at_context"] = bytes_per_token_at(r, context)
         listed.append(r)
@@ -94,24 +97,23 @@ class CacheBudgetExplorer(widgets.VBox):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlim(lo, hi)
-        losses = [float(r["val_nll"]) for r in self.rows]
-        ax.set_ylim(min(losses) / 1.1, max(losses) * 1.1)
+        ax.set_yscale("symlog", linthresh=0.01)  # changes from a thousandth to ten nats all show
+        deltas = [float(r["delta_nll"]) for r in self.rows]
+        ax.set_ylim(min(min(deltas), 0) - 0.005, max(deltas) * 1.5)
+        ax.axhline(0, color=NEUTRAL, lw=0.8)
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel("KV cache bytes per token of context")
-        ax.set_ylabel("held-out loss (nats)")
+        ax.set_ylabel("change in loss (nats)")
         self._budget_range = (min(budgets), max(budgets))
         # What does not fit is shaded: a rectangle from the budget to the right edge, in data x and axes y.
         self.shade = Rectangle((1, 0), 1, 1, transform=ax.get_xaxis_transform(), color=NEUTRAL, alpha=0.15, lw=0)
         ax.add_patch(self.shade)
         self.line = ax.axvline(1, color="black", lw=1.4, ls=":")
         self.points = {}
-        extra = iter(["#999933", "#882255", "#44AA99", "#332288"])
         for family in dict.fromkeys(r["family"] for r in self.rows):
-            marker, key = FAMILY_STYLE.get(family, ("x", None))
-            colour = PALETTE[key] if key else next(extra, NEUTRAL)
+            marker, colour = family_style(family)
             self.points[family] = ax.scatter([1], [1], marker=marker, color=colour, s=40, label=family, zorder=3)
         self.best = ax.scatter([1], [1], s=220, facecolors="none", edgecolors="black", lw=1.6, zorder=4,
                                label="best that fits")
@@ -127,12 +129,12 @@ class CacheBudgetExplorer(widgets.VBox):
         self.shade.set_width(self.limits[1] * 10 - x)
         listed = v["fits"] + v["too_big"]
         for family, artist in self.points.items():
-            mine = [(r["bytes_at_context"], float(r["val_nll"])) for r in listed if r["family"] == family]
+            mine = [(r["bytes_at_context"], float(r["delta_nll"])) for r in listed if r["family"] == family]
             artist.set_offsets(np.array(mine))
         best = v["best"]
         self.best.set_visible(best is not None)
         if best is not None:
-            self.best.set_offsets([[best["bytes_at_context"], float(best["val_nll"])]])
+            self.best.set_offsets([[best["bytes_at_context"], float(best["delta_nll"])]])
         self.title.set_text(f"budget {budget:,.0f} bytes per token: {len(v['fits'])} of {len(listed)} methods fit "
                             "(shaded: too big)")
         return self._blit.render(None)

@@ -51,6 +51,7 @@ D_MODEL = 64  # width of the random input; it does not change the K/V shapes
 # (tests/test_widget_group_explorer.py checks both).
 KV_LIMIT = 2.0
 DIFF_LIMIT = 5.0
+LAYOUTS_KEPT = 8  # rendered layouts (diagram and head numbers) kept for a return to a recent layout
 MAX_LABELS = 8  # head numbers written per row of the diagram; each costs about a millisecond to draw
 PICTURES_KEPT = 16  # shapes whose random K/V and difference matrices are kept (about 1 MB each at most)
 ORDER_LABELS = {"contiguous": "contiguous (i // group_size)", "repeat": "repeat (i % n_kv_heads)"}
@@ -157,8 +158,9 @@ class _Canvas:
         for side in ("top", "right", "bottom", "left"):
             ax.spines[side].set_visible(False)
         ax.set_title(" ", y=1.0, pad=4)
-        dynamic += [self.lines, self.q_marks, self.kv_marks, *self.q_labels, *self.kv_labels, *self.row_names,
-                    ax.title]
+        layout = [self.lines, self.q_marks, self.kv_marks, *self.q_labels, *self.kv_labels, *self.row_names,
+                  ax.title]
+        dynamic += layout
         # K and V as each query head sees them: one row per query head, x in token units (head_dim columns each).
         self.images, self.row_lines = [], []
         for ax, what in ((self.ax_k, "K"), (self.ax_v, "V")):
@@ -199,10 +201,16 @@ class _Canvas:
         ax.grid(False)
         self.head_ticks += [self._ticks(ax, "y"), self._ticks(ax, "x")]
         dynamic += [self.diff_image, self.diff_lines]
-        dynamic += [a for marks, labels in self.head_ticks for a in (marks, *labels)]
+        layout += [a for marks, labels in self.head_ticks for a in (marks, *labels)]
+        dynamic += layout[-len(self.head_ticks) * 9:]
         for artist in dynamic:
             artist.set_animated(True)  # left out of the background; drawn on top of it at every update
-        self.dynamic = dynamic
+        # Two layers over the background. The layout's artists (the diagram, head numbers, title: mostly text,
+        # the slow part) depend only on the layout, so they are drawn once per layout and kept, like the
+        # background, for the last few layouts; the images and group lines are drawn at every update.
+        self.layout_artists = layout
+        self.update_artists = [a for a in dynamic if not any(a is b for b in layout)]
+        self.layout_backgrounds: OrderedDict = OrderedDict()
         with mpl.rc_context({"text.hinting": "none"}):
             self.canvas.draw()
         self.background = self.canvas.copy_from_bbox(fig.bbox)
@@ -292,10 +300,20 @@ class _Canvas:
         self.ax_diff.set_ylim(h - 0.5, -0.5)
         self.diff_lines.set_segments([[(-0.5, e), (h - 0.5, e)] for e in edges]
                                      + [[(e, -0.5), (e, h - 0.5)] for e in edges])
-        self.canvas.restore_region(self.background)
+        key = (h, kv, order, v["head_dim"])
         # Unhinted glyphs render faster and look the same at this size.
         with mpl.rc_context({"text.hinting": "none"}):
-            for artist in self.dynamic:
+            if key in self.layout_backgrounds:
+                self.layout_backgrounds.move_to_end(key)
+                self.canvas.restore_region(self.layout_backgrounds[key])
+            else:
+                self.canvas.restore_region(self.background)
+                for artist in self.layout_artists:
+                    self.fig.draw_artist(artist)
+                self.layout_backgrounds[key] = self.canvas.copy_from_bbox(self.fig.bbox)
+                while len(self.layout_backgrounds) > LAYOUTS_KEPT:
+                    self.layout_backgrounds.popitem(last=False)
+            for artist in self.update_artists:
                 self.fig.draw_artist(artist)
         buf = io.BytesIO()
         rgb = np.asarray(self.canvas.buffer_rgba())[..., :3]  # (height, width, 3)

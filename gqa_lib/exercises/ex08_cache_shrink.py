@@ -1,0 +1,93 @@
+"""Exercises of notebook 08: a sliding window with attention sinks, an integer round trip of cached numbers,
+and the bytes of an integer cache with its scales and minima."""
+
+from __future__ import annotations
+
+import torch
+
+from ..cache_shrink import GROUP, CachePolicy, fake_quantize, layer_cache_bytes, visible
+from ..models import get_model
+from .checking import Case, Exercise, generator, randn
+from .museum import mistakes_for
+
+
+def reference_window_mask(n, window, sinks):
+    """gqa_lib.cache_shrink.visible: (n, n) bool, True where query i may see key j: j <= i, and j is one of
+    the last ``window`` keys (i - window < j, the query's own key included) or one of the first ``sinks``."""
+    return visible(n, window, sinks)
+
+
+def _window_cases() -> list[Case]:
+    rows = [(1, 1, 0, ""), (4, 1, 0, ": each query sees itself only"), (5, 2, 0, ""), (6, 3, 1, ""),
+            (5, 8, 0, ": a window longer than the text"), (6, 2, 2, ": as many sinks as the window"),
+            (8, 3, 4, ": more sinks than the window"), (12, 4, 2, "")]
+    cases = []
+    for i, (n, window, sinks, why) in enumerate(rows):
+        label = (f"{n} token{'s' * (n > 1)}, window {window}, "
+                 f"{f'{sinks} sink' + 's' * (sinks > 1) if sinks else 'no sinks'}{why}")
+        cases.append(Case(label, (n, window, sinks), size=i))
+    return cases
+
+
+window_mask = Exercise("window_mask", "window_mask(n, window, sinks)", reference_window_mask, _window_cases,
+                       mistakes_for("window_mask"), reference_name="gqa_lib.cache_shrink.visible")
+check_window_mask = window_mask.check
+
+
+def reference_int_round_trip(x, bits):
+    """gqa_lib.cache_shrink.fake_quantize along the last dim, groups of 64: what an int cache gives back.
+
+    Per group: low = min rounded to bf16; scale = (max - low) / (2**bits - 1) rounded to bf16 (0 becomes
+    bf16's smallest normal number); q = round((x - low) / scale) clamped to 0 .. 2**bits - 1; returns
+    q * scale + low in x's dtype and shape.
+    """
+    return fake_quantize(x, bits)
+
+
+def _round_trip_cases() -> list[Case]:
+    gen = generator("int_round_trip")
+    constant = torch.cat([randn(gen, 1, 2, 64), torch.zeros(1, 2, 64)], dim=-1)  # (1, 2, 128)
+    rows = [(randn(gen, 1, 64), 8, "1 token of 64 numbers (one group)"),
+            (randn(gen, 1, 64), 4, "1 token of 64 numbers (one group)"),
+            (randn(gen, 3, 64), 4, "3 tokens of 64 numbers"),
+            (randn(gen, 2, 128) * 2, 8, "2 tokens of 128 numbers (two groups each)"),
+            (constant, 4, "2 tokens of 128 numbers whose second group is all zeros (max = min)"),
+            (randn(gen, 2, 3, 5, 64, dtype=torch.bfloat16), 8, "batch 2, 3 KV heads, 5 tokens, head_dim 64")]
+    cases = []
+    for i, (x, bits, what) in enumerate(rows):
+        label = f"x of shape {tuple(x.shape)}, {str(x.dtype).removeprefix('torch.')}: {what}, {bits} bits"
+        cases.append(Case(label, (x, bits), size=i))
+    return cases
+
+
+int_round_trip = Exercise("int_round_trip", "int_round_trip(x, bits)", reference_int_round_trip,
+                          _round_trip_cases, mistakes_for("int_round_trip"),
+                          reference_name="gqa_lib.cache_shrink.fake_quantize")
+check_int_round_trip = int_round_trip.check
+
+
+def reference_quantized_cache_bytes(n_layers, numbers_per_token, tokens, bits):
+    """Bytes of an int cache quantized per token: n_layers x gqa_lib.cache_shrink.layer_cache_bytes, that is
+    n_layers x tokens x (numbers_per_token x bits / 8 + numbers_per_token / 64 x 4) (a bf16 scale and a bf16
+    minimum per group of 64 numbers). ``numbers_per_token`` is a multiple of 64."""
+    return round(n_layers * layer_cache_bytes(numbers_per_token, tokens, CachePolicy(bits=bits)))
+
+
+def _cache_cases() -> list[Case]:
+    smol, llama = get_model("SmolLM2-135M"), get_model("Llama-3 8B")
+    rows = [(1, GROUP, 1, 8, "1 layer caching one group of 64 numbers"),
+            (1, GROUP, 1, 4, "1 layer caching one group of 64 numbers")]
+    for m, tokens, bits in [(smol, 8192, 8), (smol, 8192, 4), (llama, 8192, 4)]:
+        per_token = 2 * m.n_kv_heads * m.head_dim
+        rows.append((m.n_layers, per_token, tokens, bits,
+                     f"{m.name}: {m.n_layers} layers, 2 x {m.n_kv_heads} KV heads x head_dim {m.head_dim} = "
+                     f"{per_token:,} numbers per token"))
+    return [Case(f"{what}, {tokens:,} token{'s' * (tokens > 1)}, int{bits}", (n, per, tokens, bits), size=i)
+            for i, (n, per, tokens, bits, what) in enumerate(rows)]
+
+
+quantized_cache_bytes = Exercise(
+    "quantized_cache_bytes", "quantized_cache_bytes(n_layers, numbers_per_token, tokens, bits)",
+    reference_quantized_cache_bytes, _cache_cases, mistakes_for("quantized_cache_bytes"),
+    reference_name="gqa_lib.cache_shrink.layer_cache_bytes with CachePolicy(bits=bits)")
+check_quantized_cache_bytes = quantized_cache_bytes.check

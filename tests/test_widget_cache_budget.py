@@ -1,0 +1,73 @@
+"""Notebook 08's budget widget, headless, on the shipped table: the budget arithmetic and the choice it shows."""
+
+import math
+
+import pytest
+
+from gqa_lib.cache_pareto import best_within, bytes_per_token_at
+from gqa_lib.results import RESULTS_DIR, read_results
+from gqa_lib.widgets import cache_budget_explorer
+from gqa_lib.widgets.controls import NotOffered
+
+pytestmark = pytest.mark.usefixtures("single_thread")  # as in the notebooks: see tests/conftest.py
+TABLE = read_results(RESULTS_DIR / "cache_pareto.csv")
+ROWS = TABLE.to_dict("records")
+
+
+@pytest.fixture
+def widget():
+    return cache_budget_explorer(TABLE)
+
+
+def test_bytes_recomputed_at_the_measured_context_match_the_file():
+    for r in ROWS:
+        assert bytes_per_token_at(r, int(r["context"])) == pytest.approx(r["kv_bytes_per_token"], abs=0.05), r["method"]
+
+
+def test_a_window_costs_less_per_token_as_the_context_grows():
+    r = next(r for r in ROWS if r["family"] == "sliding window" and int(r["sinks"]) > 0)
+    kept = int(r["window"]) + int(r["sinks"])
+    assert bytes_per_token_at(r, 32768) == pytest.approx(30 * 384 * 2 * kept / 32768)
+    original = next(r for r in ROWS if r["method"].startswith("original ("))
+    assert bytes_per_token_at(original, 32768) == 23040  # the full cache costs the same per token at any length
+
+
+def test_default_budget_and_best_choice(widget):
+    v = widget.readout_values()
+    assert v["budget"] == pytest.approx(0.02e9 / 2048)
+    by_hand = min((r for r in ROWS if r["kv_bytes_per_token"] <= v["budget"]), key=lambda r: r["val_nll"])
+    assert v["best"]["method"] == by_hand["method"] == best_within(ROWS, v["budget"])["method"]
+    assert by_hand["method"] in widget.readout.value
+    assert all(r["bytes_at_context"] <= v["budget"] for r in v["fits"])
+    assert all(r["bytes_at_context"] > v["budget"] for r in v["too_big"])
+    assert len(v["fits"]) + len(v["too_big"]) == len(ROWS) - 1  # every method; not the uptraining's control
+    assert all(r["source"] != "control" for r in v["fits"] + v["too_big"])
+
+
+def test_a_budget_nothing_fits_says_so(widget):
+    widget.memory.value = widget.memory.options[0][1]
+    widget.batch.value = widget.batch.max
+    widget.context.value = widget.context.options[-1][1]
+    v = widget.readout_values()
+    assert v["best"] is None and not v["fits"]
+    assert "No method fits" in widget.readout.value and v["too_big"][0]["method"] in widget.readout.value
+
+
+def test_a_large_budget_fits_everything_and_picks_the_lowest_loss(widget):
+    widget.memory.value = widget.memory.options[-1][1]
+    v = widget.readout_values()
+    assert not v["too_big"]
+    assert v["best"]["val_nll"] == min(r["val_nll"] for r in ROWS if r["source"] != "control")
+
+
+def test_controls_refuse_values_they_do_not_offer(widget):
+    with pytest.raises(NotOffered, match="memory"):
+        widget.memory.value = 3.3
+    with pytest.raises(NotOffered, match="context"):
+        widget.context.value = 3000
+
+
+def test_every_update_draws_a_picture(widget):
+    for value in (2048, 8192, 512):
+        widget.context.value = value
+        assert widget.image.value[:4] == b"\x89PNG" and not math.isnan(widget.last_update_s)
