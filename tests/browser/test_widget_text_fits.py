@@ -3,8 +3,9 @@
 For each widget a notebook shows: at its state after Run All, then after moving each slider to its
 minimum and its maximum (Home, End), choosing the first and last option of each dropdown and pressing
 each toggle button, every piece of widget text (labels, slider readouts, buttons, the chosen option of
-a dropdown, HTML readouts) must fit its box and be on top (``NotebookPage.text_problems``), in a wide
-window and in a laptop's (``WIDTHS``: where a squeezed row of controls covered its slider values).
+a dropdown, HTML readouts) must fit its box and be on top (``NotebookPage.text_problems``) in a
+laptop's window (``WIDTHS[1]``: where a squeezed row of controls covered its slider values), and, after
+Run All and at the end of the walk, in a wide one too (``WIDTHS[0]``).
 The controls are left where the walk ends: this file runs after the others.
 
 A screenshot of each widget at the end of its walk lands in build/screenshots/.
@@ -54,16 +55,24 @@ def test_no_widget_text_is_cut_or_covered(name, index, builder, executed, screen
     root = roots.nth(index)
     found = []
     size = nb.page.viewport_size
-    current = None
+    wide, narrow = WIDTHS
+
+    def check(state: str, width: int) -> None:
+        nb.page.set_viewport_size({"width": width, "height": size["height"]})
+        nb.page.wait_for_timeout(150)  # JupyterLab lays its panels out again
+        found.extend(f"{state}, window {width} px wide: {p}" for p in nb.text_problems(root))
+
     try:
-        for k, state in enumerate(states(nb, root)):
-            # Alternate the order of the widths, so that consecutive checks share one: one resize per state.
-            for width in (WIDTHS if k % 2 == 0 else WIDTHS[::-1]):
-                if width != current:
-                    nb.page.set_viewport_size({"width": width, "height": size["height"]})
-                    nb.page.wait_for_timeout(150)  # JupyterLab lays its panels out again
-                    current = width
-                found += [f"{state}, window {width} px wide: {p}" for p in nb.text_problems(root)]
+        # Every state in the laptop's window, where space is tightest (a squeezed row of controls covered
+        # its slider values there); the wide window after Run All and again at the end of the walk.
+        check("after Run All", wide)
+        nb.page.set_viewport_size({"width": narrow, "height": size["height"]})
+        nb.page.wait_for_timeout(150)
+        state = "after Run All"
+        for state in states(nb, root):  # a generator: each state is reached (keys pressed) as it is asked for
+            found.extend(f"{state}, window {narrow} px wide: {p}" for p in nb.text_problems(root))
+        check(f"{state} (the end of the walk)", wide)
+        nb.page.set_viewport_size({"width": narrow, "height": size["height"]})
         nb.screenshot(screenshots_dir / f"{name[:2]}-{builder}-after-extremes-{WIDTHS[-1]}px.png", root)
     finally:
         nb.page.set_viewport_size(size)
