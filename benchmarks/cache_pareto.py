@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import copy
 import multiprocessing
-import os
 import sys
 import time
 from pathlib import Path
@@ -177,9 +176,7 @@ def main(argv=None) -> int:
     meta = {
         "what": "SmolLM2-135M with its KV cache shrunk each way; loss (nats per token) on held-out text against "
                 "KV bytes per token",
-        "command": results.command_line(), **results.environment_metadata(), "model": MODEL_FILE_INFO["name"],
-        "model_file": f"{MODEL_FILE_INFO['file']} ({MODEL_FILE_INFO['quantization']})",
-        "model_sha256": MODEL_FILE_INFO["sha256"],
+        "command": results.command_line(), **results.environment_metadata(), **results.model_metadata(MODEL_FILE_INFO),
         "eval_text": f"{args.eval_windows} evenly spaced windows of {args.window} SmolLM2 tokens of the corpus "
                      "validation files; scored: the predictions made at positions "
                      f"{args.score_from}..{args.window - 2} "
@@ -193,16 +190,10 @@ def main(argv=None) -> int:
         "interval": "95% BCa bootstrap over evaluation windows, scipy.stats.bootstrap, 2000 resamples, "
                     f"numpy default_rng({args.seed}); delta intervals paired by window",
         "workers": f"{args.workers} scoring processes of 1 thread; uptraining and calibration: {args.threads} threads",
-        "corpus_python": corpus.python, "corpus_sha256": corpus.sha256,
-        "corpus_matches_shipped": str(corpus.matches_shipped),
-        "wall_seconds": f"{time.perf_counter() - start:.0f}",
-        "loadavg_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        **results.corpus_metadata(corpus),
+        **results.end_metadata(start),
     }
-    path = results.save_rows(args.out, rows, meta, overwrite=args.overwrite)  # never loses the rows
-    if path is None:
-        return 1
-    print(f"wrote {path}")
-    return 0
+    return results.save_and_report(args, rows, meta)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -244,9 +243,7 @@ def main(argv=None) -> int:
     meta = {
         "what": "SmolLM2-135M converted from 3 to 1 KV heads per layer three ways, each uptrained the same way, "
                 "with a control; loss (nats per token) on held-out stdlib text",
-        "command": results.command_line(), **results.environment_metadata(), "model": MODEL_FILE_INFO["name"],
-        "model_file": f"{MODEL_FILE_INFO['file']} ({MODEL_FILE_INFO['quantization']})",
-        "model_sha256": MODEL_FILE_INFO["sha256"],
+        "command": results.command_line(), **results.environment_metadata(), **results.model_metadata(MODEL_FILE_INFO),
         "eval_text": f"{args.eval_windows} evenly spaced windows of {args.window} SmolLM2 tokens of the corpus "
                      f"validation files ({args.eval_windows * (args.window - 1):,} predicted tokens)",
         "uptraining": f"{args.uptrain_steps} AdamW steps, lr {args.lr}, K and V projections only, batch "
@@ -264,16 +261,10 @@ def main(argv=None) -> int:
         "recovered_fraction": "((L_converted - L_uptrained) - (L_original - L_control)) / (L_converted - L_original)",
         "ranking_after_uptraining": ranking_line(rows),
         "vocab_size": str(model.config.vocab_size),
-        "corpus_python": corpus.python, "corpus_sha256": corpus.sha256,
-        "corpus_matches_shipped": str(corpus.matches_shipped), "seed": str(args.seed),
-        "wall_seconds": f"{time.perf_counter() - start:.0f}",
-        "loadavg_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        **results.corpus_metadata(corpus), "seed": str(args.seed),
+        **results.end_metadata(start),
     }
-    path = results.save_rows(args.out, rows, meta, overwrite=args.overwrite)  # never loses the rows
-    if path is None:
-        return 1
-    print(f"wrote {path}")
-    return 0
+    return results.save_and_report(args, rows, meta)
 
 
 if __name__ == "__main__":

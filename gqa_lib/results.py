@@ -271,3 +271,34 @@ def output_blocked(path: Path, overwrite: bool) -> bool:
         print(problem, file=sys.stderr)
         return True
     return False
+
+
+# ---- what every SmolLM2 command records and how it ends (one place, so the headers agree) -------------
+
+def model_metadata(info: dict) -> dict[str, str]:
+    """Header keys naming the model file a run used: ``gqa_lib.smollm.MODEL_FILE_INFO``."""
+    return {"model": info["name"], "model_file": f"{info['file']} ({info['quantization']})",
+            "model_sha256": info["sha256"]}
+
+
+def corpus_metadata(corpus) -> dict[str, str]:
+    """Header keys naming the text a run used: a ``gqa_lib.corpus.Corpus``'s Python, hash and match."""
+    return {"corpus_python": corpus.python, "corpus_sha256": corpus.sha256,
+            "corpus_matches_shipped": str(corpus.matches_shipped)}
+
+
+def end_metadata(start: float) -> dict[str, str]:
+    """Header keys written as a run ends: its wall time since ``start`` (time.perf_counter) and the load average."""
+    import time
+
+    return {"wall_seconds": f"{time.perf_counter() - start:.0f}",
+            "loadavg_after": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+
+
+def save_and_report(args, rows: list[dict], metadata: dict[str, str]) -> int:
+    """Write ``rows`` to ``args.out`` (``args.overwrite``) with :func:`save_rows`, say where; the exit status."""
+    path = save_rows(args.out, rows, metadata, overwrite=args.overwrite)  # never loses the rows
+    if path is None:
+        return 1
+    print(f"wrote {path}")
+    return 0

@@ -214,7 +214,7 @@ def test_an_interrupted_results_write_keeps_the_old_file(tmp_path, monkeypatch, 
 
 def _writes_results(script: Path) -> bool:
     text = script.read_text()
-    return "results.save_rows" in text or "results.write_results" in text
+    return any(f"results.{writer}" in text for writer in ("save_rows", "write_results", "save_and_report"))
 
 
 @pytest.mark.parametrize("script", [s for s in BENCHMARKS if _writes_results(s)], ids=lambda p: p.name)

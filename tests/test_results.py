@@ -93,3 +93,22 @@ def test_output_blocked_only_for_an_existing_file_without_overwrite(tmp_path, ca
     assert "pass --overwrite" in capsys.readouterr().err
     assert not results.output_blocked(path, overwrite=True)
     assert path.read_text() == "old"  # checking never touches the file
+
+
+def test_run_metadata_helpers_name_the_model_corpus_and_end(tmp_path, capsys):
+    import time
+    from types import SimpleNamespace
+
+    from gqa_lib import results
+    from gqa_lib.smollm import MODEL_FILE_INFO
+
+    meta = {**results.model_metadata(MODEL_FILE_INFO),
+            **results.corpus_metadata(SimpleNamespace(python="3.11.7", sha256="ab", matches_shipped=True)),
+            **results.end_metadata(time.perf_counter() - 2)}
+    assert meta["model_sha256"] == MODEL_FILE_INFO["sha256"] and MODEL_FILE_INFO["file"] in meta["model_file"]
+    assert meta["corpus_matches_shipped"] == "True" and meta["wall_seconds"] == "2"
+    assert len(meta["loadavg_after"].split()) == 3
+    args = SimpleNamespace(out=tmp_path / "r.csv", overwrite=False)
+    assert results.save_and_report(args, [{"a": 1}], meta) == 0 and "wrote" in capsys.readouterr().out
+    assert results.read_metadata(args.out)["model_sha256"] == MODEL_FILE_INFO["sha256"]
+    assert results.save_and_report(args, [{"a": 2}], meta) == 1  # exists, no --overwrite: refused, file kept
