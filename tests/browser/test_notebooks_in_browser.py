@@ -1,14 +1,18 @@
-"""Every notebook that shows a widget, run in JupyterLab in Chromium as a reader runs it.
+"""Every notebook, run in JupyterLab in Chromium as a reader runs it.
 
-For each: Run > Run All Cells, then no error output, no "Error displaying widget", every widget the
-notebook builds is drawn with its controls; a slider moved with the keyboard updates the widget
-(latency recorded for the report); a screenshot lands in build/screenshots/.
+Every notebook: after Run All, no error output, and every cell tagged ``nbval-check-output`` shows what the
+file stores (nbval's comparison, at this CPU's full kernel width; see checked_outputs.py).
+
+Every notebook that shows a widget: Run > Run All Cells, then no error output, no "Error displaying
+widget", every widget the notebook builds is drawn with its controls; a slider moved with the keyboard
+updates the widget (latency recorded for the report); a screenshot lands in build/screenshots/.
 """
 
 from __future__ import annotations
 
 import pytest
-from series import NOTEBOOKS, WIDGET_NOTEBOOKS, widget_calls
+from checked_outputs import differences
+from series import ALL_NOTEBOOKS, NOTEBOOKS, WIDGET_NOTEBOOKS, widget_calls
 
 LATENCY_PRESSES = 6  # key presses timed per widget (alternating right/left so values stay in range)
 
@@ -37,6 +41,17 @@ def test_runs_without_errors_and_draws_widgets(name, executed, screenshots_dir, 
                                         ".widget-text, .widget-checkbox, .widget-button")
         assert controls.count() > 0, f"{name}: widget {i} has no controls"
     nb.screenshot(screenshots_dir / f"{name.removesuffix('.ipynb')}-run-all.png", roots.first)
+
+
+@pytest.mark.parametrize("name", ALL_NOTEBOOKS)
+def test_checked_outputs_hold_at_full_width(name, executed):
+    """nbval's check at this CPU's full width: Run All in JupyterLab, saved (Ctrl+S), compared with the stored
+    outputs cell by cell as nbval compares them. `make notebook-tests` holds them to narrowed kernels."""
+    nb = executed(name)
+    errors = nb.errors()
+    assert not errors, f"{name} shows errors after Run All:\n" + "\n".join(errors)
+    found = differences(NOTEBOOKS / name, nb.save())
+    assert not found, f"{name}: checked outputs that differ at full width:\n" + "\n\n".join(found)
 
 
 @pytest.mark.parametrize("name", WIDGET_NOTEBOOKS)

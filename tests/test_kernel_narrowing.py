@@ -1,0 +1,91 @@
+"""`make notebook-tests` compares the stored outputs with another CPU's arithmetic, and so catches a checked
+output that only one machine's kernels print.
+
+The stored outputs come from `make notebooks`, at this machine's full vector width. The nbval run narrows
+PyTorch's kernels to the generic ones, oneDNN's and MKL's to AVX2, and the thread count to one
+(``NARROW_KERNELS`` in the Makefile), as a learner's AVX2 laptop or an AMD CI runner would run them. Here a
+planted notebook, executed at full width, stores a checked output that depends on the kernels (the bytes of
+``torch.exp`` over a few thousand numbers: PyTorch's vectorised exp and the C library's differ in the last
+bit for some of them); `make notebook-tests` must fail on exactly that cell and pass the one beside it whose
+checked output is exact arithmetic.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parents[1]
+TAG = "nbval-check-output"
+NARROWING = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+KERNEL_DEPENDENT = """import hashlib
+import torch
+x = torch.linspace(-20, 20, 4099)  # the same inputs on every machine
+print("exp bytes:", hashlib.sha256(torch.exp(x).numpy().tobytes()).hexdigest()[:16])"""
+EXACT = """import torch
+print("2 x 3 x 64 x 30 x 2 =", int(torch.tensor([2, 3, 64, 30, 2]).prod()))"""
+
+
+def _printed(code: str, env: dict) -> str:
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                          timeout=120).stdout
+
+
+# A plain AVX2 machine (an AMD CI runner, a learner's laptop): PyTorch's generic kernels, oneDNN
+# (bf16 products) and MKL (fp32 products) limited to AVX2, one thread. The Makefile must narrow at least this.
+AVX2_MACHINE = {"ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+                "OMP_NUM_THREADS": "1"}
+
+
+def _narrow_env() -> dict:
+    return {**os.environ, **AVX2_MACHINE}
+
+
+def test_the_makefile_narrows_to_an_avx2_machine():
+    line = next(x for x in (ROOT / "Makefile").read_text().splitlines() if x.startswith("NARROW_KERNELS :="))
+    pairs = dict(p.split("=", 1) for p in line.split(":=", 1)[1].split())
+    assert pairs == AVX2_MACHINE, f"the Makefile's NARROW_KERNELS is {pairs}, not {AVX2_MACHINE}"
+
+
+def _base_python() -> str:
+    """The interpreter .venv was made from, so the make run below keeps .venv as it is."""
+    cfg = dict(line.split(" = ", 1) for line in (ROOT / ".venv" / "pyvenv.cfg").read_text().splitlines()
+               if " = " in line)
+    return cfg["executable"]
+
+
+def _planted_notebook():
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(code, metadata={"tags": [TAG]}) for code in (EXACT, KERNEL_DEPENDENT)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    return nb
+
+
+@pytest.mark.skipif(not (ROOT / ".venv" / "pyvenv.cfg").exists(), reason="needs .venv (make test makes it first)")
+def test_make_notebook_tests_catches_a_kernel_dependent_checked_output(tmp_path, monkeypatch):
+    for name in NARROWING:  # stored at full width, as `make notebooks` stores
+        monkeypatch.delenv(name, raising=False)
+    nb = _planted_notebook()
+    NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    nbformat.write(nb, tmp_path / "planted.ipynb")
+    full = nb.cells[1].outputs[0]["text"]
+    narrow = _printed(KERNEL_DEPENDENT, _narrow_env())
+    if full == narrow:  # the premise: the planted cell's text depends on which kernels run it
+        pytest.skip(f"this CPU's widest PyTorch kernels print what an AVX2 machine's print ({full.strip()}): "
+                    "there is nothing wider here to compare with")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    result = subprocess.run(["make", "--no-print-directory", "notebook-tests", f"NBVAL_DIR={tmp_path}",
+                             f"PYTHON={_base_python()}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=300)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, f"the narrowed nbval run passed a kernel-dependent checked output:\n{out[-3000:]}"
+    summary = out.split("short test summary info")[-1]
+    assert "planted.ipynb::Cell 1" in summary and "planted.ipynb::Cell 0" not in summary, out[-3000:]
+    assert "1 failed, 1 passed" in summary, out[-3000:]
