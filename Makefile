@@ -16,7 +16,7 @@ help:
 	@echo "make test            run every test: lint, unit tests, notebooks (nbval), browser tests"
 	@echo "  make lint            ruff only"
 	@echo "  make unit            unit tests only"
-	@echo "  make notebook-tests  every notebook through nbval, offline"
+	@echo "  make notebook-tests  every notebook through nbval, offline, with an AVX2 machine's kernels"
 	@echo "  make browser-tests   the notebooks in JupyterLab in headless Chromium (GQA_CHROMIUM=path picks the browser)"
 	@echo "make notebooks       re-execute the series' notebooks in a fresh kernel and store their outputs"
 	@echo "                     (refuses edited or untracked notebooks; FORCE=1 overwrites them)"

@@ -1,11 +1,10 @@
 """The decode benchmark's implementations compute the same attention, and its roofline arithmetic is right."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from command_probe import run_mains
 
 from gqa_lib.attention import expand_kv
 from gqa_lib.decode_bench import (
@@ -155,7 +154,7 @@ def test_targets_read_percentages_and_the_sdpa_ratio():
     assert t["gqa_lib vs SDPA(enable_gqa) at 8 KV heads: speed-up"]["value"] == pytest.approx(2.5)
 
 
-@pytest.mark.parametrize("option, message", [
+BAD_OPTIONS = [
     (["--kv-heads", "3"], "--kv-heads 3 must be at least 1 and divide --n-heads=32"),
     (["--flush-factor", "1.5"], "--flush-factor=1.5 must be at least 2"),
     (["--bandwidth-factor", "2"], "--bandwidth-factor=2.0 must be at least 4"),
@@ -163,9 +162,19 @@ def test_targets_read_percentages_and_the_sdpa_ratio():
     (["--seq-lens", "0"], "--seq-lens 0 must be at least 1"),
     (["--threads", "0"], "--threads 0 must be at least 1"),
     (["--reps", "0"], "--reps=0 must be at least 1"),
-])
-def test_decode_command_checks_every_option_before_any_work(option, message, tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "decode_attention.py"), *option,
-                             "--out", str(tmp_path / "d.csv")], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and message in result.stderr, result.stderr
-    assert "last-level cache" not in result.stdout  # stopped before measuring anything
+]
+
+
+@pytest.fixture(scope="module")
+def refused(tmp_path_factory):
+    """What the command did with each bad option: one fresh process runs its main() for all of them."""
+    out = str(tmp_path_factory.mktemp("decode") / "d.csv")
+    return run_mains([(ROOT / "benchmarks" / "decode_attention.py", [*option, "--out", out])
+                      for option, _ in BAD_OPTIONS])
+
+
+@pytest.mark.parametrize("case", range(len(BAD_OPTIONS)), ids=[m for _, m in BAD_OPTIONS])
+def test_decode_command_checks_every_option_before_any_work(case, refused):
+    message, result = BAD_OPTIONS[case][1], refused[case]
+    assert result["code"] == 2 and message in result["stderr"], result["stderr"]
+    assert "last-level cache" not in result["stdout"]  # stopped before measuring anything

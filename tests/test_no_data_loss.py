@@ -18,6 +18,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from command_probe import run_mains
 
 from gqa_lib import results, run_notebooks
 
@@ -217,22 +218,31 @@ def _writes_results(script: Path) -> bool:
     return any(f"results.{writer}" in text for writer in ("save_rows", "write_results", "save_and_report"))
 
 
-@pytest.mark.parametrize("script", [s for s in BENCHMARKS if _writes_results(s)], ids=lambda p: p.name)
-def test_experiment_commands_refuse_to_replace_results(script, tmp_path):
+WRITERS = [s for s in BENCHMARKS if _writes_results(s)]
+EXISTING = "# command: shipped\nn_kv_heads,median_ms\n8,1.5\n"
+
+
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory):
+    """For each command: its --help, then a run with --out at an existing file and no --overwrite (one process)."""
+    folders = {s: tmp_path_factory.mktemp(s.stem) for s in WRITERS}
+    for folder in folders.values():
+        (folder / "results.csv").write_text(EXISTING)
+    cases = [(s, args) for s in WRITERS for args in (["--help"], ["--out", str(folders[s] / "results.csv")])]
+    done = run_mains(cases)
+    return {s: (folders[s], done[2 * i], done[2 * i + 1]) for i, s in enumerate(WRITERS)}
+
+
+@pytest.mark.parametrize("script", WRITERS, ids=lambda p: p.name)
+def test_experiment_commands_refuse_to_replace_results(script, refusals):
     """Run with --out pointing at an existing file and no --overwrite: it must stop at once, file untouched."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    usage = subprocess.run([sys.executable, str(script), "--help"], cwd=ROOT, env=env, capture_output=True,
-                           text=True, timeout=120).stdout
-    assert "--overwrite" in usage and "--out" in usage, f"{script.name} must offer --out and --overwrite"
-    existing = tmp_path / "results.csv"
-    existing.write_text("# command: shipped\nn_kv_heads,median_ms\n8,1.5\n")
-    before = existing.read_bytes()
-    result = subprocess.run([sys.executable, str(script), "--out", str(existing)], cwd=ROOT, env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0, f"{script.name} went ahead:\n{result.stdout[-2000:]}"
-    assert "--overwrite" in result.stderr, result.stderr[-2000:]
-    assert existing.read_bytes() == before
-    assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]
+    folder, usage, result = refusals[script]
+    assert "--overwrite" in usage["stdout"] and "--out" in usage["stdout"], \
+        f"{script.name} must offer --out and --overwrite"
+    assert result["code"] not in (0, None), f"{script.name} went ahead:\n{result['stdout'][-2000:]}"
+    assert "--overwrite" in result["stderr"], result["stderr"][-2000:]
+    assert (folder / "results.csv").read_text() == EXISTING
+    assert [p.name for p in folder.iterdir()] == ["results.csv"]
 
 
 def test_some_experiment_command_writes_results():

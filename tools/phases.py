@@ -1,6 +1,6 @@
 """`make test` phase by phase: runs `make PHASE` for each phase named, in order, times each one (wall clock),
 stops at the first that fails, and always ends with one table of the phases and their times, so anyone sees
-where the time went. The table is also written to build/test-phases.txt.
+where the time went. The table is also written to build/test-phases.txt (GQA_PHASES_OUT names another file).
 
     python3 tools/phases.py install lint unit notebook-tests browser-tests
 
@@ -51,14 +51,18 @@ def main(phases: list[str]) -> int:
         if rc != 0:
             failed = rc
             break
-    lines = [f"make test, phase by phase (wall clock, m:ss.s), {os.cpu_count()} cores, {cpu_name()}:",
+    narrowed = ", ".join(f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+                                                          "MKL_ENABLE_INSTRUCTIONS") if os.environ.get(k))
+    lines = [f"make test, phase by phase (wall clock, m:ss.s), {os.cpu_count()} cores, {cpu_name()}"
+             + (f", kernels narrowed everywhere: {narrowed}" if narrowed else "") + ":",
              f"{'phase':<16} {'time':>8}  result"]
     lines += [f"{phase:<16} {mmss(s):>8}  {result}" for phase, s, result in rows]
     lines.append(f"{'total':<16} {mmss(sum(s for _, s, _ in rows)):>8}")
     table = "\n".join(lines)
     print("\n" + table)
-    (ROOT / "build").mkdir(exist_ok=True)
-    (ROOT / "build" / "test-phases.txt").write_text(table + "\n")
+    out = Path(os.environ.get("GQA_PHASES_OUT", ROOT / "build" / "test-phases.txt"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(table + "\n")
     return failed or 0
 
 
