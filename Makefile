@@ -72,8 +72,24 @@ notebook-tests: $(STAMP)
 	  if [ -s $(NETWORK_LOG) ]; then echo "the notebooks tried the network:"; cat $(NETWORK_LOG); exit 1; fi; \
 	else echo "no notebooks yet"; fi
 
+# Two test processes side by side, each with its own JupyterLab, Chromium and share of the notebooks
+# (tests/browser/series.py): the interactions and text-fits walks mostly wait for the browser, so two at once
+# take little more time than one. Their reports are shown when both are done, then one latency table.
+BROWSER_SHARDS := 2
+SHARD_LOGS := build/browser-shards
+
 browser-tests: $(STAMP)
-	@if [ -d tests/browser ]; then bash tests/browser/ensure_chromium.sh && $(PYTEST) tests/browser; fi
+	@if [ -d tests/browser ]; then bash tests/browser/ensure_chromium.sh || exit 1; \
+	  rm -rf $(SHARD_LOGS) && mkdir -p $(SHARD_LOGS); \
+	  echo "browser tests: $(BROWSER_SHARDS) processes side by side; their reports follow when both are done"; \
+	  pids=""; for i in $$(seq 0 $$(( $(BROWSER_SHARDS) - 1 ))); do \
+	    GQA_BROWSER_SHARD=$$i/$(BROWSER_SHARDS) $(PYTEST) tests/browser > $(SHARD_LOGS)/process-$$i.log 2>&1 & \
+	    pids="$$pids $$!"; done; \
+	  rc=0; for p in $$pids; do wait $$p || rc=1; done; \
+	  for i in $$(seq 0 $$(( $(BROWSER_SHARDS) - 1 ))); do \
+	    echo "==== browser test process $$i of $(BROWSER_SHARDS) ($(SHARD_LOGS)/process-$$i.log)"; \
+	    cat $(SHARD_LOGS)/process-$$i.log; done; \
+	  $(PY) tests/browser/latency_report.py; exit $$rc; fi
 
 install: $(STAMP)
 

@@ -35,9 +35,10 @@ def test_make_test_runs_every_notebook_twice_with_two_hash_seeds():
     recipe = makefile[makefile.index("\nnotebook-tests:"):].split("\n\n")[0]
     assert "PYTHONHASHSEED=1" in recipe and "--nbval-lax" in recipe, recipe
     conftest = (ROOT / "tests" / "browser" / "conftest.py").read_text()
-    assert 'env["PYTHONHASHSEED"] = "2"' in conftest and "start(ALL_NOTEBOOKS)" in conftest
+    assert 'env["PYTHONHASHSEED"] = "2"' in conftest
     browser = (ROOT / "tests" / "browser" / "test_notebooks_in_browser.py").read_text()
-    assert "def test_checked_outputs_hold_at_full_width" in browser
+    assert '@pytest.mark.parametrize("name", ALL_NOTEBOOKS)\ndef test_checked_outputs_hold_at_full_width' in browser
+    # ... and the browser test processes share every notebook between them: tests/browser/test_shards.py
 
 
 def checked_outputs(nb) -> list[tuple[int, list[str]]]:

@@ -10,12 +10,17 @@
 - ``executed``: on first use, every notebook of the series is opened in its own tab and run
   (Run > Run All Cells) at once, at this machine's full kernel width; ``executed(name)`` waits for that
   one. The notebooks' run-all tests (errors, widgets drawn, checked outputs) are ordered first, so
-  interaction and latency tests run on an otherwise idle machine.
+  interactions run once no notebook of this process is running.
+- With GQA_BROWSER_SHARD=i/n (``make browser-tests`` runs 0/2 and 1/2 side by side) a process runs only its
+  share of the notebooks (series.py); the latency tests wait (``quiet_machine``) until every process has
+  run all its notebooks, so no Run All competes with a timed key press; the other process may still be
+  moving its widgets.
 Any request the page makes to a host other than 127.0.0.1 fails the session.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -31,7 +36,7 @@ from pathlib import Path
 import pytest
 from lab_page import NotebookPage
 from lab_settings import make_lab_home
-from series import ALL_NOTEBOOKS, NOTEBOOKS, ROOT
+from series import ALL_NOTEBOOKS, NOTEBOOKS, ROOT, SHARD, SHARDS, in_this_shard
 
 BUILD = ROOT / "build"
 SCREENSHOTS = BUILD / "screenshots"
@@ -145,7 +150,7 @@ def executed(lab, browser):
 
     def get(name: str) -> NotebookPage:
         if not pages:
-            start(ALL_NOTEBOOKS)  # every run starts now: the kernels overlap their work and their waiting
+            start([n for n in ALL_NOTEBOOKS if in_this_shard(n)])  # every run starts now: work and waits overlap
         if name not in pages:
             start([name])
         nb = pages[name]
@@ -182,18 +187,58 @@ def stderr_report():
     return lambda name, text: _STDERR.append((name, text))
 
 
-def latency_table() -> str:
+def latency_table(latencies: dict[str, list[float]] | None = None) -> str:
+    latencies = _LATENCIES if latencies is None else latencies
     rows = ["browser latency: key press on a slider -> readout and figure updated in the DOM (ms)",
             f"{'widget':<28} {'presses':>7} {'median':>8} {'max':>8}"]
-    for widget, values in sorted(_LATENCIES.items()):
+    for widget, values in sorted(latencies.items()):
         rows.append(f"{widget:<28} {len(values):>7} {statistics.median(values):>8.0f} {max(values):>8.0f}")
     return "\n".join(rows)
 
 
-def pytest_collection_modifyitems(items):
-    """Run-all checks first (they start every notebook), then the interactions, on a quiet machine."""
+def _notebook_of(item) -> str | None:
+    params = getattr(item, "callspec", None)
+    name = params.params.get("name") if params else None
+    return name or getattr(item.module, "NOTEBOOK", None)
+
+
+def pytest_collection_modifyitems(config, items):
+    """This process's share of the notebooks only (series.py); run-all checks first (they start every
+    notebook), then the interactions, on a quiet machine."""
+    if SHARDS > 1:
+        kept = [item for item in items if in_this_shard(_notebook_of(item))]
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
     first = ("test_runs_without_errors_and_draws_widgets", "test_checked_outputs_hold_at_full_width")
     items.sort(key=lambda item: 0 if item.originalname in first else 1)
+
+
+@pytest.fixture(scope="session")
+def quiet_machine(executed):
+    """Before the first latency measurement: this process's notebooks have all run, and so have the other
+    processes' (each leaves a file in build/browser-shards/), so no Run All competes for the CPU."""
+    if SHARDS == 1:
+        return
+    for name in ALL_NOTEBOOKS:
+        if in_this_shard(name):
+            executed(name)
+    folder = BUILD / "browser-shards"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"run-all-done-{SHARD}").touch()
+    deadline = time.monotonic() + 600
+    while not all((folder / f"run-all-done-{i}").exists() for i in range(SHARDS)):
+        if time.monotonic() > deadline:
+            print("latency: the other test processes did not finish their Run All within 600 s; timing anyway")
+            return
+        time.sleep(0.5)
+
+
+def pytest_sessionfinish(session):
+    """A process that stops early (a failure, an interrupt) must not keep the others waiting for it."""
+    if SHARDS > 1:
+        folder = BUILD / "browser-shards"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"run-all-done-{SHARD}").touch()
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -207,8 +252,13 @@ def pytest_terminal_summary(terminalreporter):
             terminalreporter.write_line(f"{name:<48} {seconds:6.0f}")
     if not _LATENCIES:
         return
-    table = latency_table()
     BUILD.mkdir(exist_ok=True)
+    if SHARDS > 1:  # the Makefile merges the shares' tables (tests/browser/latency_report.py)
+        folder = BUILD / "browser-shards"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"latency-{SHARD}.json").write_text(json.dumps(_LATENCIES))
+        return
+    table = latency_table()
     (BUILD / "browser_latency.txt").write_text(table + "\n")
     terminalreporter.write_sep("-", "browser latency (also in build/browser_latency.txt)")
     terminalreporter.write_line(table)

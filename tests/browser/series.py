@@ -1,6 +1,10 @@
-"""Which notebooks of the series show which gqa_lib widgets (read from the notebook files, not run).
+"""Which notebooks of the series show which gqa_lib widgets (read from the notebook files, not run), and
+which share of them this test process runs.
 
 Set GQA_BROWSER_NOTEBOOKS to test another folder of notebooks (handy while developing the tests).
+`make browser-tests` runs two test processes side by side, GQA_BROWSER_SHARD=0/2 and 1/2, each with its
+own JupyterLab and Chromium and its own share of the notebooks: a notebook's interactions and text-fits
+walk mostly wait for the browser, so two of them at once take little more time than one.
 """
 
 from __future__ import annotations
@@ -50,3 +54,37 @@ def notebook_showing(builder: str) -> str | None:
         if builder in widget_calls(NOTEBOOKS / name):
             return name
     return None
+
+
+# The shares for two processes, from the measured times (Run All's CPU time, and the interactions and
+# text-fits walks, which mostly wait): 01, 05, 07 against the rest. A notebook not named goes by its index.
+_TWO_SHARES = {"01": 0, "05": 0, "07": 0, "02": 1, "03": 1, "04": 1, "06": 1, "08": 1}
+
+
+def _shard() -> tuple[int, int]:
+    value = os.environ.get("GQA_BROWSER_SHARD", "").strip()
+    if not value:
+        return 0, 1
+    index, _, count = value.partition("/")
+    if not (index.isdigit() and count.isdigit() and 0 <= int(index) < int(count)):
+        raise ValueError(f"GQA_BROWSER_SHARD={value!r} must be 'i/n' with 0 <= i < n, e.g. 0/2")
+    return int(index), int(count)
+
+
+SHARD, SHARDS = _shard()
+
+
+def in_shard(name: str | None, shard: int, shards: int) -> bool:
+    """Whether the ``shard``-th of ``shards`` processes tests notebook ``name`` (``None``: the tests of no
+    notebook, which the first process runs). Every notebook falls in exactly one share."""
+    if shards == 1:
+        return True
+    if name is None:
+        return shard == 0
+    if shards == 2 and name[:2] in _TWO_SHARES:
+        return _TWO_SHARES[name[:2]] == shard
+    return ALL_NOTEBOOKS.index(name) % shards == shard if name in ALL_NOTEBOOKS else shard == 0
+
+
+def in_this_shard(name: str | None) -> bool:
+    return in_shard(name, SHARD, SHARDS)

@@ -55,7 +55,7 @@ def test_checked_outputs_hold_at_full_width(name, executed):
 
 
 @pytest.mark.parametrize("name", WIDGET_NOTEBOOKS)
-def test_keyboard_latency(name, executed, latency_report):
+def test_keyboard_latency(name, executed, latency_report, quiet_machine):
     """Time key presses on the first slider of each widget (its label must be unique in that widget)."""
     nb = executed(name)
     builders = widget_calls(NOTEBOOKS / name)
