@@ -10,11 +10,11 @@
 - ``executed``: on first use, every notebook of the series is opened in its own tab and run
   (Run > Run All Cells) at once, at this machine's full kernel width; ``executed(name)`` waits for that
   one. The notebooks' run-all tests (errors, widgets drawn, checked outputs) are ordered first, so
-  interactions run once no notebook of this process is running.
+  the latency tests and interactions run once no notebook is running.
 - With GQA_BROWSER_SHARD=i/n (``make browser-tests`` runs 0/2 and 1/2 side by side) a process runs only its
-  share of the notebooks (series.py); the latency tests wait (``quiet_machine``) until every process has
-  run all its notebooks, so no Run All competes with a timed key press; the other process may still be
-  moving its widgets.
+  share of the notebooks (series.py). The latency tests come right after the run-all checks, at the
+  widgets' first state; they wait (``quiet_machine``) until every process has run all its notebooks, and
+  the processes take turns timing while the others wait, so nothing else competes with a timed key press.
 Any request the page makes to a host other than 127.0.0.1 fails the session.
 """
 
@@ -202,43 +202,69 @@ def _notebook_of(item) -> str | None:
     return name or getattr(item.module, "NOTEBOOK", None)
 
 
+_LAST_LATENCY_TEST: list[str] = []  # node id of this process's last latency test, once collected
+SHARD_FILES = BUILD / "browser-shards"  # where the processes of `make browser-tests` leave word for each other
+BARRIER_TIMEOUT_S = 600
+LATENCY_TEST = "test_keyboard_latency"
+
+
 def pytest_collection_modifyitems(config, items):
     """This process's share of the notebooks only (series.py); run-all checks first (they start every
-    notebook), then the interactions, on a quiet machine."""
+    notebook), then the latency tests at the notebooks' first state, then the interactions and walks."""
     if SHARDS > 1:
         kept = [item for item in items if in_this_shard(_notebook_of(item))]
         config.hook.pytest_deselected(items=[item for item in items if item not in kept])
         items[:] = kept
     first = ("test_runs_without_errors_and_draws_widgets", "test_checked_outputs_hold_at_full_width")
-    items.sort(key=lambda item: 0 if item.originalname in first else 1)
+    items.sort(key=lambda item: 0 if item.originalname in first else 1 if item.originalname == LATENCY_TEST else 2)
+    latency = [item.nodeid for item in items if item.originalname == LATENCY_TEST]
+    _LAST_LATENCY_TEST[:] = latency[-1:]
+    if SHARDS > 1 and not latency:  # nothing to time here: the others need not wait for this process
+        _say("latency-done")
+
+
+
+def _wait_for(files: list[Path], what: str) -> None:
+    deadline = time.monotonic() + BARRIER_TIMEOUT_S
+    while not all(f.exists() for f in files):
+        if time.monotonic() > deadline:
+            print(f"browser tests: {what} did not happen within {BARRIER_TIMEOUT_S} s; going on")
+            return
+        time.sleep(0.2)
+
+
+def _say(name: str) -> None:
+    SHARD_FILES.mkdir(parents=True, exist_ok=True)
+    (SHARD_FILES / f"{name}-{SHARD}").touch()
 
 
 @pytest.fixture(scope="session")
 def quiet_machine(executed):
-    """Before the first latency measurement: this process's notebooks have all run, and so have the other
-    processes' (each leaves a file in build/browser-shards/), so no Run All competes for the CPU."""
+    """Before the first latency measurement of this process: every process has run all its notebooks, and
+    the processes before this one have done their timing. While one process times key presses, the others
+    wait (``pytest_runtest_teardown``), so no other work competes with a timed key press."""
     if SHARDS == 1:
         return
     for name in ALL_NOTEBOOKS:
         if in_this_shard(name):
             executed(name)
-    folder = BUILD / "browser-shards"
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"run-all-done-{SHARD}").touch()
-    deadline = time.monotonic() + 600
-    while not all((folder / f"run-all-done-{i}").exists() for i in range(SHARDS)):
-        if time.monotonic() > deadline:
-            print("latency: the other test processes did not finish their Run All within 600 s; timing anyway")
-            return
-        time.sleep(0.5)
+    _say("run-all-done")
+    _wait_for([SHARD_FILES / f"run-all-done-{i}" for i in range(SHARDS)], "every process's Run All")
+    _wait_for([SHARD_FILES / f"latency-done-{i}" for i in range(SHARD)], "the other processes' timing")
+
+
+def pytest_runtest_teardown(item):
+    """After this process's last latency test: say so, and wait until every process has timed its widgets."""
+    if SHARDS > 1 and _LAST_LATENCY_TEST and item.nodeid == _LAST_LATENCY_TEST[0]:
+        _say("latency-done")
+        _wait_for([SHARD_FILES / f"latency-done-{i}" for i in range(SHARDS)], "every process's timing")
 
 
 def pytest_sessionfinish(session):
     """A process that stops early (a failure, an interrupt) must not keep the others waiting for it."""
     if SHARDS > 1:
-        folder = BUILD / "browser-shards"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"run-all-done-{SHARD}").touch()
+        _say("run-all-done")
+        _say("latency-done")
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -254,9 +280,8 @@ def pytest_terminal_summary(terminalreporter):
         return
     BUILD.mkdir(exist_ok=True)
     if SHARDS > 1:  # the Makefile merges the shares' tables (tests/browser/latency_report.py)
-        folder = BUILD / "browser-shards"
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"latency-{SHARD}.json").write_text(json.dumps(_LATENCIES))
+        SHARD_FILES.mkdir(parents=True, exist_ok=True)
+        (SHARD_FILES / f"latency-{SHARD}.json").write_text(json.dumps(_LATENCIES))
         return
     table = latency_table()
     (BUILD / "browser_latency.txt").write_text(table + "\n")
