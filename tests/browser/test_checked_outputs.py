@@ -53,3 +53,17 @@ def test_an_unchecked_cell_may_differ(tmp_path):
     changed = tmp_path / stored.name
     nbformat.write(nb, changed)
     assert differences(stored, changed) == []
+
+
+def test_the_skipped_keys_are_nbvals_own():
+    """SKIP_COMPARE copies nbval's list (built inside IPyNbFile.__init__, so not importable): keep them equal."""
+    import inspect
+    import re
+
+    from checked_outputs import SKIP_COMPARE
+    from nbval.plugin import IPyNbFile
+
+    source = inspect.getsource(IPyNbFile.__init__)
+    code = "\n".join(line.split("#")[0] for line in source.splitlines())  # commented-out keys do not count
+    nbvals = set(re.findall(r"'([\w/.+-]+)'", code[code.index("self.skip_compare"):]))
+    assert set(SKIP_COMPARE) == nbvals, f"nbval skips {sorted(nbvals)}, checked_outputs.py {sorted(SKIP_COMPARE)}"
