@@ -15,7 +15,7 @@ RUN_ALL_TIMEOUT_S = 600  # all notebooks run at once on 2 cores; several load Sm
 # How long a widget must stay unchanged, after the kernel has answered, before a move counts as drawn. The
 # kernel is idle again only after every message of the update has been sent, so this only covers the
 # browser's own drawing; latency measurements wait longer (LATENCY_QUIET_MS) so that no late change is missed.
-QUIET_MS = 150
+QUIET_MS = 100
 LATENCY_QUIET_MS = 300
 
 _ERROR_SCRIPT = """(root) => {
@@ -92,7 +92,8 @@ _SLIDERS_SCRIPT = """(root) => Array.from(root.querySelectorAll('.widget-slider'
           value: h ? Number(h.getAttribute('aria-valuenow')) : null,
           min: h ? Number(h.getAttribute('aria-valuemin')) : null,
           max: h ? Number(h.getAttribute('aria-valuemax')) : null,
-          readout: (s.querySelector('.widget-readout') || {}).innerText || ''};
+          readout: (s.querySelector('.widget-readout') || {}).innerText || '',
+          disabled: s.querySelector('.slider[disabled]') !== null};  // how ipywidgets marks a greyed-out slider
 })"""
 
 # A one-shot probe: the start is stamped by the next keydown (capture phase), or at once for a
@@ -101,7 +102,9 @@ _SLIDERS_SCRIPT = """(root) => Array.from(root.querySelectorAll('.widget-slider'
 # busy and coming back idle (the round trip of the widget's message). The update is finished at the last
 # change before the widget has been quiet for a while.
 _PROBE_SCRIPT = """([root, moved, startNow]) => {
-  const probe = {start: startNow ? performance.now() : null, last: null, changes: 0, busy: false, backIdle: null};
+  const handle = moved.querySelector('[role="slider"]');  // a slider's handle: its value before the key
+  const probe = {start: startNow ? performance.now() : null, last: null, changes: 0, busy: false, backIdle: null,
+                 handle: handle, value0: handle ? handle.getAttribute('aria-valuenow') : null};
   if (window.__gqaProbe) window.__gqaProbe.stop();
   window.__gqaProbe = probe;
   const observer = new MutationObserver((records) => {
@@ -125,13 +128,15 @@ _PROBE_SCRIPT = """([root, moved, startNow]) => {
 # Settled: the kernel is idle again (so every update it sent has arrived: its messages come in order,
 # "idle" last), something changed and nothing since ``quiet`` ms; or nothing changed for ``quiet`` ms after
 # the kernel's round trip (a move the kernel answers without a visible change); or, when the kernel was
-# never asked, nothing changed for ``idle`` ms (a key press at the end of a slider changes nothing).
-_PROBE_SETTLED = """([quiet, idle]) => { const p = window.__gqaProbe; const now = performance.now();
+# never asked, nothing changed for ``idle`` ms; a slider key that left the handle's value where it was (Home
+# at the minimum, an arrow at an end) sends the kernel nothing, so there ``still`` ms of nothing are enough.
+_PROBE_SETTLED = """([quiet, idle, still]) => { const p = window.__gqaProbe; const now = performance.now();
   if (!p || p.start === null) return false;
   const status = Array.from(document.querySelectorAll('.jp-StatusBar-TextItem')).map(e => e.textContent).join('|');
   if (!/\\| Idle/.test(status)) return false;
   if (p.last !== null) return now - p.last > quiet;
   if (p.backIdle !== null) return now - p.backIdle > quiet;
+  if (!p.busy && p.handle && p.handle.getAttribute('aria-valuenow') === p.value0) return now - p.start > still;
   return now - p.start > idle; }"""
 
 
@@ -214,6 +219,7 @@ class Slider:
     min: float
     max: float
     readout: str
+    disabled: bool  # greyed out: its keys move nothing (the calculator's MLA sliders while it prices K and V)
 
 
 class NotebookPage:
@@ -223,6 +229,7 @@ class NotebookPage:
         self.page, self.lab, self.name = page, lab, name
         self.run_seconds: float | None = None
         self._run_started: float | None = None
+        self._pointer_parked = False  # the mouse is at (0, 0), over no widget (clicks move it)
 
     # -- opening and running -------------------------------------------------------------------------
     def goto(self) -> NotebookPage:
@@ -316,7 +323,11 @@ class NotebookPage:
         return [Slider(**s) for s in root.evaluate(_SLIDERS_SCRIPT)]
 
     def slider(self, root, label: str) -> Slider:
-        for s in self.sliders(root):
+        found = self.sliders(root)
+        for s in found:  # the exact label first: "head" must not find "head dim"
+            if s.label.strip().lower() == label.strip().lower():
+                return s
+        for s in found:
             if s.label.strip().lower().startswith(label.lower()):
                 return s
         raise AssertionError(f"no slider labelled {label!r}; found {[s.label for s in self.sliders(root)]}")
@@ -337,9 +348,9 @@ class NotebookPage:
     def _probe(self, root, moved, start_now: bool) -> None:
         self.page.evaluate(_PROBE_SCRIPT, [root.element_handle(), moved.element_handle(), start_now])
 
-    def _settle(self, quiet_ms: int, idle_ms: int = 3000, timeout_ms: int = 30_000) -> dict:
+    def _settle(self, quiet_ms: int, idle_ms: int = 3000, still_ms: int = 500, timeout_ms: int = 30_000) -> dict:
         """Wait for the probe to settle; return {'ms': start -> last change, 'changes': count}."""
-        self.page.wait_for_function(_PROBE_SETTLED, arg=[quiet_ms, idle_ms], timeout=timeout_ms, polling=50)
+        self.page.wait_for_function(_PROBE_SETTLED, arg=[quiet_ms, idle_ms, still_ms], timeout=timeout_ms, polling=50)
         return self.page.evaluate("""() => { const p = window.__gqaProbe; p.stop();
             return {ms: p.last === null ? null : p.last - p.start, changes: p.changes}; }""")
 
@@ -377,12 +388,15 @@ class NotebookPage:
 
     def text_problems(self, root) -> list[str]:
         """Widget text that is cut short or covered (see ``_TEXT_FITS_SCRIPT``); empty when all is readable."""
-        self.page.mouse.move(0, 0)  # no hover effects or tooltips over the widget
+        if not self._pointer_parked:  # no hover effects or tooltips over the widget; moving the mouse costs
+            self.page.mouse.move(0, 0)  # ~0.1 s on a long notebook, so it is moved only after a click
+            self._pointer_parked = True
         return root.evaluate(_TEXT_FITS_SCRIPT)
 
     def click_and_wait(self, root, locator, quiet_ms: int = QUIET_MS) -> None:
         """Click ``locator`` inside the widget ``root``; wait until the widget has redrawn."""
         self._probe(root, locator, start_now=True)
+        self._pointer_parked = False
         locator.click()
         self._settle(quiet_ms)
 
