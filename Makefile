@@ -14,7 +14,7 @@ PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider
 help:
 	@echo "make lab             open the series in JupyterLab (installs into .venv first)"
 	@echo "make test            run every test: lint, unit tests, notebooks (nbval), browser tests"
-	@echo "  make lint            ruff only"
+	@echo "  make lint            ruff, and import-linter: gqa_lib's imports point only down its layers"
 	@echo "  make unit            unit tests only"
 	@echo "  make notebook-tests  every notebook through nbval, offline, with an AVX2 machine's kernels"
 	@echo "  make browser-tests   the notebooks in JupyterLab in headless Chromium (GQA_CHROMIUM=path picks the browser)"
@@ -47,6 +47,7 @@ lab: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 unit: $(STAMP)
 	$(PYTEST) -n 2 tests --ignore=tests/browser
@@ -99,9 +100,9 @@ test:
 	@MAKE="$(MAKE)" $(PYTHON) tools/phases.py install lint unit notebook-tests browser-tests
 
 # Only the notebooks git tracks in notebooks/ (a JupyterLab copy such as 04_...-Copy1.ipynb is left alone);
-# FORCE must be a clear yes (1, yes, true) to overwrite edits: gqa_lib.run_notebooks checks the value.
+# FORCE must be a clear yes (1, yes, true) to overwrite edits: run_notebooks checks the value.
 notebooks: $(STAMP)
-	$(PY) -m gqa_lib.run_notebooks $(if $(FORCE),--force-value="$(FORCE)")
+	$(PY) tools/run_notebooks.py $(if $(FORCE),--force-value="$(FORCE)")
 
 widget-latency: $(STAMP)
 	$(PY) benchmarks/widget_latency.py

@@ -6,7 +6,7 @@ each method the cache it needs and the loss it costs:
 - fewer KV heads: 3 -> 1 by mean-pooling (Ainslie et al. 2023), as converted, and uptrained (K and V
   projections only, seeded batches from the training files), with the original model given the same
   uptraining as a control (some of any gain is only the model adapting to this text);
-- a latent (MLA-style, gqa_lib/mla_convert.py): an input-weighted SVD of [W_k; W_v] at several ranks;
+- a latent (MLA-style, gqa_lib/experiments/latent_conversion.py): an input-weighted SVD of [W_k; W_v] at several ranks;
 - a sliding window of several sizes, with and without 4 attention-sink tokens;
 - int8 and int4 caches, per token and per channel (KIVI-style), scales and minima counted;
 - cross-layer sharing of K/V by pairs of adjacent layers (CLA-2), as converted (no training);
@@ -15,7 +15,7 @@ each method the cache it needs and the loss it costs:
 Loss: mean next-token loss (nats) on the second half of each evaluation window (windows of 2048 tokens
 of the corpus's validation files; every scored token has at least 1024 tokens of context, so windows
 of 1024 and below are always in force). Bytes: what each cache holds at the window's length (2048
-tokens), all layers, divided by 2048 (gqa_lib/cache_shrink.py counts them). 95% BCa bootstrap
+tokens), all layers, divided by 2048 (gqa_lib/experiments/cache_shrink.py counts them). 95% BCa bootstrap
 intervals over windows (scipy), for the loss and for its change from the original, paired by window.
 
     .venv/bin/python benchmarks/cache_pareto.py                 # the shipped table
@@ -39,12 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from gqa_lib import results  # noqa: E402  (CSV writing and the options every benchmark shares)
-from gqa_lib.cache_pareto import default_methods, score_methods, summarise  # noqa: E402
-from gqa_lib.conversion_eval import convert_kv_heads, uptrain, window_token_ids  # noqa: E402
-from gqa_lib.corpus import load_corpus  # noqa: E402
-from gqa_lib.mla_convert import input_second_moments, latent_decoders  # noqa: E402
-from gqa_lib.smollm_decoder import SmolLMDecoder  # noqa: E402
+from gqa_lib.experiments import results  # noqa: E402  (CSV writing and the options every benchmark shares)
+from gqa_lib.experiments.cache_pareto import default_methods, score_methods, summarise  # noqa: E402
+from gqa_lib.experiments.corpus import load_corpus  # noqa: E402
+from gqa_lib.experiments.latent_conversion import input_second_moments, latent_decoders  # noqa: E402
+from gqa_lib.experiments.smollm_conversion import convert_kv_heads, uptrain, window_token_ids  # noqa: E402
+from gqa_lib.models.smollm_decoder import SmolLMDecoder  # noqa: E402
 
 BASELINE = "original (3 KV heads, bf16)"
 
@@ -114,7 +114,7 @@ def _init_worker(sources, windows, score_from) -> None:
     """A scoring process: one thread, its own copy of the model, the shared attention sources."""
     torch.set_num_threads(1)
     torch.set_grad_enabled(False)
-    from gqa_lib.smollm import load_smollm
+    from gqa_lib.models.smollm import load_smollm
 
     model, _ = load_smollm()
     _WORKER.update(decoder=SmolLMDecoder.from_transformers(model), sources=sources, windows=windows,
@@ -150,7 +150,7 @@ def main(argv=None) -> int:
     torch.set_grad_enabled(False)
     start = time.perf_counter()
     corpus = load_corpus(strict=not args.allow_other_corpus)
-    from gqa_lib.smollm import MODEL_FILE_INFO, load_smollm
+    from gqa_lib.models.smollm import MODEL_FILE_INFO, load_smollm
 
     model, tok = load_smollm()
     print(f"corpus: {corpus.describe()}")

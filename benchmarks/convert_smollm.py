@@ -12,7 +12,7 @@ SmolLM2 (30 layers, 9 query heads, 3 KV heads):
 - control: the original model (3 KV heads) uptrained exactly the same way. Uptraining on this text
   lowers even the original's loss; the recovered fraction subtracts that change:
       recovered = ((L_converted - L_uptrained) - (L_original - L_control)) / (L_converted - L_original)
-  (gqa_lib.conversion_eval.recovered_fraction);
+  (gqa_lib.experiments.smollm_conversion.recovered_fraction);
 - evaluation: ``--eval-windows`` evenly spaced windows of ``--window`` SmolLM2 tokens of the corpus's
   validation files (default 64 x 256: 64 x 255 = 16,320 predicted tokens), each scored on its own;
   every loss, every loss difference from the original (paired by window) and every recovered fraction
@@ -48,8 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from gqa_lib import results  # noqa: E402  (CSV writing and the options every benchmark shares)
-from gqa_lib.conversion_eval import (  # noqa: E402
+from gqa_lib.experiments import results  # noqa: E402  (CSV writing and the options every benchmark shares)
+from gqa_lib.experiments.corpus import load_corpus  # noqa: E402
+from gqa_lib.experiments.smollm_conversion import (  # noqa: E402
     PAPER_UPTRAIN_FRACTION,
     PAPER_UPTRAIN_TOKENS,
     SMOLLM2_135M_PRETRAIN_TOKENS,
@@ -63,7 +64,6 @@ from gqa_lib.conversion_eval import (  # noqa: E402
     window_nlls,
     window_token_ids,
 )
-from gqa_lib.corpus import load_corpus  # noqa: E402
 
 N_TRAIN_WINDOWS = 512  # fixed windows of the training files that uptraining batches are drawn from
 N_RESAMPLES = 2000  # bootstrap resamples for every interval
@@ -232,7 +232,7 @@ def main(argv=None) -> int:
     if problem:
         print(problem, file=sys.stderr)
         return 2
-    from gqa_lib.smollm import MODEL_FILE_INFO, load_smollm
+    from gqa_lib.models.smollm import MODEL_FILE_INFO, load_smollm
 
     model, tok = load_smollm()
     print(f"SmolLM2 loaded: {len(kv_heads_of(model))} layers, KV heads {kv_heads_of(model)[0]}; corpus: "

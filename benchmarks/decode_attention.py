@@ -1,7 +1,7 @@
 """Time one decode step of attention against its roofline: 32 query heads, 32 / 8 / 1 KV heads.
 
 One new token (batch 1, head_dim 128) attends to a cache of 1k, 4k, 16k and 32k tokens, in fp32 and
-bf16, with 1 and 2 threads. Implementations (gqa_lib/decode_bench.py says what each does):
+bf16, with 1 and 2 threads. Implementations (gqa_lib/experiments/attention_roofline.py says what each does):
 gqa_lib's grouped attention (each KV head read once, no copy); PyTorch's
 scaled_dot_product_attention(enable_gqa=True), the same CPU kernel but each query head read on its
 own, so each KV head is read group_size times; expand-then-attend as transformers' repeat_kv does it
@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import torch  # noqa: E402
 
-from gqa_lib import results  # noqa: E402  (CSV writing and the options every benchmark shares)
-from gqa_lib.decode_bench import (  # noqa: E402
+from gqa_lib.experiments import results  # noqa: E402  (CSV writing and the options every benchmark shares)
+from gqa_lib.experiments.attention_roofline import (  # noqa: E402
     DTYPES,
     IMPLEMENTATIONS,
     VARIANTS,

@@ -5,8 +5,8 @@ gqa_lib's path (SmolLMDecoder with gqa_lib's attention layers and KVCache) and w
 generate (its SDPA attention and DynamicCache). The three models:
 
 - released: 9 query heads share 3 KV heads, as trained;
-- mha_twin: the 3 KV heads copied to 9 (gqa_lib.convert.expand_to_mha): the same logits, 3x the cache;
-- kv1_mean: 1 KV head, the mean of the 3 (gqa_lib.convert.reduce_kv_heads); not uptrained, timed only.
+- mha_twin: the 3 KV heads copied to 9 (gqa_lib.core.kv_head_conversion.expand_to_mha): the same logits, 3x the cache;
+- kv1_mean: 1 KV head, the mean of the 3 (gqa_lib.core.kv_head_conversion.reduce_kv_heads); not uptrained, timed only.
 
 Each row has tokens per second, the bytes one step reads (float32 weights + float32 cache of the mean
 context) and the tokens per second that memory read bandwidth predicts (bandwidth / bytes). The
@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import torch  # noqa: E402
 
-from gqa_lib import results  # noqa: E402  (CSV writing and the options every benchmark shares)
-from gqa_lib.decode_speed import (  # noqa: E402
+from gqa_lib.experiments import results  # noqa: E402  (CSV writing and the options every benchmark shares)
+from gqa_lib.experiments.model_decode_speed import (  # noqa: E402
     PATHS,
     VARIANTS,
     bandwidth_buffer_bytes,
@@ -44,7 +44,7 @@ from gqa_lib.decode_speed import (  # noqa: E402
     run_decode_speed,
     speedup,
 )
-from gqa_lib.models import get_model  # noqa: E402
+from gqa_lib.models.catalog import get_model  # noqa: E402
 
 CONTEXT = get_model("SmolLM2-135M").context  # 8192: positions the model was trained on (data/models.json)
 TARGET = 1.5  # the released model's tokens per second over its MHA twin's at the longest prompt (issue 13)
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     start = time.perf_counter()
-    from gqa_lib.smollm import PROMPTS, load_smollm
+    from gqa_lib.models.smollm import PROMPTS, load_smollm
 
     model, tok = load_smollm()
     llc = last_level_cache_bytes()

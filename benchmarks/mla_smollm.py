@@ -1,11 +1,11 @@
 """Convert SmolLM2-135M's attention to latent attention (MLA-style, one cached latent per token) and measure the loss.
 
 Every layer's [W_k; W_v] (384 x 576) is factorised at rank r, and the r-number latent is cached instead
-of K and V (gqa_lib/mla_convert.py). Two factorisations: a plain SVD of the weights, and one weighted
+of K and V (gqa_lib/experiments/latent_conversion.py). Two factorisations: a plain SVD of the weights, and one weighted
 by the second moment of the layer's inputs on calibration text (the corpus's training files). At ranks
 128, 256 and 384 the latent costs as much cache as 1, 2 and 3 KV heads (2 x n_kv_heads x 64 numbers a
 token and layer). Baselines of the same bytes: the original model (3 KV heads) and the GQA paper's
-mean-pooling to 1 KV head (gqa_lib.conversion_eval.convert_kv_heads). No training anywhere.
+mean-pooling to 1 KV head (gqa_lib.experiments.smollm_conversion.convert_kv_heads). No training anywhere.
 
 Loss: mean next-token loss (nats) on evenly spaced windows of the corpus's validation files, which no
 calibration window comes from; 95% BCa bootstrap intervals over the windows (scipy.stats.bootstrap,
@@ -29,17 +29,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from gqa_lib import results  # noqa: E402  (CSV writing and the options every benchmark shares)
-from gqa_lib.conversion_eval import convert_kv_heads, window_token_ids  # noqa: E402
-from gqa_lib.corpus import load_corpus  # noqa: E402
-from gqa_lib.mla_convert import (  # noqa: E402
+from gqa_lib.experiments import results  # noqa: E402  (CSV writing and the options every benchmark shares)
+from gqa_lib.experiments.corpus import load_corpus  # noqa: E402
+from gqa_lib.experiments.latent_conversion import (  # noqa: E402
     bootstrap_interval,
     input_second_moments,
     latent_decoders,
     window_losses,
 )
-from gqa_lib.models import get_model  # noqa: E402
-from gqa_lib.smollm_decoder import SmolLMDecoder  # noqa: E402
+from gqa_lib.experiments.smollm_conversion import convert_kv_heads, window_token_ids  # noqa: E402
+from gqa_lib.models.catalog import get_model  # noqa: E402
+from gqa_lib.models.smollm_decoder import SmolLMDecoder  # noqa: E402
 
 SMOLLM = get_model("SmolLM2-135M")  # shapes from data/models.json
 HEAD_DIM, N_LAYERS = SMOLLM.head_dim, SMOLLM.n_layers
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
     torch.set_grad_enabled(False)
     start = time.perf_counter()
     corpus = load_corpus(strict=not args.allow_other_corpus)
-    from gqa_lib.smollm import MODEL_FILE_INFO, load_smollm
+    from gqa_lib.models.smollm import MODEL_FILE_INFO, load_smollm
 
     model, tok = load_smollm()
     print(f"corpus: {corpus.describe()}")

@@ -1,8 +1,8 @@
 """Train tiny byte-level LMs that differ only in n_kv_heads (MHA ... MQA), several seeds each.
 
 Every variant of one seed starts from the same shared weights and sees the same batches in the
-same order (see gqa_lib/train.py), so its validation loss can be compared with MHA's seed by seed.
-The corpus is the running Python's standard library (gqa_lib/corpus.py); its SHA-256 is checked.
+same order (see gqa_lib/experiments/kv_sweep.py), so its validation loss can be compared with MHA's seed by seed.
+The corpus is the running Python's standard library (gqa_lib/experiments/corpus.py); its SHA-256 is checked.
 
     .venv/bin/python benchmarks/train_kv_sweep.py                       # the shipped sweep (~10 min on 2 idle cores)
     .venv/bin/python benchmarks/train_kv_sweep.py --seeds 2 --steps 50 --out /tmp/sweep.csv   # a quick try
@@ -27,11 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from gqa_lib import results  # noqa: E402  (CSV writing and the options every benchmark shares)
-from gqa_lib.corpus import load_corpus  # noqa: E402
-from gqa_lib.layout import divisors  # noqa: E402
-from gqa_lib.tiny_lm import TinyLMConfig  # noqa: E402
-from gqa_lib.train import TrainConfig, pairwise_tests, run_variant, summarize_sweep  # noqa: E402
+from gqa_lib.core.layout import divisors  # noqa: E402
+from gqa_lib.experiments import results  # noqa: E402  (CSV writing and the options every benchmark shares)
+from gqa_lib.experiments.corpus import load_corpus  # noqa: E402
+from gqa_lib.experiments.kv_sweep import TrainConfig, pairwise_tests, run_variant, summarize_sweep  # noqa: E402
+from gqa_lib.models.tiny_lm import TinyLMConfig  # noqa: E402
 
 # The shipped sweep's model and training (~10 min on 2 idle cores; see benchmarks/README.md).
 MODEL = dict(d_model=128, n_layers=2, n_heads=8, d_ff=384)
@@ -142,7 +142,7 @@ def main(argv=None) -> int:
         "workers": str(args.workers), "threads_per_worker": str(args.threads),
         "wall_seconds": f"{wall:.0f}",
         "loadavg_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
-        "corpus": "top-level .py files of the Python standard library, sorted by name (gqa_lib/corpus.py)",
+        "corpus": "top-level .py files of the Python standard library, sorted by name (gqa_lib/experiments/corpus.py)",
         "corpus_python": corpus.python, "corpus_sha256": corpus.sha256,
         "corpus_matches_shipped": str(corpus.matches_shipped),
         "corpus_train_bytes": str(len(corpus.train)), "corpus_val_bytes": str(len(corpus.val)),

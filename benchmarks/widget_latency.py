@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     summary = []
     for name in names:
         if name in MODEL_WIDGETS:
-            from gqa_lib import smollm
+            from gqa_lib.models import smollm
 
             smollm.load_smollm()  # loading is not an update: do it before the clock starts
         build_s, per_control = measure(name, args.repeats)

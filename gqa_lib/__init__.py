@@ -1,7 +1,7 @@
 """gqa_lib: the helper package behind the Grouped Query Attention notebook series."""
 
-from .attention import GroupedQueryAttention, causal_mask, expand_kv, grouped_attention
-from .cache_math import (
+from gqa_lib.core.attention import GroupedQueryAttention, causal_mask, expand_kv, grouped_attention
+from gqa_lib.core.cache_math import (
                          DTYPE_BYTES,
                          GB,
                          GIB,
@@ -16,11 +16,11 @@ from .cache_math import (
                          mla_elements_per_token_per_layer,
                          reduction_vs_mha,
 )
-from .kv_cache import KVCache
-from .layout import AttentionLayout, attention_kind, divisors
-from .mla import MLACache, MultiHeadLatentAttention
-from .models import ModelSpec, get_model, load_models, model_names
-from .rope import RotaryEmbedding
+from gqa_lib.core.kv_cache import KVCache
+from gqa_lib.core.layout import AttentionLayout, attention_kind, divisors
+from gqa_lib.core.mla import MLACache, MultiHeadLatentAttention
+from gqa_lib.core.rope import RotaryEmbedding
+from gqa_lib.models.catalog import ModelSpec, get_model, load_models, model_names
 
 __all__ = [
     "AttentionLayout", "DTYPE_BYTES", "GB", "GIB", "GroupedQueryAttention", "KVCache", "MLACache", "ModelSpec",

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from torch.overrides import TorchFunctionMode
 
-from gqa_lib.attention import GroupedQueryAttention, causal_mask, expand_kv, grouped_attention
+from gqa_lib.core.attention import GroupedQueryAttention, causal_mask, expand_kv, grouped_attention
 
 ATOL = 1e-5  # float32 everywhere below
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -87,7 +87,7 @@ def qkv_tensors(draw):
 # ---------- equivalences ----------
 
 def test_rope_reference_agrees_with_the_rope_module():
-    from gqa_lib.rope import RotaryEmbedding
+    from gqa_lib.core.rope import RotaryEmbedding
 
     x = torch.randn(2, 3, 5, 8)
     torch.testing.assert_close(RotaryEmbedding(8)(x, start_pos=4), rope_reference(x, 4), atol=ATOL, rtol=0)

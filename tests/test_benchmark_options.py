@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gqa_lib import results
+from gqa_lib.experiments import results
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,12 +44,12 @@ def no_work(monkeypatch, sweep, conversion):
     def refuse(*args, **kwargs):
         raise AssertionError("work started before the bad option was refused")
 
-    import gqa_lib.smollm
+    import gqa_lib.models.smollm
 
     for module in (sweep, conversion):
         monkeypatch.setattr(module, "load_corpus", refuse)
     monkeypatch.setattr(sweep, "run_sweep", refuse)
-    monkeypatch.setattr(gqa_lib.smollm, "load_smollm", refuse)
+    monkeypatch.setattr(gqa_lib.models.smollm, "load_smollm", refuse)
 
 
 def _refused(main, argv, capsys) -> str:

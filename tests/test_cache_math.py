@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gqa_lib.cache_math import (
+from gqa_lib.core.cache_math import (
     DTYPE_BYTES,
     ELEMENT_BITS,
     GB,
@@ -25,7 +25,7 @@ from gqa_lib.cache_math import (
     reduction_vs_mha,
     storing_layers,
 )
-from gqa_lib.layout import AttentionLayout
+from gqa_lib.core.layout import AttentionLayout
 
 counts = st.integers(1, 200)
 

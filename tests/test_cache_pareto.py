@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gqa_lib.cache_pareto import (
+from gqa_lib.experiments.cache_pareto import (
     Method,
     best_within,
     bytes_per_token_at,
@@ -13,8 +13,8 @@ from gqa_lib.cache_pareto import (
     summarise,
     window_losses_after,
 )
-from gqa_lib.cache_shrink import CachePolicy
-from gqa_lib.results import RESULTS_DIR, read_results
+from gqa_lib.experiments.cache_shrink import CachePolicy
+from gqa_lib.experiments.results import RESULTS_DIR, read_results
 
 
 class TinyDecoder(torch.nn.Module):
@@ -43,7 +43,7 @@ class TinyDecoder(torch.nn.Module):
 
 
 def _layers(n=2):
-    from gqa_lib.attention import GroupedQueryAttention
+    from gqa_lib.core.attention import GroupedQueryAttention
 
     torch.manual_seed(1)
     return [GroupedQueryAttention(48, 6, 2, head_dim=64).eval() for _ in range(n)]

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from gqa_lib.attention import GroupedQueryAttention
-from gqa_lib.cache_shrink import (
+from gqa_lib.core.attention import GroupedQueryAttention
+from gqa_lib.experiments.cache_shrink import (
     CachePolicy,
     ShrunkCacheAttention,
     cache_bytes_per_token,
@@ -18,7 +18,7 @@ from gqa_lib.cache_shrink import (
     shrink_layers,
     visible,
 )
-from gqa_lib.mla_convert import to_latent
+from gqa_lib.experiments.latent_conversion import to_latent
 
 D_MODEL, N_HEADS, N_KV, HEAD_DIM = 48, 6, 2, 64
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from gqa_lib.conversion_eval import recovered_fraction
+from gqa_lib.experiments.smollm_conversion import recovered_fraction
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gqa_lib import grouped_attention
-from gqa_lib.copies import copies_made
+from gqa_lib.core.copies import copies_made
 
 
 def _qk(batch):

@@ -5,7 +5,7 @@ import hashlib
 import pytest
 import torch
 
-from gqa_lib.corpus import (
+from gqa_lib.experiments.corpus import (
     SHIPPED,
     CorpusMismatchError,
     corpus_files,

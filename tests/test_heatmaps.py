@@ -1,4 +1,5 @@
-"""gqa_lib.heatmaps: the attention-map pictures of notebooks 02-05 (shapes, labels, shared scales, bad input)."""
+"""gqa_lib.pictures.heatmaps: the attention-map pictures of notebooks 02-05 (shapes, labels, shared scales, bad
+input)."""
 
 import matplotlib
 
@@ -10,8 +11,14 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from gqa_lib.diversity import pairwise_head_distance
-from gqa_lib.heatmaps import check_head_maps, plot_attention_map, plot_distance_matrix, plot_head_maps, token_labels
+from gqa_lib.core.diversity import pairwise_head_distance
+from gqa_lib.pictures.heatmaps import (
+    check_head_maps,
+    plot_attention_map,
+    plot_distance_matrix,
+    plot_head_maps,
+    token_labels,
+)
 
 TOKENS = ["The", " cat", " sat", " on", " the", " mat"]
 

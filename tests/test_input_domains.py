@@ -85,7 +85,7 @@ bracketed answers for them are what the old code does with one.
 
 Benchmark options (tests/test_benchmark_options.py): 8 bad options of benchmarks/train_kv_sweep.py,
 13 of benchmarks/convert_smollm.py, 5 bad ``--out`` paths for each of the two commands, 8 bad values
-given to the argparse types of gqa_lib.results, and ``--warmup -3`` through one: 40 more. Before, the
+given to the argparse types of gqa_lib.experiments.results, and ``--warmup -3`` through one: 40 more. Before, the
 numbers were checked after parsing by name only where they had to be at least 1 (``--lr -1``,
 ``--window 1``, ``--seed -3`` went on to load the model), and an ``--out`` folder or an ``--out`` under a
 file failed at the end, with a traceback, losing the rows.
@@ -103,8 +103,10 @@ import pytest
 import torch
 from torch import nn
 
-from gqa_lib import attention, conversion_eval, convert, corpus, layout, mla, results, rope, tiny_lm, train
-from gqa_lib.kv_cache import KVCache
+from gqa_lib.core import attention, kv_head_conversion, layout, mla, rope
+from gqa_lib.core.kv_cache import KVCache
+from gqa_lib.experiments import corpus, kv_sweep, results, smollm_conversion
+from gqa_lib.models import tiny_lm
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -243,16 +245,16 @@ CASES = [
          "idx=list", "encode"),
     case("encode-bytes", lambda: tiny_lm.encode(b"bytes"), TypeError, "text=b'bytes'", "string"),
     case("decode-not-a-byte", lambda: tiny_lm.decode(torch.tensor([300])), ValueError, "300", "0..255"),
-    case("train-lr-string", lambda: train.TrainConfig(lr="3e-3"), TypeError, "lr='3e-3'", "number"),
-    case("train-lr-nan", lambda: train.TrainConfig(lr=NAN), ValueError, "lr=nan", "finite"),
-    case("train-min-lr-ratio", lambda: train.TrainConfig(min_lr_ratio=2), ValueError,
+    case("train-lr-string", lambda: kv_sweep.TrainConfig(lr="3e-3"), TypeError, "lr='3e-3'", "number"),
+    case("train-lr-nan", lambda: kv_sweep.TrainConfig(lr=NAN), ValueError, "lr=nan", "finite"),
+    case("train-min-lr-ratio", lambda: kv_sweep.TrainConfig(min_lr_ratio=2), ValueError,
          "min_lr_ratio=2", "at most 1"),
-    case("train-weight-decay", lambda: train.TrainConfig(weight_decay=-0.1), ValueError,
+    case("train-weight-decay", lambda: kv_sweep.TrainConfig(weight_decay=-0.1), ValueError,
          "weight_decay=-0.1", "0 or more"),
-    case("train-grad-clip", lambda: train.TrainConfig(grad_clip=0), ValueError, "grad_clip=0", "more than 0"),
-    case("train-warmup-float", lambda: train.TrainConfig(warmup=2.5), TypeError, "warmup=2.5", "integer"),
+    case("train-grad-clip", lambda: kv_sweep.TrainConfig(grad_clip=0), ValueError, "grad_clip=0", "more than 0"),
+    case("train-warmup-float", lambda: kv_sweep.TrainConfig(warmup=2.5), TypeError, "warmup=2.5", "integer"),
     case("train-negative-seed",
-         lambda: train.train_lm(TINY, train.TrainConfig(steps=2, warmup=0), torch.zeros(100, dtype=torch.uint8),
+         lambda: kv_sweep.train_lm(TINY, kv_sweep.TrainConfig(steps=2, warmup=0), torch.zeros(100, dtype=torch.uint8),
                                 torch.zeros(100, dtype=torch.uint8), seed=-1), ValueError, "seed=-1", "non-negative"),
     case("sample-zero-batch",
          lambda: corpus.sample_batch(torch.zeros(100, dtype=torch.uint8), 0, 8, torch.Generator()), ValueError,
@@ -260,19 +262,20 @@ CASES = [
     case("zero-validation-windows", lambda: corpus.fixed_windows(torch.zeros(100, dtype=torch.uint8), 0, 8),
          ValueError, "n_windows=0", "positive integer"),
     # conversion
-    case("reduce-not-a-layer", lambda: convert.reduce_kv_heads(nn.Linear(4, 4), 1), TypeError,
+    case("reduce-not-a-layer", lambda: kv_head_conversion.reduce_kv_heads(nn.Linear(4, 4), 1), TypeError,
          "layer=Linear", "GroupedQueryAttention"),
     case("reduce-generator-int",
-         lambda: convert.reduce_kv_heads(attention.GroupedQueryAttention(32, 4, 4), 2, "random", generator=0),
+         lambda: kv_head_conversion.reduce_kv_heads(attention.GroupedQueryAttention(32, 4, 4), 2, "random",
+                                                    generator=0),
          TypeError, "generator=0", "torch.Generator"),
-    case("expand-not-a-layer", lambda: convert.expand_to_mha("layer"), TypeError, "layer=str"),
-    case("nll-one-token-windows", lambda: conversion_eval.mean_nll(None, torch.zeros(2, 1, dtype=torch.long)),
+    case("expand-not-a-layer", lambda: kv_head_conversion.expand_to_mha("layer"), TypeError, "layer=str"),
+    case("nll-one-token-windows", lambda: smollm_conversion.mean_nll(None, torch.zeros(2, 1, dtype=torch.long)),
          ValueError, "windows.shape=(2, 1)", "2 or more tokens"),
     case("uptrain-negative-lr",
-         lambda: conversion_eval.uptrain(None, torch.zeros(4, 8, dtype=torch.long), 2, lr=-1), ValueError,
+         lambda: smollm_conversion.uptrain(None, torch.zeros(4, 8, dtype=torch.long), 2, lr=-1), ValueError,
          "lr=-1", "finite positive"),
     case("uptrain-zero-batch",
-         lambda: conversion_eval.uptrain(None, torch.zeros(4, 8, dtype=torch.long), 2, batch=0), ValueError,
+         lambda: smollm_conversion.uptrain(None, torch.zeros(4, 8, dtype=torch.long), 2, batch=0), ValueError,
          "batch=0", "positive integer"),
     # results
     case("results-into-a-folder", lambda: results.write_results(results.RESULTS_DIR, [{"a": 1}], {}),
@@ -374,7 +377,7 @@ def test_divisors_of_a_large_number_are_found_quickly_and_completely():
 
 
 def test_a_cache_larger_than_free_memory_is_refused_before_allocating(monkeypatch):
-    from gqa_lib import kv_cache
+    from gqa_lib.core import kv_cache
 
     monkeypatch.setattr(kv_cache, "_available_bytes", lambda device: 10**9)  # pretend 1 GB is free
     message = (r"head_dim=500, max_len=500000, dtype=torch\.float16\) needs 2\.0 GB for K and V on cpu, "

@@ -5,10 +5,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gqa_lib.attention import GroupedQueryAttention
-from gqa_lib.cache_math import DTYPE_BYTES, kv_cache_bytes
-from gqa_lib.kv_cache import KVCache
-from gqa_lib.tiny_lm import TinyLM, TinyLMConfig
+from gqa_lib.core.attention import GroupedQueryAttention
+from gqa_lib.core.cache_math import DTYPE_BYTES, kv_cache_bytes
+from gqa_lib.core.kv_cache import KVCache
+from gqa_lib.models.tiny_lm import TinyLM, TinyLMConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from gqa_lib import GroupedQueryAttention, expand_kv, get_model
-from gqa_lib.llama_shapes import build_llama_attention, capture_llama_kv, head_difference, llama_config
-from gqa_lib.models import UnknownModelError
+from gqa_lib.models.catalog import UnknownModelError
+from gqa_lib.models.llama_shapes import build_llama_attention, capture_llama_kv, head_difference, llama_config
 
 
 @pytest.mark.parametrize("name, shape", [("Llama-3 8B", (4096, 32, 8, 128)), ("Llama-3 70B", (8192, 64, 8, 128))])

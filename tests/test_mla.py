@@ -7,9 +7,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gqa_lib.cache_math import GB, GIB, kv_cache_bytes, mla_cache_bytes, mla_elements_per_token_per_layer
-from gqa_lib.mla import MLACache, MultiHeadLatentAttention, decode_step_flops, decode_step_traffic
-from gqa_lib.models import get_model
+from gqa_lib.core.cache_math import GB, GIB, kv_cache_bytes, mla_cache_bytes, mla_elements_per_token_per_layer
+from gqa_lib.core.mla import MLACache, MultiHeadLatentAttention, decode_step_flops, decode_step_traffic
+from gqa_lib.models.catalog import get_model
 
 
 def make_layer(seed=0, d_model=32, n_heads=4, d_c=16, d_rope=8, head_dim=12, v_head_dim=10, d_q=24):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gqa_lib.models import (
+from gqa_lib.models.catalog import (
     MODELS_FILE,
     ModelDataError,
     UnknownModelError,

@@ -1,9 +1,9 @@
 """Nothing a person made is lost by the series' own commands.
 
-- ``python -m gqa_lib.run_notebooks`` (``make notebooks``) refuses to overwrite a notebook whose edits
+- ``python tools/run_notebooks.py`` (``make notebooks``) refuses to overwrite a notebook whose edits
   are not committed, unless ``--force``; a notebook that fails to run is left as it was; an interrupted
   write leaves the old file. Tested in a throw-away git repository, never on the real notebooks.
-- ``gqa_lib.results.write_results`` writes to a temporary file and renames it, and refuses to replace
+- ``gqa_lib.experiments.results.write_results`` writes to a temporary file and renames it, and refuses to replace
   an existing results file unless ``overwrite=True``; an interrupted write leaves the old file.
 - Every experiment command in benchmarks/ that writes results refuses, before doing any work, to
   replace an existing file unless given ``--overwrite``.
@@ -20,9 +20,12 @@ import nbformat
 import pytest
 from command_probe import run_mains
 
-from gqa_lib import results, run_notebooks
+from gqa_lib.experiments import results
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))  # run_notebooks is a developer tool, outside the package
+import run_notebooks  # noqa: E402
+
 BENCHMARKS = sorted((ROOT / "benchmarks").glob("*.py"))
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@example.org", "-c", "commit.gpgsign=false"]
 
@@ -36,7 +39,7 @@ def _notebook(source: str) -> nbformat.NotebookNode:
 
 def _run_notebooks(repo: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-    return subprocess.run([sys.executable, "-m", "gqa_lib.run_notebooks", *args], cwd=repo, env=env,
+    return subprocess.run([sys.executable, str(ROOT / "tools" / "run_notebooks.py"), *args], cwd=repo, env=env,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -143,7 +146,7 @@ def test_a_clear_yes_forces(repo):
     result = _run_notebooks(repo, "--force-value=yes", "notebooks/a.ipynb")
     assert result.returncode == 0, result.stderr
     assert nbformat.read(path, as_version=4).cells[0].outputs[0]["text"] == "forced\n"
-    from gqa_lib.run_notebooks import check_force_value
+    from run_notebooks import check_force_value
 
     assert all(check_force_value(v) for v in ("1", "yes", "TRUE", "True", " true "))  # no kernel needed to check
 
@@ -170,7 +173,7 @@ def test_a_mistyped_path_is_reported_as_missing(repo):
 @pytest.mark.parametrize("value", ["no", "false", "", "maybe", "0"])
 def test_the_check_refuses_what_is_not_a_clear_yes(value):
     """Each refused spelling, checked without starting a kernel (two of them also run end to end above)."""
-    from gqa_lib.run_notebooks import check_force_value
+    from run_notebooks import check_force_value
 
     with pytest.raises(ValueError, match="is not a clear yes"):
         check_force_value(value)

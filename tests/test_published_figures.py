@@ -7,14 +7,14 @@ which shapes reproduce it and checks that they are the only ones that do.
 import re
 from pathlib import Path
 
-from gqa_lib.cache_math import (
+from gqa_lib.core.cache_math import (
     format_bytes,
     kv_cache_bytes,
     mla_cache_bytes,
     mla_elements_per_token_per_layer,
     reduction_vs_mha,
 )
-from gqa_lib.models import get_model
+from gqa_lib.models.catalog import get_model
 
 FACTS = Path(__file__).resolve().parent.parent / "data" / "reference" / "model-facts.md"  # kept in the repository
 

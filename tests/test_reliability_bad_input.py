@@ -22,24 +22,12 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
-from gqa_lib import (
-    attention,
-    cache_math,
-    convert,
-    diversity,
-    group_diagram,
-    heatmaps,
-    layout,
-    mla,
-    models,
-    plots,
-    results,
-    rope,
-    smollm,
-    tiny_lm,
-    widgets,
-)
-from gqa_lib.kv_cache import KVCache
+from gqa_lib import widgets
+from gqa_lib.core import attention, cache_math, diversity, kv_head_conversion, layout, mla, rope
+from gqa_lib.core.kv_cache import KVCache
+from gqa_lib.experiments import results
+from gqa_lib.models import catalog, smollm, tiny_lm
+from gqa_lib.pictures import group_map, heatmaps, style
 
 AT_ONCE_S = 5.0  # generous for a loaded 2-core machine; the checks themselves take microseconds
 LLAMA3 = layout.AttentionLayout(32, 8, 128, 32)
@@ -94,14 +82,14 @@ CASES = [
     case("reduction-kv-not-divisor", lambda: cache_math.reduction_vs_mha(32, 5), ValueError,
          "n_kv_heads=5", "valid: 1, 2, 4, 8, 16, 32"),
     # models and data
-    case("model-unknown-suggests", lambda: models.get_model("llama-3 8b"), KeyError,
+    case("model-unknown-suggests", lambda: catalog.get_model("llama-3 8b"), KeyError,
          "name='llama-3 8b'", "Did you mean: Llama-3 8B"),
-    case("model-none", lambda: models.get_model(None), KeyError, "name=None", "Known: GPT-2 small"),
-    case("model-mla-has-no-layout", lambda: models.get_model("DeepSeek-V3 671B").layout, ValueError,
+    case("model-none", lambda: catalog.get_model(None), KeyError, "name=None", "Known: GPT-2 small"),
+    case("model-mla-has-no-layout", lambda: catalog.get_model("DeepSeek-V3 671B").layout, ValueError,
          "DeepSeek-V3 671B", "MLA"),
-    case("model-cache-zero-tokens", lambda: models.get_model("Llama-3 8B").cache_bytes(0), ValueError,
+    case("model-cache-zero-tokens", lambda: catalog.get_model("Llama-3 8B").cache_bytes(0), ValueError,
          "seq_len=0", "positive integer"),
-    case("model-cache-fp4", lambda: models.get_model("Llama-3 8B").cache_bytes(dtype="fp4"), ValueError,
+    case("model-cache-fp4", lambda: catalog.get_model("Llama-3 8B").cache_bytes(dtype="fp4"), ValueError,
          "dtype='fp4'", "valid: fp32"),
     # attention, cache, rope, conversion, tiny LM
     case("gqa-layer-kv-not-divisor", lambda: attention.GroupedQueryAttention(64, 8, 3), ValueError,
@@ -124,10 +112,10 @@ CASES = [
     case("rope-odd-head-dim", lambda: rope.RotaryEmbedding(7), ValueError, "head_dim=7", "even"),
     case("rope-negative-base", lambda: rope.RotaryEmbedding(8, base=-1), ValueError, "base=-1", "positive"),
     case("convert-unknown-method",
-         lambda: convert.reduce_kv_heads(attention.GroupedQueryAttention(64, 8, 4), 2, method="avg"), ValueError,
-         "method='avg'", "valid: mean, first, random"),
+         lambda: kv_head_conversion.reduce_kv_heads(attention.GroupedQueryAttention(64, 8, 4), 2, method="avg"),
+         ValueError, "method='avg'", "valid: mean, first, random"),
     case("convert-more-kv-heads",
-         lambda: convert.reduce_kv_heads(attention.GroupedQueryAttention(64, 8, 2), 4), ValueError,
+         lambda: kv_head_conversion.reduce_kv_heads(attention.GroupedQueryAttention(64, 8, 2), 4), ValueError,
          "n_kv_heads=4", "n_kv_heads=2"),
     case("tiny-lm-config-kv", lambda: tiny_lm.TinyLMConfig(n_heads=8, n_kv_heads=3), ValueError,
          "n_kv_heads=3", "valid: 1, 2, 4, 8"),
@@ -141,8 +129,8 @@ CASES = [
     case("diversity-group-not-divisor",
          lambda: diversity.within_across_diversity(torch.rand(9, 4, 4).softmax(-1), 4), ValueError,
          "group_size=4", "n_heads=9"),
-    case("kind-colour-unknown", lambda: plots.kind_color("XQA"), ValueError, "kind='XQA'", "valid: MHA, GQA"),
-    case("group-diagram-order", lambda: group_diagram.kv_head_map(8, 2, order="zigzag"), ValueError,
+    case("kind-colour-unknown", lambda: style.kind_color("XQA"), ValueError, "kind='XQA'", "valid: MHA, GQA"),
+    case("group-diagram-order", lambda: group_map.kv_head_map(8, 2, order="zigzag"), ValueError,
          "order='zigzag'", "valid: contiguous"),
     case("heatmap-not-square", lambda: heatmaps.check_head_maps(torch.rand(2, 3, 4)), ValueError,
          "weights.shape=(2, 3, 4)", "(n_heads, seq, seq)"),
@@ -314,7 +302,7 @@ def test_smollm_checks_input_before_loading(no_model_loading):
 
 @pytest.fixture(scope="module")
 def models_json():
-    return json.loads(models.MODELS_FILE.read_text())
+    return json.loads(catalog.MODELS_FILE.read_text())
 
 
 def _record(raw, name):
@@ -351,8 +339,8 @@ DATA_DEFECTS = [
 def test_malformed_data_record_is_named(models_json, change, needles):
     raw = copy.deepcopy(models_json)
     change(raw)
-    with pytest.raises(models.ModelDataError) as info:
-        models.parse_models(raw)
+    with pytest.raises(catalog.ModelDataError) as info:
+        catalog.parse_models(raw)
     message = str(info.value)
     assert "data/models.json" in message
     missing = [n for n in needles if n not in message]
@@ -362,10 +350,10 @@ def test_malformed_data_record_is_named(models_json, change, needles):
 def test_data_file_that_is_not_json(tmp_path):
     broken = tmp_path / "models.json"
     broken.write_text('{"models": [ {"name": "x", ')  # cut off mid-record
-    with pytest.raises(models.ModelDataError, match=r"models\.json is not valid JSON"):
-        models.load_models(broken)
+    with pytest.raises(catalog.ModelDataError, match=r"models\.json is not valid JSON"):
+        catalog.load_models(broken)
 
 
 def test_the_shipped_data_file_parses(models_json):
     """The control case: the unmodified file is accepted, so the failures above come from the changes."""
-    assert len(models.parse_models(copy.deepcopy(models_json))) == len(models_json["models"])
+    assert len(catalog.parse_models(copy.deepcopy(models_json))) == len(models_json["models"])

@@ -4,8 +4,8 @@ import os
 
 import pytest
 
-from gqa_lib import results
-from gqa_lib.results import ResultsExistError, read_metadata, read_results, write_results
+from gqa_lib.experiments import results
+from gqa_lib.experiments.results import ResultsExistError, read_metadata, read_results, write_results
 
 ROWS = [{"impl": "gqa_lib", "median_ms": 1.5, "note": "has # and , inside"}, {"impl": "sdpa", "median_ms": 2.0,
                                                                               "note": ""}]
@@ -99,8 +99,8 @@ def test_run_metadata_helpers_name_the_model_corpus_and_end(tmp_path, capsys):
     import time
     from types import SimpleNamespace
 
-    from gqa_lib import results
-    from gqa_lib.smollm import MODEL_FILE_INFO
+    from gqa_lib.experiments import results
+    from gqa_lib.models.smollm import MODEL_FILE_INFO
 
     meta = {**results.model_metadata(MODEL_FILE_INFO),
             **results.corpus_metadata(SimpleNamespace(python="3.11.7", sha256="ab", matches_shipped=True)),

@@ -10,9 +10,9 @@ rounding of the exact result to the dtype (at most half an ulp) plus half an ulp
 import pytest
 import torch
 
-from gqa_lib.attention import GroupedQueryAttention
-from gqa_lib.mla import MultiHeadLatentAttention
-from gqa_lib.rope import RotaryEmbedding
+from gqa_lib.core.attention import GroupedQueryAttention
+from gqa_lib.core.mla import MultiHeadLatentAttention
+from gqa_lib.core.rope import RotaryEmbedding
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gqa_lib import get_model, smollm
-from gqa_lib.smollm import FIX_COMMAND, MODEL_FILE_INFO, PROMPTS, ModelFileError
+from gqa_lib import get_model
+from gqa_lib.models import smollm
+from gqa_lib.models.smollm import FIX_COMMAND, MODEL_FILE_INFO, PROMPTS, ModelFileError
 
 ROOT = Path(__file__).resolve().parent.parent
 SENTENCE = PROMPTS["sentences"]["fox"]
@@ -114,7 +115,7 @@ def test_loading_prints_nothing_and_leaves_nothing_changed():
     code = ("import gguf, transformers.modeling_gguf_pytorch_utils as u; from transformers.utils import logging\n"
             "before = (gguf.GGUFReader, gguf.get_tensor_name_map, u.tqdm, u.load_gguf_checkpoint, "
             "logging.get_verbosity(), logging.is_progress_bar_enabled())\n"
-            "from gqa_lib.smollm import load_smollm; load_smollm()\n"
+            "from gqa_lib.models.smollm import load_smollm; load_smollm()\n"
             "after = (gguf.GGUFReader, gguf.get_tensor_name_map, u.tqdm, u.load_gguf_checkpoint, "
             "logging.get_verbosity(), logging.is_progress_bar_enabled())\n"
             "assert before == after, (before, after)\n")

@@ -3,14 +3,14 @@
 import pytest
 import torch
 
-from gqa_lib.attention import GroupedQueryAttention
-from gqa_lib.kv_cache import KVCache
-from gqa_lib.smollm_decoder import SmolLMDecoder
+from gqa_lib.core.attention import GroupedQueryAttention
+from gqa_lib.core.kv_cache import KVCache
+from gqa_lib.models.smollm_decoder import SmolLMDecoder
 
 
 @pytest.fixture(scope="module")
 def smollm(single_thread):
-    from gqa_lib.smollm import load_smollm
+    from gqa_lib.models.smollm import load_smollm
 
     return load_smollm()
 
@@ -64,7 +64,7 @@ def test_greedy_tokens_match_transformers(smollm, decoder, prompt):
 
 
 def test_attention_can_be_swapped(decoder, prompt):
-    from gqa_lib.convert import expand_to_mha
+    from gqa_lib.core.kv_head_conversion import expand_to_mha
 
     mha = decoder.with_attention([expand_to_mha(a) for a in decoder.attention])  # the MHA twin: same function
     assert mha.attention[0].n_kv_heads == 9 and mha.mlps[0] is decoder.mlps[0]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gqa_lib.tiny_lm import TinyLM, TinyLMConfig, decode, encode
+from gqa_lib.models.tiny_lm import TinyLM, TinyLMConfig, decode, encode
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

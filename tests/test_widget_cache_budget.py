@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from gqa_lib.cache_pareto import best_within, bytes_per_token_at
-from gqa_lib.results import RESULTS_DIR, read_results
+from gqa_lib.experiments.cache_pareto import best_within, bytes_per_token_at
+from gqa_lib.experiments.results import RESULTS_DIR, read_results
 from gqa_lib.widgets import cache_budget_explorer
 from gqa_lib.widgets.controls import NotOffered
 

@@ -9,9 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gqa_lib import widgets
-from gqa_lib.cache_math import DTYPE_BYTES, GIB, CacheRecipe, ElementType, auto_format_bytes, kv_cache_bytes
-from gqa_lib.layout import divisors
-from gqa_lib.models import UnknownModelError, get_model
+from gqa_lib.core.cache_math import DTYPE_BYTES, GIB, CacheRecipe, ElementType, auto_format_bytes, kv_cache_bytes
+from gqa_lib.core.layout import divisors
+from gqa_lib.models.catalog import UnknownModelError, get_model
 from gqa_lib.widgets.cache_calculator import CUSTOM, cache_presets, nearest_valid_kv_heads
 
 CACHE_LINE = re.compile(r"Cache: ([\d,.]+) (B|KB|MB|GB|TB) \(([\d,.]+) (B|KiB|MiB|GiB|TiB)\) = ([\d,]+) bytes, "

@@ -17,9 +17,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gqa_lib import widgets
-from gqa_lib.cache_math import auto_format_bytes
-from gqa_lib.layout import divisors
-from gqa_lib.models import get_model
+from gqa_lib.core.cache_math import auto_format_bytes
+from gqa_lib.core.layout import divisors
+from gqa_lib.models.catalog import get_model
 from gqa_lib.widgets.cache_calculator import CUSTOM
 
 BITS = {"fp32": 32, "fp16": 16, "bf16": 16, "fp8": 8, "int8": 8, "int4": 4}

@@ -47,7 +47,7 @@ def test_long_lists_keep_their_ends():
 
 
 def test_one_spelling_of_custom():
-    from gqa_lib.widgets import groups, mqa_cache
+    from gqa_lib.widgets import group_shapes, mqa_cache
 
     assert CUSTOM == "custom" == mqa_cache.CUSTOM
-    assert groups.preset_names()[-1] == CUSTOM and mqa_cache.preset_names()[-1] == CUSTOM
+    assert group_shapes.preset_names()[-1] == CUSTOM and mqa_cache.preset_names()[-1] == CUSTOM

@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 from traitlets import TraitError
 
 from gqa_lib import widgets
-from gqa_lib.cache_math import kv_cache_bytes
-from gqa_lib.group_diagram import max_abs_diff_matrix, per_query_head
-from gqa_lib.layout import divisors
-from gqa_lib.models import get_model
-from gqa_lib.widgets.groups import (
+from gqa_lib.core.cache_math import kv_cache_bytes
+from gqa_lib.core.layout import divisors
+from gqa_lib.models.catalog import get_model
+from gqa_lib.pictures.group_map import max_abs_diff_matrix, per_query_head
+from gqa_lib.widgets.group_shapes import (
     CONTEXTS,
     DIFF_LIMIT,
     HEAD_DIMS,
@@ -192,7 +192,7 @@ def test_update_latency_median_is_reported(widget):
 
 
 def test_the_builder_can_be_called_again_after_its_module_was_imported():
-    import gqa_lib.widgets.groups as module  # importing the module must not shadow the builder
+    import gqa_lib.widgets.group_shapes as module  # importing the module must not shadow the builder
 
     assert isinstance(widgets.group_explorer(n_heads=4, n_kv_heads=2, head_dim=8), module.GroupExplorer)
     assert isinstance(widgets.group_explorer(n_heads=4, n_kv_heads=1, head_dim=8), module.GroupExplorer)
@@ -243,8 +243,8 @@ def test_choosing_a_preset_fills_the_sliders_and_moving_one_leaves_it():
 
 
 def test_presets_are_the_models_whose_shape_the_sliders_show():
-    from gqa_lib.models import load_models
-    from gqa_lib.widgets.groups import preset_names
+    from gqa_lib.models.catalog import load_models
+    from gqa_lib.widgets.group_shapes import preset_names
 
     names = preset_names()
     assert names[-1] == "custom" and "Llama-3 70B" in names and "SmolLM2-135M" in names

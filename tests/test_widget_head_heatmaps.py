@@ -6,8 +6,8 @@ import statistics
 import pytest
 import torch
 
-from gqa_lib import smollm
-from gqa_lib.diversity import head_diversity
+from gqa_lib.core.diversity import head_diversity
+from gqa_lib.models import smollm
 from gqa_lib.widgets import head_heatmap_explorer
 from gqa_lib.widgets.head_heatmaps import DEFAULT_TEXT, MAX_TOKENS, all_layer_maps
 

@@ -6,7 +6,7 @@ selection slider lists at that moment), again and again. After every change:
 
 - nothing raised;
 - the KV-head control offers exactly the divisors of the query heads, and its value is one of them;
-- the readout shows the numbers ``gqa_lib.cache_math`` gives for the controls' current values,
+- the readout shows the numbers ``gqa_lib.core.cache_math`` gives for the controls' current values,
   recomputed here from the controls (not taken from the widget), and ``readout_values()`` agrees;
 - a model preset, when one is shown, matches the sliders.
 
@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gqa_lib import widgets
-from gqa_lib.cache_math import auto_format_bytes, dtype_bytes, kv_cache_bytes, mla_cache_bytes, reduction_vs_mha
-from gqa_lib.layout import attention_kind, divisors
+from gqa_lib.core.cache_math import auto_format_bytes, dtype_bytes, kv_cache_bytes, mla_cache_bytes, reduction_vs_mha
+from gqa_lib.core.layout import attention_kind, divisors
 
 EXAMPLES = 10  # random sequences per widget (a build takes ~0.3-1.5 s, each update draws a PNG: ~0.1-0.5 s)
 MAX_STEPS = 8

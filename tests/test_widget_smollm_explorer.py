@@ -4,8 +4,9 @@ import resource
 
 import pytest
 
-from gqa_lib import smollm, widgets
-from gqa_lib.diversity import within_across_diversity
+from gqa_lib import widgets
+from gqa_lib.core.diversity import within_across_diversity
+from gqa_lib.models import smollm
 from gqa_lib.widgets.smollm_explorer import MAX_TOKENS
 
 SENTENCE = smollm.PROMPTS["sentences"]["store"]

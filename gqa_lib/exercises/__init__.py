@@ -8,7 +8,7 @@ solutions are in the repository's ``solutions/`` folder; wrong ones in :mod:`.mu
 
 from __future__ import annotations
 
-from . import (
+from gqa_lib.exercises import (
     ex01_kv_cache,
     ex02_mha,
     ex03_mqa,
@@ -19,7 +19,7 @@ from . import (
     ex08_cache_shrink,
     museum,
 )
-from .checking import Case, Exercise, Mistake, Result
+from gqa_lib.exercises.checking import Case, Exercise, Mistake, Result
 
 # notebook number -> its exercises, in the order the notebook asks them
 BY_NOTEBOOK: dict[str, list[Exercise]] = {

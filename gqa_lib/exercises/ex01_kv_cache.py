@@ -1,15 +1,15 @@
 """Exercises of notebook 01: the KV-cache formula, for any model, and with sliding-window layers.
 
-Models come from ``data/models.json`` (``gqa_lib.models.get_model``): a ``ModelSpec`` with ``n_layers``,
+Models come from ``data/models.json`` (``gqa_lib.models.catalog.get_model``): a ``ModelSpec`` with ``n_layers``,
 ``d_model``, ``n_heads``, ``n_kv_heads`` and ``head_dim``.
 """
 
 from __future__ import annotations
 
-from ..cache_math import kv_cache_bytes
-from ..models import get_model
-from .checking import Case, Exercise
-from .museum import mistakes_for
+from gqa_lib.core.cache_math import kv_cache_bytes
+from gqa_lib.exercises.checking import Case, Exercise
+from gqa_lib.exercises.museum import mistakes_for
+from gqa_lib.models.catalog import get_model
 
 
 def reference_cache_bytes(model, tokens, batch=1, bytes_per_number=2):

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from ..attention import GroupedQueryAttention, grouped_attention
-from ..rope import RotaryEmbedding
-from .checking import Case, Exercise, generator, randn
-from .museum import mistakes_for
+from gqa_lib.core.attention import GroupedQueryAttention, grouped_attention
+from gqa_lib.core.rope import RotaryEmbedding
+from gqa_lib.exercises.checking import Case, Exercise, generator, randn
+from gqa_lib.exercises.museum import mistakes_for
 
 
 def reference_mha(x, W_q, W_k, W_v, W_o, n_heads):
@@ -48,7 +48,7 @@ check_mha = mha.check
 
 
 def reference_rope(x, start_pos, base=10000.0):
-    """gqa_lib.rope.RotaryEmbedding: rotate_half layout, angles in float32."""
+    """gqa_lib.core.rope.RotaryEmbedding: rotate_half layout, angles in float32."""
     return RotaryEmbedding(x.shape[-1], base)(x, start_pos)
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from ..attention import grouped_attention
-from .checking import Case, Exercise, attention_label, generator, qkv
-from .museum import mistakes_for
+from gqa_lib.core.attention import grouped_attention
+from gqa_lib.exercises.checking import Case, Exercise, attention_label, generator, qkv
+from gqa_lib.exercises.museum import mistakes_for
 
 
 def reference_attention(q, k, v):

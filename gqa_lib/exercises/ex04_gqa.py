@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from ..attention import expand_kv as lib_expand_kv
-from ..attention import grouped_attention
-from ..layout import AttentionLayout
-from .checking import Case, Exercise, attention_label, generator, qkv, randn
-from .museum import mistakes_for
+from gqa_lib.core.attention import expand_kv as lib_expand_kv
+from gqa_lib.core.attention import grouped_attention
+from gqa_lib.core.layout import AttentionLayout
+from gqa_lib.exercises.checking import Case, Exercise, attention_label, generator, qkv, randn
+from gqa_lib.exercises.museum import mistakes_for
 
 # (n_heads, n_kv_heads): MHA and MQA ends, GQA between, SmolLM2's and Llama-3 8B's shapes.
 LAYOUTS = [(1, 1), (4, 1), (4, 4), (6, 2), (6, 3), (8, 2), (9, 3), (32, 8)]

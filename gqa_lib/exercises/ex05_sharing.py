@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from ..attention import GroupedQueryAttention
-from ..convert import expand_to_mha
-from ..layout import AttentionLayout
-from .checking import Case, Exercise, generator, randn
-from .ex04_gqa import LAYOUTS
-from .museum import mistakes_for
+from gqa_lib.core.attention import GroupedQueryAttention
+from gqa_lib.core.kv_head_conversion import expand_to_mha
+from gqa_lib.core.layout import AttentionLayout
+from gqa_lib.exercises.checking import Case, Exercise, generator, randn
+from gqa_lib.exercises.ex04_gqa import LAYOUTS
+from gqa_lib.exercises.museum import mistakes_for
 
 
 def reference_same_kv_head(n_heads, n_kv_heads):
@@ -27,7 +27,8 @@ check_same_kv_head = same_kv_head.check
 
 
 def reference_expand_kv_projection(w, n_heads, n_kv_heads):
-    """k_proj (or v_proj) weight of the MHA layer equal to a GQA layer: gqa_lib.convert.expand_to_mha."""
+    """k_proj (or v_proj) weight of the MHA layer equal to a GQA layer:
+    gqa_lib.core.kv_head_conversion.expand_to_mha."""
     head_dim, d_model = w.shape[0] // n_kv_heads, w.shape[1]
     layer = GroupedQueryAttention(d_model, n_heads, n_kv_heads, head_dim=head_dim, rope=False).to(w.dtype)
     with torch.no_grad():
@@ -49,5 +50,6 @@ def _projection_cases() -> list[Case]:
 
 expand_kv_projection = Exercise(
     "expand_kv_projection", "expand_kv_projection(w, n_heads, n_kv_heads)", reference_expand_kv_projection,
-    _projection_cases, mistakes_for("expand_kv_projection"), reference_name="gqa_lib.convert.expand_to_mha")
+    _projection_cases, mistakes_for("expand_kv_projection"),
+    reference_name="gqa_lib.core.kv_head_conversion.expand_to_mha")
 check_expand_kv_projection = expand_kv_projection.check

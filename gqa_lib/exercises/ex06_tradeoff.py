@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import torch
 
-from ..attention import GroupedQueryAttention, grouped_attention
-from ..convert import reduce_kv_heads
-from .checking import Case, Exercise, attention_label, generator, qkv, randn
-from .museum import mistakes_for
+from gqa_lib.core.attention import GroupedQueryAttention, grouped_attention
+from gqa_lib.core.kv_head_conversion import reduce_kv_heads
+from gqa_lib.exercises.checking import Case, Exercise, attention_label, generator, qkv, randn
+from gqa_lib.exercises.museum import mistakes_for
 
 _DTYPE_OF_BYTES = {1: torch.int8, 2: torch.bfloat16, 4: torch.float32}
 
 
 def reference_decode_cost(n_heads, n_kv_heads, seq_len, head_dim, bytes_per_elem):
-    """(bytes read, FLOPs) of one decode step's attention, batch 1: gqa_lib.decode_bench.cache_bytes_read
+    """(bytes read, FLOPs) of one decode step's attention, batch 1:
+    gqa_lib.experiments.attention_roofline.cache_bytes_read
     and 2 products x 2 FLOPs per multiply-add x n_heads x seq_len x head_dim."""
-    from ..decode_bench import cache_bytes_read
+    from gqa_lib.experiments.attention_roofline import cache_bytes_read
 
     return (cache_bytes_read(n_kv_heads, seq_len, head_dim, _DTYPE_OF_BYTES[bytes_per_elem]),
             2 * 2 * n_heads * seq_len * head_dim)
@@ -30,7 +31,8 @@ def _cost_cases() -> list[Case]:
 
 decode_cost = Exercise("decode_cost", "decode_cost(n_heads, n_kv_heads, seq_len, head_dim, bytes_per_elem)",
                        reference_decode_cost, _cost_cases, mistakes_for("decode_cost"),
-                       reference_name="gqa_lib.decode_bench.cache_bytes_read and the FLOP count of section 1")
+                       reference_name="gqa_lib.experiments.attention_roofline.cache_bytes_read and the FLOP count "
+                                      "of section 1")
 check_decode_cost = decode_cost.check
 
 
@@ -55,7 +57,7 @@ check_decode_attention = decode_attention.check
 
 
 def reference_mean_pool_kv(w, n_kv_heads, new_n_kv_heads):
-    """gqa_lib.convert.reduce_kv_heads(method='mean') applied to a k_proj weight of shape
+    """gqa_lib.core.kv_head_conversion.reduce_kv_heads(method='mean') applied to a k_proj weight of shape
     (n_kv_heads * head_dim, d_model): new KV head j is the mean of old heads j*r .. (j+1)*r - 1."""
     head_dim, d_model = w.shape[0] // n_kv_heads, w.shape[1]
     layer = GroupedQueryAttention(d_model, n_kv_heads, n_kv_heads, head_dim=head_dim, rope=False).to(w.dtype)
@@ -78,5 +80,5 @@ def _pool_cases() -> list[Case]:
 
 mean_pool_kv = Exercise("mean_pool_kv", "mean_pool_kv(w, n_kv_heads, new_n_kv_heads)", reference_mean_pool_kv,
                         _pool_cases, mistakes_for("mean_pool_kv"),
-                        reference_name="gqa_lib.convert.reduce_kv_heads(method='mean')")
+                        reference_name="gqa_lib.core.kv_head_conversion.reduce_kv_heads(method='mean')")
 check_mean_pool_kv = mean_pool_kv.check

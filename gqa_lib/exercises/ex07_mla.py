@@ -6,10 +6,10 @@ import math
 
 import torch
 
-from ..cache_math import mla_cache_bytes as lib_mla_cache_bytes
-from ..models import MLADims, ModelSpec, get_model
-from .checking import Case, Exercise, generator, randn
-from .museum import mistakes_for
+from gqa_lib.core.cache_math import mla_cache_bytes as lib_mla_cache_bytes
+from gqa_lib.exercises.checking import Case, Exercise, generator, randn
+from gqa_lib.exercises.museum import mistakes_for
+from gqa_lib.models.catalog import MLADims, ModelSpec, get_model
 
 
 def reference_mla_scores(q_c, q_r, latent, k_rope, w_uk):

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import torch
 
-from ..cache_shrink import GROUP, CachePolicy, fake_quantize, layer_cache_bytes, visible
-from ..models import get_model
-from .checking import Case, Exercise, generator, randn
-from .museum import mistakes_for
+from gqa_lib.exercises.checking import Case, Exercise, generator, randn
+from gqa_lib.exercises.museum import mistakes_for
+from gqa_lib.experiments.cache_shrink import GROUP, CachePolicy, fake_quantize, layer_cache_bytes, visible
+from gqa_lib.models.catalog import get_model
 
 
 def reference_window_mask(n, window, sinks):
-    """gqa_lib.cache_shrink.visible: (n, n) bool, True where query i may see key j: j <= i, and j is one of
+    """gqa_lib.experiments.cache_shrink.visible: (n, n) bool, True where query i may see key j: j <= i, and j is one of
     the last ``window`` keys (i - window < j, the query's own key included) or one of the first ``sinks``."""
     return visible(n, window, sinks)
 
@@ -30,12 +30,12 @@ def _window_cases() -> list[Case]:
 
 
 window_mask = Exercise("window_mask", "window_mask(n, window, sinks)", reference_window_mask, _window_cases,
-                       mistakes_for("window_mask"), reference_name="gqa_lib.cache_shrink.visible")
+                       mistakes_for("window_mask"), reference_name="gqa_lib.experiments.cache_shrink.visible")
 check_window_mask = window_mask.check
 
 
 def reference_int_round_trip(x, bits):
-    """gqa_lib.cache_shrink.fake_quantize along the last dim, groups of 64: what an int cache gives back.
+    """gqa_lib.experiments.cache_shrink.fake_quantize along the last dim, groups of 64: what an int cache gives back.
 
     Per group: low = min rounded to bf16; scale = (max - low) / (2**bits - 1) rounded to bf16 (0 becomes
     bf16's smallest normal number); q = round((x - low) / scale) clamped to 0 .. 2**bits - 1; returns
@@ -62,12 +62,12 @@ def _round_trip_cases() -> list[Case]:
 
 int_round_trip = Exercise("int_round_trip", "int_round_trip(x, bits)", reference_int_round_trip,
                           _round_trip_cases, mistakes_for("int_round_trip"),
-                          reference_name="gqa_lib.cache_shrink.fake_quantize")
+                          reference_name="gqa_lib.experiments.cache_shrink.fake_quantize")
 check_int_round_trip = int_round_trip.check
 
 
 def reference_quantized_cache_bytes(n_layers, numbers_per_token, tokens, bits):
-    """Bytes of an int cache quantized per token: n_layers x gqa_lib.cache_shrink.layer_cache_bytes, that is
+    """Bytes of an int cache quantized per token: n_layers x gqa_lib.experiments.cache_shrink.layer_cache_bytes, that is
     n_layers x tokens x (numbers_per_token x bits / 8 + numbers_per_token / 64 x 4) (a bf16 scale and a bf16
     minimum per group of 64 numbers). ``numbers_per_token`` is a multiple of 64."""
     return round(n_layers * layer_cache_bytes(numbers_per_token, tokens, CachePolicy(bits=bits)))
@@ -89,5 +89,5 @@ def _cache_cases() -> list[Case]:
 quantized_cache_bytes = Exercise(
     "quantized_cache_bytes", "quantized_cache_bytes(n_layers, numbers_per_token, tokens, bits)",
     reference_quantized_cache_bytes, _cache_cases, mistakes_for("quantized_cache_bytes"),
-    reference_name="gqa_lib.cache_shrink.layer_cache_bytes with CachePolicy(bits=bits)")
+    reference_name="gqa_lib.experiments.cache_shrink.layer_cache_bytes with CachePolicy(bits=bits)")
 check_quantized_cache_bytes = quantized_cache_bytes.check

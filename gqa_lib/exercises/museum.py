@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
-from ..attention import causal_mask
-from ..cache_shrink import visible
-from .checking import Case, Mistake
+from gqa_lib.core.attention import causal_mask
+from gqa_lib.exercises.checking import Case, Mistake
+from gqa_lib.experiments.cache_shrink import visible
 
 
 @dataclass(frozen=True)

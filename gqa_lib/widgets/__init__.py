@@ -16,7 +16,7 @@ _BUILDERS = {
     "kv_cache_calculator": "cache_calculator",  # notebook 01
     "head_heatmap_explorer": "head_heatmaps",  # notebook 02
     "mqa_cache_comparison": "mqa_cache",  # notebook 03
-    "group_explorer": "groups",  # notebook 04 (module named apart from its builder, so importing it cannot shadow it)
+    "group_explorer": "group_shapes",  # notebook 04 (named apart from its builder, so importing it cannot shadow it)
     "smollm_group_explorer": "smollm_explorer",  # notebook 05
     "mla_cache_comparison": "mla_cache",  # notebook 07
     "cache_budget_explorer": "cache_budget",  # notebook 08

@@ -2,7 +2,7 @@
 
 The budget per token of context is ``memory / (context x batch)`` (GB = 10^9 bytes). Every method of
 ``data/results/cache_pareto.csv`` either fits (its bytes per token, recomputed at the chosen context
-by ``gqa_lib.cache_pareto.bytes_per_token_at``, are within the budget) or does not; the readout names
+by ``gqa_lib.experiments.cache_pareto.bytes_per_token_at``, are within the budget) or does not; the readout names
 the best that fits and lists the others with their measured change in loss. Losses are those measured
 at the file's context (2,048 tokens); only the bytes change with the context.
 Controls refuse values they do not offer, listing the valid ones (``controls.NotOffered``).
@@ -19,10 +19,11 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, NullLocator
 
-from ..cache_pareto import bytes_per_token_at, family_style
-from ..plots import NEUTRAL
-from .blit import BlitFigure
-from .controls import StrictIntSlider, StrictSelectionSlider
+from gqa_lib.experiments.cache_pareto import bytes_per_token_at
+from gqa_lib.pictures.cache_pareto import family_style
+from gqa_lib.pictures.style import NEUTRAL
+from gqa_lib.widgets.blit import BlitFigure
+from gqa_lib.widgets.controls import StrictIntSlider, StrictSelectionSlider
 
 MEMORY_GB = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10]
 CONTEXTS = [2**k for k in range(9, 14)]  # 512 .. 8192 tokens: SmolLM2 was trained up to 8,192, no further
@@ -175,7 +176,7 @@ class CacheBudgetExplorer(widgets.VBox):
 def cache_budget_explorer(table=None, memory_gb: float = 0.02, context: int = 2048, batch: int = 1):
     """The widget of notebook 08, on ``table`` (default: the shipped ``data/results/cache_pareto.csv``)."""
     if table is None:
-        from ..results import RESULTS_DIR, read_results
+        from gqa_lib.experiments.results import RESULTS_DIR, read_results
 
         table = read_results(RESULTS_DIR / "cache_pareto.csv")
     return CacheBudgetExplorer(table, memory_gb, context, batch)

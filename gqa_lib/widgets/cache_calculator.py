@@ -17,7 +17,7 @@ a control does not offer is refused with the valid range or values (nothing is c
   numbers plus a RoPE key of ``.d_rope`` numbers per token and layer, DeepSeek-V2/V3).
 - ``.context``: SelectionSlider of tokens, powers of 2 from 128 to 1,048,576 (plus a preset's
   context if that is not a power of 2). ``.batch``: IntSlider.
-- ``.dtype``: Dropdown of number formats (``gqa_lib.cache_math.ELEMENT_BITS``); int8 and int4 count
+- ``.dtype``: Dropdown of number formats (``gqa_lib.core.cache_math.ELEMENT_BITS``); int8 and int4 count
   their fp16 scales, one per ``.scale_group`` channels (0: one per vector, i.e. per token, per KV head,
   per K and per V).
 - ``.window``: Dropdown, 0 (no local layers) or the tokens a local layer keeps; ``.pattern``:
@@ -27,7 +27,7 @@ a control does not offer is refused with the valid range or values (nothing is c
 Outputs: ``.readout`` (HTML), ``.plot`` (an Image: cache against context, log-log, as built, all
 layers global and MHA of the same shape, with lines for common GPU memory sizes and a marker at the
 chosen context), and ``readout_values()``, a dict of the numbers shown. Every number comes from
-``gqa_lib.cache_math.CacheRecipe``.
+``gqa_lib.core.cache_math.CacheRecipe``.
 
 Readout format (stable; tests parse it). The text of ``.readout.value`` with tags removed has these
 seven lines, in this order (Llama-3 8B shown)::
@@ -66,7 +66,7 @@ import ipywidgets as widgets
 import numpy as np
 from traitlets import TraitError, validate
 
-from ..cache_math import (
+from gqa_lib.core.cache_math import (
     ELEMENT_BITS,
     GIB,
     QUANTIZED,
@@ -74,9 +74,9 @@ from ..cache_math import (
     ElementType,
     auto_format_bytes,
 )
-from ..layout import attention_kind, divisors
-from ..models import ModelSpec, get_model, load_models
-from ..plots import GPU_MEMORY_GIB, NEUTRAL, PALETTE
+from gqa_lib.core.layout import attention_kind, divisors
+from gqa_lib.models.catalog import ModelSpec, get_model, load_models
+from gqa_lib.pictures.style import GPU_MEMORY_GIB, NEUTRAL, PALETTE
 
 CUSTOM = "custom"  # the same spelling in every widget of the series
 CONTEXT_POWERS = [2**k for k in range(7, 21)]  # 128 .. 1,048,576 tokens
@@ -404,7 +404,7 @@ class KVCacheCalculator(widgets.VBox):
 
     # ---- numbers ------------------------------------------------------------------------
     def recipe(self) -> CacheRecipe:
-        """The cache the controls describe, as a pure :class:`~gqa_lib.cache_math.CacheRecipe`."""
+        """The cache the controls describe, as a pure :class:`~gqa_lib.core.cache_math.CacheRecipe`."""
         n_layers = self.n_layers.value
         window = self.window.value or None
         pattern = self.pattern.value[:n_layers] if window else "G"  # a pattern repeats from layer 0
@@ -420,7 +420,7 @@ class KVCacheCalculator(widgets.VBox):
         return CacheRecipe(n_layers, self.n_kv_heads.value, self.head_dim.value, element, pattern, window, share)
 
     def readout_values(self) -> dict:
-        """The numbers the readout shows, computed with ``gqa_lib.cache_math.CacheRecipe``."""
+        """The numbers the readout shows, computed with ``gqa_lib.core.cache_math.CacheRecipe``."""
         r = self.recipe()
         n_heads, tokens, batch = self.n_heads.value, self.context.value, self.batch.value
         mha = CacheRecipe(r.n_layers, n_heads, self.head_dim.value, r.element)

@@ -3,7 +3,7 @@
 One forward pass of SmolLM2 per sentence (``smollm.capture_layers``) gives the attention maps of all
 30 layers at once; only the maps are kept (for the last few sentences), so moving the layer or head
 slider only redraws. The readout gives the layer's head diversity
-(``gqa_lib.diversity.head_diversity``), computed once per sentence and layer.
+(``gqa_lib.core.diversity.head_diversity``), computed once per sentence and layer.
 
 The model only ever sees the text's first ``MAX_TOKENS`` tokens (``token_cap``): memory grows with the
 square of the tokens, and those are all the picture shows. The readout says when a text was cut.
@@ -18,14 +18,14 @@ import ipywidgets as widgets
 import torch
 from matplotlib.figure import Figure
 
-from .. import smollm
-from ..diversity import head_diversity
-from ..heatmaps import token_labels
-from ..models import get_model
-from ..plots import HEATMAP_CMAP
-from .blit import BlitFigure
-from .controls import StrictIntSlider
-from .token_cap import MAX_TOKENS, CappedText, cap_text, cut_note
+from gqa_lib.core.diversity import head_diversity
+from gqa_lib.models import smollm
+from gqa_lib.models.catalog import get_model
+from gqa_lib.pictures.heatmaps import token_labels
+from gqa_lib.pictures.style import HEATMAP_CMAP
+from gqa_lib.widgets.blit import BlitFigure
+from gqa_lib.widgets.controls import StrictIntSlider
+from gqa_lib.widgets.token_cap import MAX_TOKENS, CappedText, cap_text, cut_note
 
 DEFAULT_TEXT = "Alice gave Bob the book, and then he thanked her for it."
 MAPS_KEPT = 4  # sentences whose maps are kept: 30 x 9 x 32 x 32 float32 = 1.1 MB each at most
@@ -48,7 +48,7 @@ def all_layer_maps(text: str, max_tokens: int = MAX_TOKENS):
     """(tokens, weights): SmolLM2's attention maps for the first ``max_tokens`` tokens of ``text``, every layer.
 
     weights: (n_layers, n_heads, seq, seq), seq <= ``max_tokens``, from one forward pass of
-    ``gqa_lib.smollm.capture_layers`` on the text cut to those tokens (``token_cap.cap_text``): with a
+    ``gqa_lib.models.smollm.capture_layers`` on the text cut to those tokens (``token_cap.cap_text``): with a
     causal mask, the maps of a text's first tokens do not depend on what follows, so they are exactly
     what the model computes for them inside the whole text.
     """

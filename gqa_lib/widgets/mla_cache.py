@@ -2,7 +2,7 @@
 
 Sliders set the shape (layers, query heads, KV heads, head dim) and MLA's two sizes (latent ``d_c``
 and RoPE key ``d_rope``). Every figure in the readout and the bar chart comes from
-``gqa_lib.cache_math``; the KV-head slider offers only divisors of the query heads.
+``gqa_lib.core.cache_math``; the KV-head slider offers only divisors of the query heads.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ import ipywidgets as widgets
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from ..cache_math import DTYPE_BYTES, auto_format_bytes, dtype_bytes, kv_cache_bytes, mla_cache_bytes
-from ..layout import check_kv_heads, check_positive_int, divisors
-from ..plots import PALETTE
-from .blit import BlitFigure
-from .controls import StrictDropdown, StrictIntSlider, StrictSelectionSlider
+from gqa_lib.core.cache_math import DTYPE_BYTES, auto_format_bytes, dtype_bytes, kv_cache_bytes, mla_cache_bytes
+from gqa_lib.core.layout import check_kv_heads, check_positive_int, divisors
+from gqa_lib.pictures.style import PALETTE
+from gqa_lib.widgets.blit import BlitFigure
+from gqa_lib.widgets.controls import StrictDropdown, StrictIntSlider, StrictSelectionSlider
 
 KINDS = ("MHA", "GQA", "MQA", "MLA")
 TOKEN_CHOICES = (4_096, 32_768, 100_000, 131_072)

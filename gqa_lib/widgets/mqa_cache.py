@@ -1,6 +1,6 @@
 """Notebook 03's widget: the KV cache of one model shape as MHA (a K/V head per query head) and as MQA (one).
 
-All numbers come from ``gqa_lib.cache_math.kv_cache_bytes``; the reduction is ``n_heads / 1``. A preset
+All numbers come from ``gqa_lib.core.cache_math.kv_cache_bytes``; the reduction is ``n_heads / 1``. A preset
 fills the sliders with a real model's shape from ``data/models.json``; moving any slider away from
 the preset's value switches the preset back to ``"custom"``. For a GQA preset the model as released
 is drawn between the two (MHA -> GQA -> MQA), as long as the sliders still show its shape.
@@ -16,12 +16,12 @@ import ipywidgets as widgets
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullLocator
 
-from ..cache_math import DTYPE_BYTES, GIB, auto_format_bytes, dtype_bytes, kv_cache_bytes, reduction_vs_mha
-from ..layout import check_positive_int
-from ..models import get_model, load_models
-from ..plots import GPU_MEMORY_GIB, NEUTRAL, PALETTE
-from .blit import BlitFigure
-from .controls import CUSTOM, StrictDropdown, StrictIntSlider, StrictSelectionSlider
+from gqa_lib.core.cache_math import DTYPE_BYTES, GIB, auto_format_bytes, dtype_bytes, kv_cache_bytes, reduction_vs_mha
+from gqa_lib.core.layout import check_positive_int
+from gqa_lib.models.catalog import get_model, load_models
+from gqa_lib.pictures.style import GPU_MEMORY_GIB, NEUTRAL, PALETTE
+from gqa_lib.widgets.blit import BlitFigure
+from gqa_lib.widgets.controls import CUSTOM, StrictDropdown, StrictIntSlider, StrictSelectionSlider
 
 ROWS_WITH_GQA = {"MHA": 2.0, "GQA": 1.0, "MQA": 0.0}  # bar positions (y) with the released GQA model drawn
 ROWS_WITHOUT = {"MHA": 1.6, "GQA": 1.0, "MQA": 0.4}

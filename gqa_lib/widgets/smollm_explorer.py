@@ -3,7 +3,7 @@
 Type a sentence, pick a layer and a group. The picture shows the attention maps of the group's three
 query heads (one colour scale) next to the keys and values of the one KV head they all read. The
 readout gives the layer's head diversity for pairs inside a group and pairs across groups
-(``gqa_lib.diversity.within_across_diversity``). One forward pass per sentence gives all 30 layers
+(``gqa_lib.core.diversity.within_across_diversity``). One forward pass per sentence gives all 30 layers
 (``smollm.capture_layers``); they are kept, so moving the layer or group only recomputes and redraws.
 
 The model only ever sees the text's first ``MAX_TOKENS`` tokens (``token_cap``): memory grows with the
@@ -24,12 +24,12 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from .. import smollm
-from ..diversity import pairwise_head_distance
-from ..models import get_model
-from ..plots import DIVERGING_CMAP, HEATMAP_CMAP
-from .controls import StrictIntSlider, StrictToggleButtons
-from .token_cap import MAX_TOKENS, cap_text, cut_note
+from gqa_lib.core.diversity import pairwise_head_distance
+from gqa_lib.models import smollm
+from gqa_lib.models.catalog import get_model
+from gqa_lib.pictures.style import DIVERGING_CMAP, HEATMAP_CMAP
+from gqa_lib.widgets.controls import StrictIntSlider, StrictToggleButtons
+from gqa_lib.widgets.token_cap import MAX_TOKENS, cap_text, cut_note
 
 DEFAULT_TEXT = smollm.PROMPTS["sentences"]["fox"]
 CAPTURES_KEPT = 4  # texts whose captures are kept: about 1 MB each at the token cap
@@ -263,6 +263,6 @@ class SmollmGroupExplorer(widgets.VBox):
 def smollm_group_explorer(text: str = DEFAULT_TEXT, layer: int = 3, group: int = 0) -> SmollmGroupExplorer:
     """Build notebook 05's explorer: sentence box, layer slider, group buttons, heatmaps and diversity readout.
 
-    Needs the SmolLM2 model file (``gqa_lib.smollm.check_gguf``); loads the model on first use.
+    Needs the SmolLM2 model file (``gqa_lib.models.smollm.check_gguf``); loads the model on first use.
     """
     return SmollmGroupExplorer(text, layer, group)

@@ -32,7 +32,7 @@ def cap_text(text: str, max_tokens: int = MAX_TOKENS) -> CappedText:
     The cut is made at the character where token ``max_tokens`` ends, so the kept text tokenizes to
     the same first tokens (checked; shortened further in the rare case a merge crosses the cut).
     """
-    from .. import smollm
+    from gqa_lib.models import smollm
 
     _, tok = smollm.load_smollm()
     enc = tok(text, return_offsets_mapping=True, add_special_tokens=False)

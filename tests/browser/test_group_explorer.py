@@ -1,6 +1,6 @@
 """Notebook 04's group explorer in the browser: keyboard moves, KV-head choices, readout against the arithmetic.
 
-Each check reads the sliders the reader sees, computes the cache with ``gqa_lib.cache_math`` here,
+Each check reads the sliders the reader sees, computes the cache with ``gqa_lib.core.cache_math`` here,
 and looks for those numbers, next to their names, in the widget's text.
 """
 
@@ -13,8 +13,8 @@ import pytest
 from series import notebook_showing
 
 from gqa_lib import widgets
-from gqa_lib.cache_math import auto_format_bytes, dtype_bytes, kv_cache_bytes, reduction_vs_mha
-from gqa_lib.layout import attention_kind, divisors
+from gqa_lib.core.cache_math import auto_format_bytes, dtype_bytes, kv_cache_bytes, reduction_vs_mha
+from gqa_lib.core.layout import attention_kind, divisors
 
 NOTEBOOK = notebook_showing("group_explorer")
 closest_divisor = importlib.import_module(widgets.group_explorer.__module__).closest_divisor  # the widget's rule

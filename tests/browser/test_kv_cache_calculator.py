@@ -1,7 +1,7 @@
 """Notebook 01's KV-cache calculator in the browser: keyboard, model presets, readout against the arithmetic.
 
 Every check reads the values the reader sees in the DOM (slider readouts, the chosen dropdown
-option), computes the cache with ``gqa_lib.cache_math`` here in the test, and compares with the
+option), computes the cache with ``gqa_lib.core.cache_math`` here in the test, and compares with the
 text the widget shows. The readout format is the one documented in gqa_lib/widgets/cache_calculator.py.
 """
 
@@ -13,9 +13,9 @@ import pytest
 from series import notebook_showing
 
 from gqa_lib import widgets
-from gqa_lib.cache_math import QUANTIZED, CacheRecipe, ElementType, auto_format_bytes
-from gqa_lib.layout import attention_kind, divisors
-from gqa_lib.models import get_model
+from gqa_lib.core.cache_math import QUANTIZED, CacheRecipe, ElementType, auto_format_bytes
+from gqa_lib.core.layout import attention_kind, divisors
+from gqa_lib.models.catalog import get_model
 
 NOTEBOOK = notebook_showing("kv_cache_calculator")
 nearest_valid_kv_heads = importlib.import_module(widgets.kv_cache_calculator.__module__).nearest_valid_kv_heads

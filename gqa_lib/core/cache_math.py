@@ -1,0 +1,300 @@
+"""How many bytes a KV cache takes: pure arithmetic, no tensors.
+
+Per token and per layer, attention caches one key and one value vector of ``head_dim`` numbers for
+every KV head: ``2 * n_kv_heads * head_dim`` numbers. MHA has ``n_kv_heads == n_heads``, MQA has 1,
+GQA is between. MLA (DeepSeek-V2) caches a latent of ``d_c`` numbers plus one RoPE key of
+``d_rope`` numbers shared by all heads: ``d_c + d_rope`` numbers.
+
+A real model's cache is built from more than heads (see :class:`CacheRecipe`):
+
+- **Sliding-window (local) layers** keep only the last ``window`` tokens: ``min(tokens, window)``.
+  Gemma 3 1B has 5 local layers for each global one, window 512 (google/gemma_pytorch
+  ``gemma/config.py``); Mistral 7B has a window of 4,096 on every layer (Jiang et al. 2023, Table 1).
+- **Cross-layer sharing** (Brandon et al. 2024, "Reducing Transformer Key-Value Cache Size with
+  Cross-Layer Attention"): groups of ``share_every`` adjacent layers reuse the K/V of the group's
+  first layer, so only one layer in ``share_every`` stores anything.
+- **The element type** (:class:`ElementType`): fp32, fp16, bf16, fp8, or int8/int4 with their
+  scales counted: one ``scale_bytes`` scale for every ``scale_group`` channels of every cached
+  vector (default: one fp16 scale per vector, i.e. per token, per KV head, per K and per V).
+- **MLA's latent** in place of K and V.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from gqa_lib.core.layout import AttentionLayout, check_positive_int
+
+# Bytes per cached number.
+DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
+
+GB = 10**9  # what disk makers and most papers mean
+GIB = 2**30  # what nvidia-smi and torch.cuda report as "GB"
+
+
+def dtype_bytes(dtype: str) -> int:
+    """Bytes per element for a dtype name ('fp32', 'fp16', 'bf16', 'fp8', 'int8')."""
+    try:
+        return DTYPE_BYTES[dtype]
+    except (KeyError, TypeError):
+        valid = ", ".join(DTYPE_BYTES)
+        raise ValueError(f"dtype={dtype!r} is not known (valid: {valid})") from None
+
+
+def _check_count(name: str, value) -> int:
+    return check_positive_int(name, value)
+
+
+def elements_per_token_per_layer(n_kv_heads: int, head_dim: int) -> int:
+    """Numbers cached for one token in one layer: a key and a value per KV head."""
+    _check_count("n_kv_heads", n_kv_heads)
+    _check_count("head_dim", head_dim)
+    return 2 * n_kv_heads * head_dim
+
+
+def mla_elements_per_token_per_layer(d_c: int, d_rope: int) -> int:
+    """Numbers MLA caches for one token in one layer: the latent plus the shared RoPE key."""
+    _check_count("d_c", d_c)
+    if isinstance(d_rope, bool) or not isinstance(d_rope, int) or d_rope < 0:
+        raise ValueError(f"d_rope={d_rope!r} must be a non-negative integer")
+    return d_c + d_rope
+
+
+def kv_cache_bytes(n_layers, n_kv_heads, head_dim, seq_len, batch=1, bytes_per_elem=2) -> int:
+    """Bytes of a KV cache: ``2 * n_layers * n_kv_heads * head_dim * seq_len * batch * bytes_per_elem``.
+
+    Pass ``n_kv_heads = n_heads`` for MHA and 1 for MQA.
+    """
+    _check_count("n_layers", n_layers)
+    _check_count("seq_len", seq_len)
+    _check_count("batch", batch)
+    _check_count("bytes_per_elem", bytes_per_elem)
+    return elements_per_token_per_layer(n_kv_heads, head_dim) * n_layers * seq_len * batch * bytes_per_elem
+
+
+def mla_cache_bytes(n_layers, d_c, d_rope, seq_len, batch=1, bytes_per_elem=2) -> int:
+    """Bytes of an MLA cache: ``n_layers * (d_c + d_rope) * seq_len * batch * bytes_per_elem``."""
+    _check_count("n_layers", n_layers)
+    _check_count("seq_len", seq_len)
+    _check_count("batch", batch)
+    _check_count("bytes_per_elem", bytes_per_elem)
+    return mla_elements_per_token_per_layer(d_c, d_rope) * n_layers * seq_len * batch * bytes_per_elem
+
+
+def layout_cache_bytes(layout: AttentionLayout, seq_len: int, batch: int = 1, dtype: str = "bf16") -> int:
+    """Total cache bytes for an :class:`AttentionLayout` (all its layers)."""
+    if not isinstance(layout, AttentionLayout):
+        raise TypeError(f"layout={layout!r} must be an AttentionLayout(n_heads, n_kv_heads, head_dim, n_layers)")
+    return kv_cache_bytes(layout.n_layers, layout.n_kv_heads, layout.head_dim, seq_len, batch, dtype_bytes(dtype))
+
+
+def bytes_per_token(layout: AttentionLayout, dtype: str = "bf16") -> int:
+    """Cache bytes one token adds, over all layers, batch 1."""
+    return layout_cache_bytes(layout, 1, 1, dtype)
+
+
+def reduction_vs_mha(n_heads: int, n_kv_heads: int) -> float:
+    """How many times smaller the cache is than MHA of the same shape: ``n_heads / n_kv_heads``."""
+    AttentionLayout(n_heads, n_kv_heads, 1)  # validates
+    return n_heads / n_kv_heads
+
+
+def format_bytes(n_bytes: float, unit: str = "GB", digits: int = 2) -> str:
+    """Format bytes in a named unit: 'B', 'KB', 'MB', 'GB', 'TB' (powers of 10) or 'KiB'.. 'TiB' (powers of 2)."""
+    units = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": GB, "TB": 10**12,
+             "KiB": 2**10, "MiB": 2**20, "GiB": GIB, "TiB": 2**40}
+    if unit not in units:
+        raise ValueError(f"unit={unit!r} is not known (valid: {', '.join(units)})")
+    _check_byte_count(n_bytes)
+    return f"{n_bytes / units[unit]:,.{digits}f} {unit}"
+
+
+def _check_byte_count(n_bytes) -> None:
+    """Refuse what is not a finite, non-negative number of bytes (nan would print as "nan GB")."""
+    if isinstance(n_bytes, bool) or not isinstance(n_bytes, (int, float)):
+        raise TypeError(f"n_bytes={n_bytes!r} must be a non-negative number (got {type(n_bytes).__name__})")
+    if not math.isfinite(n_bytes) or n_bytes < 0:
+        raise ValueError(f"n_bytes={n_bytes!r} must be a finite, non-negative number")
+
+
+def auto_format_bytes(n_bytes: float, binary: bool = False, digits: int = 2) -> str:
+    """Format bytes in the largest unit that keeps the number at or above 1 (GB-style or GiB-style)."""
+    _check_byte_count(n_bytes)
+    names = ["B", "KiB", "MiB", "GiB", "TiB"] if binary else ["B", "KB", "MB", "GB", "TB"]
+    base = 1024 if binary else 1000
+    for i in reversed(range(len(names))):
+        if n_bytes >= base**i or i == 0:
+            return format_bytes(n_bytes, names[i], 0 if i == 0 else digits)
+    raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------------------------
+# A cache as a real model builds it: element types with scales, local layers, sharing, MLA
+# --------------------------------------------------------------------------------------------
+
+# Bits per stored number. int8/int4 also store scales (ElementType); the others store none.
+ELEMENT_BITS = {"fp32": 32, "fp16": 16, "bf16": 16, "fp8": 8, "int8": 8, "int4": 4}
+QUANTIZED = ("int8", "int4")
+LOCAL, GLOBAL = "L", "G"  # the letters of a layer pattern
+
+
+@dataclass(frozen=True)
+class ElementType:
+    """How each cached number is stored, with the scales that integer formats need.
+
+    ``name``: one of ``ELEMENT_BITS`` (fp32 4 bytes, fp16/bf16 2, fp8 1, int8 1, int4 half a byte).
+    For int8 and int4 the cache also stores scales (symmetric quantization: no zero points):
+    one scale of ``scale_bytes`` bytes (default 2, an fp16 number) for every ``scale_group``
+    channels of every cached vector. ``scale_group=None`` means one scale per vector, i.e. per
+    token, per KV head, per K and per V (or per latent, for MLA). A vector of ``n`` numbers
+    therefore takes ``ceil(n * bits / 8) + ceil(n / scale_group) * scale_bytes`` bytes.
+    Float formats take no scale settings; passing any raises ``ValueError``.
+    """
+
+    name: str = "bf16"
+    scale_group: int | None = None  # channels that share one scale; None: the whole vector
+    scale_bytes: int = 2  # bytes of one scale (fp16)
+
+    def __post_init__(self):
+        if self.name not in ELEMENT_BITS:
+            raise ValueError(f"element={self.name!r} is not known (valid: {', '.join(ELEMENT_BITS)})")
+        if self.scale_group is not None:
+            check_positive_int("scale_group", self.scale_group)
+        check_positive_int("scale_bytes", self.scale_bytes)
+        if self.name not in QUANTIZED and (self.scale_group is not None or self.scale_bytes != 2):
+            raise ValueError(f"element={self.name!r} stores no scales; scale_group and scale_bytes apply only "
+                             f"to {' and '.join(QUANTIZED)}")
+
+    @property
+    def bits(self) -> int:
+        return ELEMENT_BITS[self.name]
+
+    def vector_bytes(self, n: int) -> int:
+        """Bytes to store one cached vector of ``n`` numbers, scales included (int4 packs two a byte)."""
+        check_positive_int("n", n)
+        data = math.ceil(n * self.bits / 8)
+        if self.name not in QUANTIZED:
+            return data
+        group = n if self.scale_group is None else min(self.scale_group, n)
+        return data + math.ceil(n / group) * self.scale_bytes
+
+    def describe(self) -> str:
+        """E.g. 'bf16 (2 bytes a number)' or 'int4 + one 2-byte scale per 32 channels'."""
+        if self.name not in QUANTIZED:
+            b = self.bits // 8
+            return f"{self.name} ({b} byte{'s' if b > 1 else ''} a number)"
+        per = "vector (per token, per KV head, per K and V)" if self.scale_group is None else \
+            f"{self.scale_group} channels"
+        return f"{self.name} + one {self.scale_bytes}-byte scale per {per}"
+
+
+def as_element(element) -> ElementType:
+    """An :class:`ElementType` from itself or a name ('bf16', 'int8', ...)."""
+    if isinstance(element, ElementType):
+        return element
+    if isinstance(element, str):
+        return ElementType(element)
+    raise TypeError(f"element={element!r} must be a name ({', '.join(ELEMENT_BITS)}) or an ElementType")
+
+
+def cached_tokens(tokens: int, window: int | None = None) -> int:
+    """Tokens one layer keeps: all ``tokens`` in a global layer, ``min(tokens, window)`` in a local one."""
+    check_positive_int("tokens", tokens)
+    if window is None:
+        return tokens
+    return min(tokens, check_positive_int("window", window))
+
+
+def layer_kinds(n_layers: int, pattern: str = GLOBAL) -> str:
+    """The kind of every layer, 'L' (local, sliding window) or 'G' (global), from a repeating pattern.
+
+    The pattern is repeated over the layers from layer 0, as Gemma 3's config repeats its
+    ``attn_types``: ``layer_kinds(26, "LLLLLG")`` makes layers 5, 11, 17 and 23 global, 22 local.
+    A pattern longer than the model (``len(pattern) > n_layers``) does not fit and raises.
+    """
+    check_positive_int("n_layers", n_layers)
+    if not isinstance(pattern, str) or not pattern or set(pattern) - {LOCAL, GLOBAL}:
+        raise ValueError(f"pattern={pattern!r} must be a non-empty string of 'L' (local) and 'G' (global)")
+    if len(pattern) > n_layers:
+        raise ValueError(f"pattern={pattern!r} has {len(pattern)} layers, more than n_layers={n_layers}")
+    return (pattern * (n_layers // len(pattern) + 1))[:n_layers]
+
+
+def storing_layers(n_layers: int, share_every: int = 1) -> list[int]:
+    """Layers that store K/V when groups of ``share_every`` adjacent layers share one: 0, k, 2k, ..."""
+    check_positive_int("n_layers", n_layers)
+    check_positive_int("share_every", share_every)
+    if share_every > n_layers:
+        raise ValueError(f"share_every={share_every} must be at most n_layers={n_layers}")
+    return list(range(0, n_layers, share_every))
+
+
+@dataclass(frozen=True)
+class CacheRecipe:
+    """How a model builds its cache, layer by layer; every size comes from this pure description.
+
+    Per storing layer and token it caches either K and V for ``n_kv_heads`` heads of ``head_dim``
+    (MHA/GQA/MQA), or, with ``d_c`` set, MLA's latent of ``d_c`` plus a RoPE key of ``d_rope``
+    numbers (``n_kv_heads``/``head_dim`` then unused). ``pattern`` repeats over the layers ('L' local,
+    'G' global); local layers keep ``window`` tokens at most. ``share_every`` adjacent layers share
+    one layer's K/V (the first of each group stores; its kind decides the tokens kept). Units: bytes.
+    """
+
+    n_layers: int
+    n_kv_heads: int | None = None
+    head_dim: int | None = None
+    element: ElementType = ElementType()
+    pattern: str = GLOBAL
+    window: int | None = None
+    share_every: int = 1
+    d_c: int | None = None
+    d_rope: int = 0
+
+    def __post_init__(self):
+        object.__setattr__(self, "element", as_element(self.element))
+        kinds = layer_kinds(self.n_layers, self.pattern)
+        storing_layers(self.n_layers, self.share_every)
+        if self.d_c is None:
+            check_positive_int("n_kv_heads", self.n_kv_heads)
+            check_positive_int("head_dim", self.head_dim)
+        else:
+            mla_elements_per_token_per_layer(self.d_c, self.d_rope)  # validates
+        if LOCAL in kinds:
+            if self.window is None:
+                raise ValueError(f"pattern={self.pattern!r} has local layers but window=None; give the window")
+            check_positive_int("window", self.window)
+        elif self.window is not None:
+            raise ValueError(f"window={self.window} but pattern={self.pattern!r} has no local ('L') layer")
+
+    @property
+    def is_mla(self) -> bool:
+        return self.d_c is not None
+
+    def bytes_per_token_per_layer(self) -> int:
+        """Bytes one storing layer adds per token: 2 * n_kv_heads vectors of head_dim, or the latent + RoPE key."""
+        e = self.element
+        if self.is_mla:
+            return e.vector_bytes(self.d_c) + (e.vector_bytes(self.d_rope) if self.d_rope else 0)
+        return 2 * self.n_kv_heads * e.vector_bytes(self.head_dim)
+
+    def tokens_per_layer(self, tokens: int, windowed: bool = True) -> list[int]:
+        """Tokens each layer keeps (0 for a layer that reuses another's K/V)."""
+        kinds = layer_kinds(self.n_layers, self.pattern)
+        storing = set(storing_layers(self.n_layers, self.share_every))
+        return [0 if i not in storing else
+                cached_tokens(tokens, self.window if (windowed and kinds[i] == LOCAL) else None)
+                for i in range(self.n_layers)]
+
+    def cache_bytes(self, tokens: int, batch: int = 1, windowed: bool = True) -> int:
+        """Bytes of the whole cache for ``batch`` sequences of ``tokens`` tokens.
+
+        ``windowed=False`` gives the all-global figure: every layer kept the whole context (an
+        upper bound for a model with local layers).
+        """
+        check_positive_int("batch", batch)
+        return self.bytes_per_token_per_layer() * sum(self.tokens_per_layer(tokens, windowed)) * batch
+
+    def local_layers(self) -> int:
+        """How many layers are local (sliding window)."""
+        return layer_kinds(self.n_layers, self.pattern).count(LOCAL)

@@ -1,0 +1,128 @@
+"""A KV cache that stores only the KV heads: (batch, n_kv_heads, max_len, head_dim) for K and for V."""
+
+from __future__ import annotations
+
+import torch
+
+from gqa_lib.core.layout import check_positive_int
+
+# What a learner may type for a dtype, and the torch dtype meant (for the error message only).
+DTYPE_SPELLINGS = {"fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
+                   "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
+                   "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp64": torch.float64, "float64": torch.float64,
+                   "int8": torch.int8}
+FLOAT_DTYPES = "torch.float32, torch.float16, torch.bfloat16, torch.float64"
+
+
+def check_float_dtype(name: str, dtype) -> torch.dtype:
+    """Return ``dtype`` if it is a floating torch dtype, else raise naming ``name`` and the valid ones.
+
+    A string such as 'bf16' gets the torch dtype it probably means; an integer dtype is refused,
+    because copying keys and values into it truncates them (a quantized cache needs scales too).
+    """
+    if not isinstance(dtype, torch.dtype):
+        meant = DTYPE_SPELLINGS.get(dtype) if isinstance(dtype, str) else None
+        hint = f" (did you mean {meant}?)" if meant is not None else ""
+        raise TypeError(f"{name}={dtype!r} must be a torch dtype{hint}; valid: {FLOAT_DTYPES}")
+    if not dtype.is_floating_point:
+        raise ValueError(f"{name}={dtype} is not a floating dtype: storing keys and values in it would truncate "
+                         "them (an int8 cache needs per-block scales, which KVCache does not keep); "
+                         f"valid: {FLOAT_DTYPES}")
+    return dtype
+
+
+def check_device(name: str, device) -> torch.device:
+    """``device`` as a torch.device ('cpu', 'cuda', 'cuda:0', 'mps' or a torch.device), else raise naming ``name``."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        meant = DTYPE_SPELLINGS.get(device) if isinstance(device, str) else None
+        hint = f" ({device!r} names a dtype: pass dtype={meant})" if meant is not None else ""
+        raise ValueError(f"{name}={device!r} is not a device{hint}; valid: 'cpu', 'cuda', 'cuda:0', 'mps' "
+                         "or a torch.device") from None
+
+
+def refuse_dtype_names(call: str, args, kwargs) -> None:
+    """Raise if a module's ``.to(...)`` got a dtype's name as a string: torch would read it as a device and
+    answer "Invalid device string: 'bf16'"."""
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, str) and value in DTYPE_SPELLINGS:
+            raise TypeError(f"{call}({value!r}): {value!r} is the name of a dtype, and a string here means a device; "
+                            f"pass the dtype itself, {call}({DTYPE_SPELLINGS[value]})")
+
+
+def _available_bytes(device: torch.device) -> int | None:
+    """Memory free for a new tensor on ``device``, or None where it cannot be known."""
+    try:
+        if device.type == "cpu":
+            import psutil  # a dependency of the notebook stack (jupyter); the standard library has no such figure
+
+            return psutil.virtual_memory().available
+        if device.type == "cuda":
+            return torch.cuda.mem_get_info(device)[0]
+    except Exception:  # noqa: BLE001 - no figure is better than a failure here: allocation still reports
+        return None
+    return None
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, for one attention layer.
+
+    Space for ``max_len`` tokens is taken once, up front, so ``nbytes`` is exactly what
+    ``kv_cache_bytes(1, n_kv_heads, head_dim, max_len, batch, element_size)`` predicts.
+    ``dtype`` must be a floating torch dtype (TypeError for a string, ValueError for an integer
+    dtype); a cache larger than the free memory of ``device`` is refused with MemoryError, which
+    gives the size in GB (10**9 bytes).
+    """
+
+    def __init__(self, batch: int, n_kv_heads: int, head_dim: int, max_len: int,
+                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+        for name, v in (("batch", batch), ("n_kv_heads", n_kv_heads), ("head_dim", head_dim), ("max_len", max_len)):
+            check_positive_int(name, v)
+        dtype = check_float_dtype("dtype", dtype)
+        device = check_device("device", device)
+        self.batch, self.n_kv_heads, self.head_dim, self.max_len = batch, n_kv_heads, head_dim, max_len
+        shape = (batch, n_kv_heads, max_len, head_dim)
+        need = 2 * batch * n_kv_heads * max_len * head_dim * torch.empty(0, dtype=dtype).element_size()  # K and V
+        asked = (f"KVCache(batch={batch}, n_kv_heads={n_kv_heads}, head_dim={head_dim}, max_len={max_len}, "
+                 f"dtype={dtype}) needs {need / 1e9:,.1f} GB for K and V on {device}")
+        free = _available_bytes(device)
+        if free is not None and need > free:
+            raise MemoryError(f"{asked}, but only {free / 1e9:,.1f} GB is free; lower max_len or batch")
+        try:
+            self.k = torch.zeros(shape, dtype=dtype, device=device)
+            self.v = torch.zeros_like(self.k)
+        except (RuntimeError, MemoryError) as err:  # torch.OutOfMemoryError is a RuntimeError
+            raise MemoryError(f"{asked}, and could not have it: {err}") from None
+        self.length = 0  # tokens stored so far
+
+    @property
+    def nbytes(self) -> int:
+        return self.k.nbytes + self.v.nbytes
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store new keys/values of shape (batch, n_kv_heads, new, head_dim); return all stored so far.
+
+        Keys and values are rounded to the cache's dtype (a cache may be kept in lower precision).
+        """
+        want = (self.batch, self.n_kv_heads, "new", self.head_dim)
+        for name, t in (("k", k), ("v", v)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name}={type(t).__name__} must be a tensor of shape {want}")
+            if t.ndim != 4 or t.shape[0] != self.batch or t.shape[1] != self.n_kv_heads or t.shape[3] != self.head_dim:
+                raise ValueError(f"{name}.shape={tuple(t.shape)} does not match the cache; expected {want}")
+            if not t.is_floating_point():
+                raise TypeError(f"{name}.dtype={t.dtype} must be a floating dtype, like the cache's {self.k.dtype}")
+        if k.shape != v.shape:
+            raise ValueError(f"k.shape={tuple(k.shape)} and v.shape={tuple(v.shape)} must be equal")
+        new = k.shape[2]
+        if self.length + new > self.max_len:
+            raise ValueError(
+                f"cache is full: {self.length} stored + {new} new > max_len={self.max_len}; make a larger KVCache")
+        self.k[:, :, self.length:self.length + new] = k
+        self.v[:, :, self.length:self.length + new] = v
+        self.length += new
+        return self.k[:, :, :self.length], self.v[:, :, :self.length]
+
+    def reset(self) -> None:
+        self.length = 0

@@ -1,0 +1,300 @@
+"""Every way to shrink the KV cache, applied to a trained model's attention and scored in one pass.
+
+Notebook 08 puts these on one chart for SmolLM2-135M. Each is what a decoder's cache would hold, not
+a change to the model's weights:
+
+- **fewer KV heads** (mean-pooled: ``gqa_lib.experiments.smollm_conversion.convert_kv_heads``) and **a latent**
+  (``gqa_lib.experiments.latent_conversion``): the attention layer changes, and the cache with it. They are layers of
+  their own; this module wraps them like any other layer.
+- **a sliding window** of the last ``window`` tokens, optionally with the first ``sinks`` tokens kept
+  too ("attention sinks", Xiao et al. 2023, StreamingLLM). Keys keep the positions they were rotated
+  at, as Mistral's rolling cache does.
+- **integer K/V** (8 or 4 bits) with a scale and a minimum in bf16 for every group of 64 numbers:
+  ``axis="token"`` groups the 64 numbers of one head of one token (each cached vector is quantized on
+  its own as it arrives); ``axis="channel"`` quantizes keys per channel over blocks of ``block`` tokens
+  and values per token, and keeps the newest, unfinished block in bf16, as KIVI does (Liu et al. 2024).
+- **cross-layer sharing** (Brandon et al. 2024, CLA): a layer attends with the keys and values of the
+  layer below it and caches nothing of its own.
+
+Everything is simulated in a full causal pass over a window of text: a query at position ``i`` sees
+exactly the keys and values a decoder holding that cache would have at step ``i`` (the tests check the
+window against step-by-step decoding). Unquantized caches are stored in bf16, as released models'
+caches are: keys and values are rounded to bf16 before attention, so the bytes counted are the bytes
+used.
+
+Bytes: :func:`cache_bytes_per_token` counts what a cache holds at a given context length, for all
+layers, divided by that length; scales and minima included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from gqa_lib.core.attention import GroupedQueryAttention
+from gqa_lib.core.layout import check_positive_int
+
+QUANT_AXES = ("token", "channel")
+QUANT_BITS = (8, 4)
+GROUP = 64  # numbers sharing one scale and one minimum (one head of one token for SmolLM2's head_dim 64)
+SCALE_BYTES = 4  # a bf16 scale and a bf16 minimum per group
+
+
+@dataclass(frozen=True)
+class CachePolicy:
+    """What a layer's cache keeps: a window (with sinks), and the number format of what it stores.
+
+    window: keep only the last ``window`` tokens (None: all). sinks: also keep the first ``sinks``.
+    bits: None (bf16), 8 or 4 (integer, asymmetric, scale and minimum in bf16 per group of 64).
+    axis: 'token' or 'channel' (see the module docstring). block: tokens per key block for 'channel'.
+    """
+
+    window: int | None = None
+    sinks: int = 0
+    bits: int | None = None
+    axis: str = "token"
+    block: int = 64
+
+    def __post_init__(self):
+        if self.window is not None:
+            check_positive_int("window", self.window)
+        if isinstance(self.sinks, bool) or not isinstance(self.sinks, int) or self.sinks < 0:
+            raise ValueError(f"sinks={self.sinks!r} must be a non-negative int (the first tokens kept)")
+        if self.sinks and self.window is None:
+            raise ValueError(f"sinks={self.sinks} needs a window: without one every token is kept already")
+        if self.bits is not None and self.bits not in QUANT_BITS:
+            raise ValueError(f"bits={self.bits!r} must be None (bf16) or one of {QUANT_BITS}")
+        if self.axis not in QUANT_AXES:
+            raise ValueError(f"axis={self.axis!r} must be one of {QUANT_AXES}")
+        check_positive_int("block", self.block)
+
+    def label(self) -> str:
+        parts = []
+        if self.window is not None:
+            parts.append(f"window {self.window}" + (f" + {self.sinks} sinks" if self.sinks else ""))
+        if self.bits is not None:
+            parts.append(f"int{self.bits} per {self.axis}")
+        return ", ".join(parts) or "bf16, every token"
+
+
+def fake_quantize(x: torch.Tensor, bits: int, dim: int = -1, group: int = GROUP) -> torch.Tensor:
+    """``x`` rounded to ``bits``-bit integers and back, a scale and a minimum per ``group`` numbers along ``dim``.
+
+    Asymmetric: ``q = round((x - min) / scale)`` in 0 .. 2**bits - 1, ``scale = (max - min) / (2**bits - 1)``;
+    scale and minimum are rounded to bf16, as they would be stored. ``x.shape[dim]`` must be a multiple of
+    ``group``. Returns a tensor of ``x``'s shape and dtype: what the cache gives back.
+    """
+    if bits not in QUANT_BITS:
+        raise ValueError(f"bits={bits!r} must be one of {QUANT_BITS}")
+    check_positive_int("group", group)
+    size = x.shape[dim]
+    if size % group:
+        raise ValueError(f"x.shape[{dim}]={size} must be a multiple of group={group}")
+    moved = x.movedim(dim, -1)
+    g = moved.reshape(*moved.shape[:-1], size // group, group).float()  # (..., n_groups, group)
+    low = g.amin(-1, keepdim=True).to(torch.bfloat16).float()
+    high = g.amax(-1, keepdim=True)
+    levels = 2 ** bits - 1
+    scale = ((high - low) / levels).to(torch.bfloat16).float().clamp_min(torch.finfo(torch.bfloat16).tiny)
+    q = ((g - low) / scale).round().clamp(0, levels)
+    out = (q * scale + low).reshape(moved.shape).movedim(-1, dim)
+    return out.to(x.dtype)
+
+
+def quantize_blocks(x: torch.Tensor, bits: int, block: int) -> torch.Tensor:
+    """Keys quantized per channel over blocks of ``block`` tokens: (batch, heads, seq, head_dim) -> same.
+
+    Only complete blocks are quantized; the newest, unfinished block is returned unchanged (KIVI keeps it
+    in full precision until it fills).
+    """
+    seq = x.shape[-2]
+    done = seq - seq % block
+    if done == 0:
+        return x.clone()
+    head = fake_quantize(x[..., :done, :], bits, dim=-2, group=block)
+    return torch.cat([head, x[..., done:, :]], dim=-2)
+
+
+def visible(n: int, window: int | None = None, sinks: int = 0, device=None) -> torch.Tensor:
+    """(n, n) bool: may query ``i`` see key ``j``? Causal; with a window, the last ``window`` and first ``sinks``."""
+    i = torch.arange(n, device=device)[:, None]
+    j = torch.arange(n, device=device)[None, :]
+    mask = j <= i
+    if window is not None:
+        mask &= (j > i - window) | (j < sinks)
+    return mask
+
+
+def _as_bf16(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.bfloat16).to(x.dtype)
+
+
+class ShrunkCacheAttention(nn.Module):
+    """A trained attention layer whose keys and values go through a smaller cache, in one causal pass.
+
+    ``base``: a ``GroupedQueryAttention`` (keys and values cached) or a
+    ``gqa_lib.experiments.latent_conversion.LatentKVAttention`` (the latent cached, keys and values rebuilt from it).
+    ``share_from``: another ``ShrunkCacheAttention`` (the layer below) whose keys and values this layer
+    uses instead of its own (cross-layer sharing; this layer caches nothing). Input and output:
+    (batch, seq, d_model). Only the uncached pass is supported (``cache`` must be None): that pass is
+    what a decoder with this cache computes, position by position.
+    """
+
+    def __init__(self, base: nn.Module, policy: CachePolicy = CachePolicy(),
+                 share_from: ShrunkCacheAttention | None = None):
+        super().__init__()
+        if not isinstance(policy, CachePolicy):
+            raise TypeError(f"policy={type(policy).__name__} must be a CachePolicy")
+        self.latent = hasattr(base, "kv_down")
+        if not self.latent and not isinstance(base, GroupedQueryAttention):
+            raise TypeError(f"base={type(base).__name__} must be a GroupedQueryAttention or a LatentKVAttention")
+        if self.latent and policy.bits is not None and policy.axis != "token":
+            raise ValueError("a latent is quantized per token (axis='token'): its numbers are not channels of a head")
+        if share_from is not None and not isinstance(share_from, ShrunkCacheAttention):
+            raise TypeError(f"share_from={type(share_from).__name__} must be a ShrunkCacheAttention (the layer below)")
+        self.base, self.policy = base, policy
+        self._share_from = [share_from]  # a list so the lower layer is not registered as this one's child
+        self._kv = None  # this pass's keys and values, for a layer that shares them
+
+    @property
+    def share_from(self):
+        return self._share_from[0]
+
+    @property
+    def caches(self) -> bool:
+        return self.share_from is None
+
+    def numbers_per_token(self) -> int:
+        """Numbers this layer caches per token: 2 x n_kv_heads x head_dim, the latent's rank, or 0 if it shares."""
+        if not self.caches:
+            return 0
+        return self.base.rank if self.latent else 2 * self.base.n_kv_heads * self.base.head_dim
+
+    def new_cache(self, batch, max_len):
+        raise NotImplementedError("ShrunkCacheAttention simulates its cache inside one causal pass; decode with "
+                                  "the base layer to keep a real cache")
+
+    def _keys_values(self, x: torch.Tensor):
+        """q (b, n_heads, s, d); k, v (b, n_kv_heads, s, d) as the cache gives them back; k, v of finished blocks."""
+        base, p = self.base, self.policy
+        b, s, _ = x.shape
+        if self.latent:
+            q = base.rope(base.q_proj(x).view(b, s, base.n_heads, base.head_dim).transpose(1, 2))
+            c = base.kv_down(x)  # (b, s, rank): what is cached
+            c = fake_quantize(c, p.bits, group=_latent_group(c.shape[-1])) if p.bits else _as_bf16(c)
+            k, v = base.keys_values(c)
+            return q, k, v, None
+        q, k, v = base.qkv(x)
+        if p.bits is None:
+            return q, _as_bf16(k), _as_bf16(v), None
+        if p.axis == "token":
+            group = base.head_dim
+            return q, fake_quantize(k, p.bits, group=group), fake_quantize(v, p.bits, group=group), None
+        # KIVI: old blocks hold per-channel keys and per-token values; the newest block is bf16.
+        old = (quantize_blocks(k, p.bits, p.block), fake_quantize(v, p.bits, group=base.head_dim))
+        return q, _as_bf16(k), _as_bf16(v), old
+
+    def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
+        if cache is not None:
+            raise ValueError("ShrunkCacheAttention runs the uncached pass only (cache=None)")
+        base, p = self.base, self.policy
+        b, s, _ = x.shape
+        if self.caches:
+            q, k, v, old = self._keys_values(x)
+            self._kv = (k, v, old)
+        else:
+            q = base.qkv(x)[0] if not self.latent else None
+            if q is None:
+                raise ValueError("a latent layer cannot take another layer's keys")
+            k, v, old = self.share_from._kv
+        g = base.n_heads // k.shape[1]
+        qg = q.reshape(b, k.shape[1], g * s, base.head_dim)  # a group's query heads stacked as rows
+        mask = visible(s, p.window, p.sinks, x.device)  # (s, s)
+        if old is None:
+            out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask.repeat(g, 1))
+        else:
+            out = _attend_blocks(qg, k, v, *old, mask, p.block, g)
+        out = out.reshape(b, base.n_heads, s, base.head_dim)
+        return base.o_proj(out.transpose(1, 2).reshape(b, s, base.n_heads * base.head_dim))
+
+
+def _latent_group(rank: int) -> int:
+    return GROUP if rank % GROUP == 0 else rank
+
+
+def _attend_blocks(qg, k, v, k_old, v_old, mask, block: int, g: int) -> torch.Tensor:
+    """Attention where keys of finished blocks (before the query's own block) come from the quantized cache.
+
+    One fused call over both copies of the keys: query i sees the quantized copy of key j when j's block
+    finished before i's, the bf16 copy when j is in i's own block; one softmax spans both, so this is
+    exactly attention over the keys the cache holds at step i.
+    """
+    s = k.shape[-2]
+    pos = torch.arange(s, device=qg.device)
+    older = (pos[None, :] // block) < (pos[:, None] // block)  # (s, s): key j's block finished before query i's
+    both = torch.cat([mask & older, mask & ~older], dim=1).repeat(g, 1)  # (g * s, 2 s)
+    return F.scaled_dot_product_attention(qg, torch.cat([k_old, k], 2), torch.cat([v_old, v], 2), attn_mask=both)
+
+
+def shrink_layers(attention: list[nn.Module], policy: CachePolicy = CachePolicy(),
+                  share_every: int = 1) -> list[ShrunkCacheAttention]:
+    """Wrap every layer with ``policy``; ``share_every=2``: each odd layer uses the keys and values of the one below.
+
+    ``share_every``: layers per shared cache (1: none shared; 2: CLA-2, pairs of adjacent layers).
+    """
+    check_positive_int("share_every", share_every)
+    out = []
+    for i, layer in enumerate(attention):
+        owner = None if i % share_every == 0 else out[i - i % share_every]
+        out.append(ShrunkCacheAttention(layer, policy, share_from=owner))
+    return out
+
+
+def tokens_kept(context: int, policy: CachePolicy) -> int:
+    """Tokens a cache under ``policy`` holds after ``context`` tokens."""
+    check_positive_int("context", context)
+    if policy.window is None:
+        return context
+    return min(context, policy.window + policy.sinks)
+
+
+def layer_cache_bytes(numbers_per_token: int, context: int, policy: CachePolicy, head_dim: int = 64) -> float:
+    """Bytes one layer's cache holds after ``context`` tokens, caching ``numbers_per_token`` numbers a token.
+
+    bf16: 2 bytes a number. int8/int4 per token: bits / 8 a number plus 4 bytes (scale and minimum) per
+    group of 64. Per channel (KIVI): keys (half the numbers) in finished blocks of ``policy.block`` tokens
+    pay 4 bytes per channel and block, values pay per group of ``head_dim``; the unfinished block is bf16.
+    """
+    if numbers_per_token == 0:
+        return 0.0
+    n = tokens_kept(context, policy)
+    if policy.bits is None:
+        return 2.0 * numbers_per_token * n
+    per_number = policy.bits / 8
+    if policy.axis == "token":
+        group = _latent_group(numbers_per_token) if numbers_per_token % head_dim else head_dim
+        return n * numbers_per_token * (per_number + SCALE_BYTES / group)
+    done = n - n % policy.block
+    half = numbers_per_token / 2
+    keys = done * half * per_number + (done // policy.block) * half * SCALE_BYTES
+    values = done * half * (per_number + SCALE_BYTES / head_dim)
+    return keys + values + (n - done) * numbers_per_token * 2.0
+
+
+def cache_bytes_per_token(layers: list[ShrunkCacheAttention], context: int) -> float:
+    """All layers' cache bytes after ``context`` tokens, divided by ``context``: bytes a token of context costs."""
+    total = sum(layer_cache_bytes(a.numbers_per_token(), context, a.policy, a.base.head_dim) for a in layers)
+    return total / context
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[bool]:
+    """For (bytes, loss) points, True where no other point is at most as big and as bad and better in one."""
+    flags = []
+    for i, (bx, lx) in enumerate(points):
+        dominated = any(by <= bx and ly <= lx and (by < bx or ly < lx)
+                        for j, (by, ly) in enumerate(points) if j != i)
+        flags.append(not dominated)
+    return flags

@@ -1,0 +1,74 @@
+"""One decode step's attention on the roofline (notebook 06): what ``experiments.attention_roofline`` measured."""
+
+from __future__ import annotations
+
+IMPL_LABELS = {"gqa_lib": "gqa_lib (grouped rows, no copy)",
+               "sdpa": "SDPA(enable_gqa=True)",
+               "expand": "expand (repeat_kv, fresh copy)",
+               "expand_into": "expand into a reused buffer",
+               "grouped_explicit": "grouped, scores written out (no copy)"}
+IMPL_MARKERS = {"gqa_lib": "o", "sdpa": "^", "expand": "s", "expand_into": "P", "grouped_explicit": "D"}
+
+
+def _kind_legend(ax, kinds, impls, extra=(), loc="lower right", **kwargs):
+    from matplotlib.lines import Line2D
+
+    from gqa_lib.pictures.style import kind_color
+
+    handles = [Line2D([], [], marker="o", ls="", color=kind_color(k), label=k) for k in kinds]
+    handles += [Line2D([], [], marker=IMPL_MARKERS[i], ls="", color="white", markeredgecolor="black",
+                       label=IMPL_LABELS[i]) for i in impls]
+    ax.legend(handles=handles + list(extra), fontsize=7.5, loc=loc, **kwargs)
+
+
+def plot_roofline(rows: list[dict], read_bytes_per_s: float, peak_flops_per_s: float, ax=None,
+                  impls=("gqa_lib", "sdpa", "expand"), decode_gemm_flops_per_s: float | None = None,
+                  decode_gemm_label: str = "decode-shape GEMM", label_seq: bool = True):
+    """The roofline: attained GFLOP/s (FLOPs / median time) against arithmetic intensity (FLOP per byte read).
+
+    Solid line: ``min(peak, intensity * bandwidth)``, the most a step of that intensity can attain
+    (sloped part: memory-bound; flat part: compute-bound). The dotted line, if given, is the
+    GFLOP/s of a matrix product of the decode step's own thin shape. Colour = attention kind,
+    marker = implementation, bars = quartiles of the timed calls; ``rows`` should share one dtype and
+    thread count. Points of one intensity differ in cache length (labelled for the first implementation).
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter
+
+    from gqa_lib.pictures.style import NEUTRAL, kind_color
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7.5, 5.8), layout="constrained")
+    shown = [r for r in rows if r["impl"] in impls]
+    for r in shown:  # the bar spans the quartiles of the timed calls (slower quartile = lower GFLOP/s)
+        gf = r["flops"] / r["median_ms"] / 1e6
+        err = [[gf - r["flops"] / r["q3_ms"] / 1e6], [r["flops"] / r["q1_ms"] / 1e6 - gf]]
+        ax.errorbar(r["flop_per_byte"], gf, yerr=err, fmt="none", ecolor=kind_color(r["kind"]), elinewidth=1,
+                    capsize=2, zorder=2)
+        ax.scatter(r["flop_per_byte"], r["flops"] / r["median_ms"] / 1e6, color=kind_color(r["kind"]),
+                   marker=IMPL_MARKERS.get(r["impl"], "o"), s=40, zorder=3, edgecolor="black", linewidth=0.4,
+                   alpha=0.85)
+        if label_seq and r["impl"] == impls[0]:
+            ax.annotate(f"{r['seq_len'] // 1024}k", (r["flop_per_byte"], r["flops"] / r["median_ms"] / 1e6),
+                        textcoords="offset points", xytext=(6, -2), fontsize=6.5, color="#333333")
+    lo = min(r["flop_per_byte"] for r in shown) / 2
+    ridge = peak_flops_per_s / read_bytes_per_s
+    hi = max(max(r["flop_per_byte"] for r in shown) * 4, ridge * 3)
+    xs = [lo, ridge, hi]
+    ax.plot(xs, [min(peak_flops_per_s, x * read_bytes_per_s) / 1e9 for x in xs], color=NEUTRAL, lw=1.6)
+    extra = [Line2D([], [], color=NEUTRAL, lw=1.6,
+                    label=f"roofline: {read_bytes_per_s / 1e9:.1f} GB/s x FLOP/B, "
+                          f"cap {peak_flops_per_s / 1e9:.0f} GFLOP/s")]
+    if decode_gemm_flops_per_s is not None:
+        ax.axhline(decode_gemm_flops_per_s / 1e9, color=NEUTRAL, ls=":", lw=1.2)
+        extra.append(Line2D([], [], color=NEUTRAL, ls=":", lw=1.2,
+                            label=f"{decode_gemm_label}: {decode_gemm_flops_per_s / 1e9:.0f} GFLOP/s"))
+    ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (FLOP per byte of K and V read)")
+    ax.set_ylabel("attained GFLOP/s (step FLOPs / median time)")
+    kinds = sorted({r["kind"] for r in shown}, key=["MHA", "GQA", "MQA"].index)
+    _kind_legend(ax, kinds, impls, extra, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+    return ax

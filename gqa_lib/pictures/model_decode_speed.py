@@ -1,0 +1,45 @@
+"""SmolLM2's tokens per second against its prompt length (notebook 06): what ``experiments.model_decode_speed``
+measured."""
+
+from __future__ import annotations
+
+VARIANT_LABELS = {"released": "released (GQA)", "mha_twin": "MHA twin", "kv1_mean": "1 KV head (MQA)"}
+_MARKERS = {"gqa_lib": "o", "transformers": "s"}
+
+
+def plot_decode_speed(rows: list[dict], read_gbps: float, ax=None):
+    """Tokens per second against MB read per token, one point per row; the curve is ``read_gbps / bytes``.
+
+    Colour: the attention kind of the variant (series palette); marker: the path (circle gqa_lib, square
+    transformers); each gqa_lib point is labelled with its prompt length. Returns the axes.
+    """
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from gqa_lib.core.layout import attention_kind
+    from gqa_lib.pictures.style import NEUTRAL, kind_color
+
+    if not rows:
+        raise ValueError("rows is empty: there is nothing to plot")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(10, 5), layout="constrained")
+    mb = np.array([float(r["bytes_per_token"]) / 1e6 for r in rows])
+    grid = np.linspace(mb.min() * 0.9, mb.max() * 1.1, 200)
+    ax.plot(grid, read_gbps * 1e3 / grid, "--", color=NEUTRAL,
+            label=f"bandwidth prediction: {read_gbps:.2f} GB/s / bytes per token")
+    seen = set()
+    for r, x in zip(rows, mb, strict=True):
+        kind = attention_kind(int(r["n_heads"]), int(r["n_kv_heads"]))
+        key = (r["variant"], r["path"])
+        ax.scatter(x, float(r["tokens_per_s"]), color=kind_color(kind), marker=_MARKERS[r["path"]], s=45,
+                   label=None if key in seen else f"{VARIANT_LABELS[r['variant']]}, {r['path']}",
+                   facecolors="none" if r["path"] == "transformers" else kind_color(kind))
+        seen.add(key)
+        if r["path"] == "gqa_lib":
+            ax.annotate(f"{int(r['prompt_tokens'])}", (x, float(r["tokens_per_s"])), textcoords="offset points",
+                        xytext=(5, 4), fontsize=8, color=NEUTRAL)
+    ax.set_xlabel("MB read per generated token (float32 weights + KV cache)")
+    ax.set_ylabel(f"tokens per second ({rows[0]['clock']} clock)")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # outside: points fill the lower left
+    return ax
