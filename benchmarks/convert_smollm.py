@@ -54,7 +54,6 @@ from gqa_lib.experiments.smollm_conversion import (  # noqa: E402
     PAPER_UPTRAIN_FRACTION,
     PAPER_UPTRAIN_TOKENS,
     SMOLLM2_135M_PRETRAIN_TOKENS,
-    bootstrap_mean,
     convert_kv_heads,
     kv_heads_of,
     max_logit_difference,
@@ -64,6 +63,7 @@ from gqa_lib.experiments.smollm_conversion import (  # noqa: E402
     window_nlls,
     window_token_ids,
 )
+from gqa_lib.experiments.stats import bootstrap_mean  # noqa: E402
 
 N_TRAIN_WINDOWS = 512  # fixed windows of the training files that uptraining batches are drawn from
 N_RESAMPLES = 2000  # bootstrap resamples for every interval

@@ -42,14 +42,11 @@ from gqa_lib.experiments.attention_roofline import (  # noqa: E402
     DTYPES,
     IMPLEMENTATIONS,
     VARIANTS,
-    CacheFlusher,
     check_targets,
-    clock_for,
-    last_level_cache,
-    measure_ceilings,
     pick,
     run_decode_benchmark,
 )
+from gqa_lib.experiments.machine import CacheFlusher, clock_for, last_level_cache, measure_ceilings  # noqa: E402
 
 MIN_FLUSH_FACTOR, MIN_BANDWIDTH_FACTOR = 2, 4
 

@@ -35,12 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import torch  # noqa: E402
 
 from gqa_lib.experiments import results  # noqa: E402  (CSV writing and the options every benchmark shares)
+from gqa_lib.experiments.machine import bandwidth_buffer_bytes, last_level_cache, measure_bandwidth  # noqa: E402
 from gqa_lib.experiments.model_decode_speed import (  # noqa: E402
     PATHS,
     VARIANTS,
-    bandwidth_buffer_bytes,
-    last_level_cache_bytes,
-    measure_bandwidth,
     run_decode_speed,
     speedup,
 )
@@ -105,7 +103,8 @@ def main(argv=None) -> int:
     from gqa_lib.models.smollm import PROMPTS, load_smollm
 
     model, tok = load_smollm()
-    llc = last_level_cache_bytes()
+    llc_read = last_level_cache()  # from sysfs, or a fallback size that its source names
+    llc = llc_read["bytes"]
     bw = measure_bandwidth(llc)
     read_bps = bw["cpu_bytes_per_s"] if args.clock == "cpu" else bw["bytes_per_s"]
     print(f"last-level cache {llc / 2**20:.0f} MiB; read bandwidth ({args.threads} thread(s), {args.clock} clock, "
@@ -128,7 +127,8 @@ def main(argv=None) -> int:
         "decode_threads": str(args.threads), "prefill_threads": str(args.prefill_threads),
         "prompt": "data/prompts.json sentences repeated in order, joined by spaces, cut at the prompt length",
         "transformers_attention": args.hf_attention,
-        "last_level_cache_bytes": str(llc), "bandwidth_buffer_bytes": str(bandwidth_buffer_bytes(llc)),
+        "last_level_cache_bytes": str(llc),
+        "last_level_cache_source": llc_read["source"], "bandwidth_buffer_bytes": str(bandwidth_buffer_bytes(llc)),
         "read_bandwidth_GBps": f"{read_bps / 1e9:.3f}",
         "read_bandwidth_wall_GBps": f"{bw['bytes_per_s'] / 1e9:.3f}",
         "read_bandwidth_cpu_GBps": f"{bw['cpu_bytes_per_s'] / 1e9:.3f}",

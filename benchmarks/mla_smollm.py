@@ -32,12 +32,12 @@ from tqdm.auto import tqdm  # noqa: E402
 from gqa_lib.experiments import results  # noqa: E402  (CSV writing and the options every benchmark shares)
 from gqa_lib.experiments.corpus import load_corpus  # noqa: E402
 from gqa_lib.experiments.latent_conversion import (  # noqa: E402
-    bootstrap_interval,
     input_second_moments,
     latent_decoders,
     window_losses,
 )
 from gqa_lib.experiments.smollm_conversion import convert_kv_heads, window_token_ids  # noqa: E402
+from gqa_lib.experiments.stats import bootstrap_interval  # noqa: E402
 from gqa_lib.models.catalog import get_model  # noqa: E402
 from gqa_lib.models.smollm_decoder import SmolLMDecoder  # noqa: E402
 

@@ -12,16 +12,12 @@ from gqa_lib.experiments.attention_roofline import (
     SAME_CALL_AT_MHA,
     VARIANTS,
     ExpandInto,
-    _parse_cache_size,
     benchmark_case,
     cache_bytes_read,
     check_agree,
     check_targets,
     decode_flops,
-    last_level_cache,
     make_decode_inputs,
-    measure_matmul_peak,
-    measure_read_bandwidth,
     repeat_kv,
     roofline,
 )
@@ -97,24 +93,6 @@ def test_roofline_takes_the_slower_of_memory_and_compute():
     assert comp["bound_s"] == pytest.approx(2.0) and comp["limit"] == "compute" and comp["memory_s"] == 0.1
 
 
-@pytest.mark.parametrize("text, size", [("307200K", 307200 * 1024), ("2048K", 2 * 2**20), ("1M", 2**20), ("512", 512)])
-def test_cache_sizes_parse_as_sysfs_writes_them(text, size):
-    assert _parse_cache_size(text + "\n") == size
-
-
-def test_last_level_cache_is_the_highest_level_data_cache(tmp_path):
-    for i, (level, kind, size) in enumerate([(1, "Data", "48K"), (1, "Instruction", "32K"), (2, "Unified", "2048K"),
-                                             (3, "Unified", "307200K")]):
-        d = tmp_path / f"index{i}"
-        d.mkdir()
-        (d / "level").write_text(f"{level}\n")
-        (d / "type").write_text(f"{kind}\n")
-        (d / "size").write_text(f"{size}\n")
-    llc = last_level_cache(tmp_path)
-    assert llc["bytes"] == 307200 * 1024 and llc["level"] == 3 and llc["source"].endswith("index3/size")
-    assert last_level_cache(tmp_path / "missing")["source"] == "fallback"
-
-
 def test_benchmark_case_rows_carry_the_roofline_and_skip_calls_identical_at_mha():
     ceilings = {"read_bytes_per_s": 10e9, "peak": {"fp32": 100e9}}
     rows = benchmark_case(4, 2, 64, head_dim=8, reps=3, warmup=1, clock="cpu", ceilings=ceilings)
@@ -130,15 +108,6 @@ def test_benchmark_case_rows_carry_the_roofline_and_skip_calls_identical_at_mha(
     assert {r["impl"] for r in mha} == set(IMPLEMENTATIONS) - set(SAME_CALL_AT_MHA)
     with pytest.raises(ValueError, match="clock='gpu'"):
         benchmark_case(4, 2, 64, head_dim=8, reps=1, clock="gpu")
-
-
-def test_bandwidth_and_matmul_measurements_report_rates():
-    bw = measure_read_bandwidth(8 * 10**6, reps=3, warmup=1, clock="cpu")
-    assert bw["bytes"] == 8 * 10**6 and bw["bytes_per_s"] > 1e8 and bw["clock"] == "cpu"
-    mm = measure_matmul_peak(4, 32, 64, reps=2, warmup=1)
-    assert mm["flops"] == 2 * 4 * 32 * 64 and mm["flops_per_s"] == pytest.approx(mm["flops"] / mm["median_s"])
-    with pytest.raises(ValueError, match="m"):
-        measure_matmul_peak(0, 32, 64)
 
 
 def test_targets_read_percentages_and_the_sdpa_ratio():

@@ -7,15 +7,14 @@ import torch
 
 from gqa_lib.experiments.kv_sweep import (
     TrainConfig,
-    holm,
     init_model,
     kv_bytes_per_token,
     lr_at,
     pairwise_tests,
     summarize_sweep,
-    t_975,
     train_lm,
 )
+from gqa_lib.experiments.stats import holm, t_975
 from gqa_lib.models.tiny_lm import TinyLMConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")

@@ -7,13 +7,13 @@ from gqa_lib.core.attention import GroupedQueryAttention
 from gqa_lib.experiments.latent_conversion import (
     LatentCache,
     LatentKVAttention,
-    bootstrap_interval,
     input_second_moments,
     kv_basis,
     latent_decoder,
     to_latent,
     window_losses,
 )
+from gqa_lib.experiments.stats import bootstrap_interval
 
 
 def gqa_layer(seed=0, dtype=torch.float64):

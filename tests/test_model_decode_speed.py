@@ -110,20 +110,6 @@ def test_prompt_is_repeated_text_cut_to_length(smollm):
         ds.prompt_ids(tok, [], 5)
 
 
-def test_last_level_cache_is_read_from_sysfs(tmp_path):
-    for i, (level, size) in enumerate([(1, "48K"), (1, "32K"), (2, "2048K"), (3, "307200K")]):
-        (tmp_path / f"index{i}").mkdir()
-        (tmp_path / f"index{i}" / "level").write_text(f"{level}\n")
-        (tmp_path / f"index{i}" / "size").write_text(f"{size}\n")
-    assert ds.last_level_cache_bytes(tmp_path) == 307200 * 1024
-    assert ds.bandwidth_buffer_bytes(307200 * 1024) == 1_259_000_000  # 4 x 314,572,800 rounded up to whole MB
-    assert ds.parse_cache_size("32M") == 32 * 2**20
-    with pytest.raises(ValueError, match="'big'"):
-        ds.parse_cache_size("big")
-    with pytest.raises(FileNotFoundError, match="no CPU cache sizes"):
-        ds.last_level_cache_bytes(tmp_path / "none")
-
-
 def test_run_checks_its_arguments_before_any_work():
     with pytest.raises(ValueError, match="clock='gpu'"):
         ds.run_decode_speed(None, None, [], clock="gpu")

@@ -11,7 +11,6 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from gqa_lib.experiments.smollm_conversion import (
     PAPER_UPTRAIN_TOKENS,
     attention_modules,
-    bootstrap_mean,
     convert_kv_heads,
     kv_heads_of,
     max_logit_difference,
@@ -24,6 +23,7 @@ from gqa_lib.experiments.smollm_conversion import (
     window_nlls,
     window_token_ids,
 )
+from gqa_lib.experiments.stats import bootstrap_mean
 from gqa_lib.pictures.smollm_conversion import plot_conversion
 
 pytestmark = pytest.mark.usefixtures("single_thread")

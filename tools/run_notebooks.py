@@ -37,11 +37,6 @@ def git_state(path: Path) -> str:
     return "edited" if any(line[:2].strip() for line in lines) else "clean"
 
 
-def has_uncommitted_changes(path: Path) -> bool:
-    """True unless git reports ``path`` as committed and unchanged (untracked or unknown count as changed)."""
-    return git_state(path) != "clean"
-
-
 def series_notebooks(folder: Path) -> list[Path]:
     """The notebooks of the series in ``folder``: those git tracks; without git, those named NN_name.ipynb."""
     try:

@@ -6,7 +6,7 @@ cross-layer sharing. :func:`score_methods` runs each over the same token windows
 ``gqa_lib.models.smollm_decoder.SmolLMDecoder`` and returns its loss per window, on the tokens after
 ``score_from`` only, so that every scored token has at least that much context (a sliding window
 shorter than it is then always in force). :func:`summarise` adds bytes and bootstrap intervals
-(``gqa_lib.experiments.latent_conversion.bootstrap_interval``, scipy's BCa bootstrap over windows).
+(``gqa_lib.experiments.stats.bootstrap_interval``, scipy's BCa bootstrap over windows).
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def summarise(scores: dict[str, dict], baseline: str, seed: int = 0) -> list[dic
     Intervals are BCa bootstrap intervals over windows (paired by window for the change); ``pareto``
     marks the methods that no other beats in both bytes and loss (:func:`mark_pareto`).
     """
-    from gqa_lib.experiments.latent_conversion import bootstrap_interval
+    from gqa_lib.experiments.stats import bootstrap_interval
 
     base = scores[baseline]
     rows = []

@@ -23,6 +23,7 @@ from torch.nn import functional as F
 
 from gqa_lib.core.layout import check_positive_int
 from gqa_lib.experiments.corpus import fixed_windows, sample_batch
+from gqa_lib.experiments.stats import holm, t_975
 from gqa_lib.models.tiny_lm import TinyLM, TinyLMConfig
 
 EMBED_INIT_STD = 0.02  # GPT-2's
@@ -191,35 +192,6 @@ def run_variant(model_cfg: TinyLMConfig, cfg: TrainConfig, train_tokens: torch.T
         "final_train_loss": round(out["final_train_loss"], 6), "n_params": out["n_params"],
         "train_seconds": round(out["train_seconds"], 2),
     }
-
-
-def t_975(df: int) -> float:
-    """The 97.5% quantile of Student's t with ``df`` degrees of freedom (two-sided 95% intervals).
-
-    scipy computes it for any ``df``; a hand-typed table would cover only the ones someone typed.
-    """
-    from scipy import stats
-
-    check_positive_int("df", df)
-    return float(stats.t.ppf(0.975, df))
-
-
-def holm(p_values: list[float]) -> list[float]:
-    """Holm's step-down adjusted p-values (same order as given), for a family of tests.
-
-    Sort the m p-values ascending; the i-th smallest (i = 0..m-1) is multiplied by m - i, the running
-    maximum keeps the order, and values are capped at 1 (Holm 1979). Rejecting where the adjusted value
-    is below alpha keeps the chance of any false rejection in the family below alpha. (scipy offers
-    only false-discovery-rate corrections, ``scipy.stats.false_discovery_control``; Holm controls the
-    family-wise error, which a handful of planned comparisons calls for.)
-    """
-    m = len(p_values)
-    order = sorted(range(m), key=lambda i: p_values[i])
-    adjusted, running = [0.0] * m, 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * p_values[i]))
-        adjusted[i] = running
-    return adjusted
 
 
 def summarize_sweep(rows: list[dict]) -> list[dict]:

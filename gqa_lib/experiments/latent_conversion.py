@@ -38,8 +38,6 @@ from gqa_lib.core.attention import GroupedQueryAttention, grouped_attention
 from gqa_lib.core.layout import AttentionLayout, check_positive_int
 from gqa_lib.core.rope import RotaryEmbedding
 
-FACTORISATIONS = ("plain", "input-weighted")
-
 
 class LatentCache:
     """The latent of every token seen so far, for one layer: (batch, max_len, rank). No K, no V."""
@@ -230,24 +228,3 @@ def window_losses(model, windows: torch.Tensor, batch: int = 4) -> torch.Tensor:
         loss = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")  # (b, seq - 1)
         out.append(loss.mean(1).double())
     return torch.cat(out)
-
-
-def bootstrap_interval(values, baseline=None, confidence: float = 0.95, n_resamples: int = 2000,
-                       seed: int = 0) -> tuple[float, float]:
-    """Confidence interval of the mean of ``values`` (per-window losses), or of ``values - baseline`` paired by window.
-
-    scipy.stats.bootstrap (the BCa interval, resampling windows with a seeded generator): a maintained,
-    tested implementation of the bootstrap, rather than our own resampling loop.
-    """
-    import numpy as np
-    from scipy.stats import bootstrap
-
-    x = np.asarray(values, dtype=float)
-    if baseline is not None:
-        x = x - np.asarray(baseline, dtype=float)
-    if x.ndim != 1 or len(x) < 2:
-        raise ValueError(f"values must hold at least 2 windows, got shape {x.shape}")
-    res = bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=n_resamples, method="BCa",
-                    random_state=np.random.default_rng(seed))
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
-

@@ -24,63 +24,18 @@ of the model whose K/V projections and ``num_key_value_heads`` are the variant's
 from __future__ import annotations
 
 import copy
-import re
 import statistics
 import time
 from functools import partial
-from pathlib import Path
 
 import torch
 
 from gqa_lib.core.kv_head_conversion import expand_to_mha, reduce_kv_heads
 from gqa_lib.core.layout import check_positive_int
-from gqa_lib.experiments.attention_roofline import measure_read_bandwidth
 from gqa_lib.models.smollm_decoder import SmolLMDecoder
 
 VARIANTS = ("released", "mha_twin", "kv1_mean")
 PATHS = ("gqa_lib", "transformers")
-SYSFS_CACHE = Path("/sys/devices/system/cpu/cpu0/cache")
-_SIZE = re.compile(r"^\s*(\d+)\s*([KMG]?)\s*$")
-
-
-# --- the machine ---------------------------------------------------------------------------------
-
-def parse_cache_size(text: str) -> int:
-    """sysfs's cache size (``'32K'``, ``'2048K'``, ``'32M'``) in bytes (K = 1024, as the kernel means it)."""
-    m = _SIZE.match(text)
-    if m is None:
-        raise ValueError(f"cache size {text!r} is not a number with an optional K, M or G suffix")
-    return int(m[1]) * 1024 ** " KMG".index(m[2] or " ")
-
-
-def last_level_cache_bytes(sysfs_dir: str | Path = SYSFS_CACHE) -> int:
-    """Size in bytes of cpu0's highest-level cache, read from ``index*/level`` and ``index*/size`` in sysfs.
-
-    Raises ``FileNotFoundError`` where sysfs has no cache entries (not Linux, or a container hiding them).
-    """
-    sizes = {}
-    for d in sorted(Path(sysfs_dir).glob("index*")):
-        try:
-            level = int((d / "level").read_text())
-            size = parse_cache_size((d / "size").read_text())
-        except (OSError, ValueError):
-            continue
-        sizes[level] = max(size, sizes.get(level, 0))
-    if not sizes:
-        raise FileNotFoundError(f"no CPU cache sizes under {sysfs_dir} (index*/level and index*/size)")
-    return sizes[max(sizes)]
-
-
-def bandwidth_buffer_bytes(llc_bytes: int, factor: int = 4) -> int:
-    """Size of the buffer summed to measure read bandwidth: ``factor`` times the last-level cache, whole MB."""
-    check_positive_int("llc_bytes", llc_bytes)
-    check_positive_int("factor", factor)
-    return -(-factor * llc_bytes // 10**6) * 10**6
-
-
-def measure_bandwidth(llc_bytes: int, reps: int = 9) -> dict:
-    """Read bandwidth (wall and CPU clocks) summing a float32 buffer of 4x the last-level cache."""
-    return measure_read_bandwidth(bandwidth_buffer_bytes(llc_bytes), reps=reps, warmup=2)
 
 
 # --- bytes read per generated token ------------------------------------------------------------

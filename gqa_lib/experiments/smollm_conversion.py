@@ -9,7 +9,7 @@ module moves weights between transformers' ``LlamaAttention`` and gqa_lib's laye
 
 Held-out text: the validation files of the standard-library corpus (gqa_lib/experiments/corpus.py), tokenised with
 SmolLM2's own tokenizer, cut into fixed windows. Statistics are over those windows: :func:`window_nlls`
-scores each window, :func:`bootstrap_mean` gives a mean with its bootstrap standard error and 95%
+scores each window, ``experiments.stats.bootstrap_mean`` gives a mean with its bootstrap standard error and 95%
 interval (a loss, or a loss difference paired by window), :func:`recovered_fraction_interval` the
 share of a conversion's damage that uptraining wins back, with the control's change subtracted.
 """
@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from gqa_lib.core.attention import GroupedQueryAttention
 from gqa_lib.core.kv_head_conversion import METHODS, expand_to_mha, reduce_kv_heads
 from gqa_lib.core.layout import check_positive_int
+from gqa_lib.experiments.stats import per_window
 
 
 def attention_modules(model) -> list:
@@ -95,7 +96,7 @@ def window_token_ids(tokenizer, text: str, n_windows: int, window: int) -> torch
 def window_nlls(model, windows: torch.Tensor, batch: int = 4) -> np.ndarray:
     """Mean next-token loss (nats) of each window of ``windows`` (n, window), window >= 2: (n,) float64.
 
-    The windows are the units the bootstrap resamples (:func:`bootstrap_mean`): tokens inside a window
+    The windows are the units the bootstrap resamples (``experiments.stats.bootstrap_mean``): tokens inside a window
     are not independent, windows far apart in the text nearly are. With windows of equal length the
     mean of this array is :func:`mean_nll`.
     """
@@ -204,44 +205,6 @@ SMOLLM2_135M_PRETRAIN_TOKENS = 2 * 10**12
 PAPER_UPTRAIN_TOKENS = round(PAPER_UPTRAIN_FRACTION * SMOLLM2_135M_PRETRAIN_TOKENS)  # 100 billion
 
 
-def _per_window(name: str, values, n: int | None = None) -> np.ndarray:
-    """``values`` as a 1-D float64 array of at least 2 finite numbers (and ``n`` of them if given)."""
-    x = np.asarray(values, dtype=np.float64)
-    if x.ndim != 1 or len(x) < 2:
-        raise ValueError(f"{name} has shape {x.shape}; need a 1-D array of at least 2 per-window values "
-                         "(the bootstrap resamples windows)")
-    if n is not None and len(x) != n:
-        raise ValueError(f"{name} has {len(x)} windows, the others {n}: paired values need the same windows")
-    if not np.isfinite(x).all():
-        raise ValueError(f"{name} holds a non-finite value at window {int(np.flatnonzero(~np.isfinite(x))[0])}")
-    return x
-
-
-def bootstrap_mean(values, baseline=None, confidence: float = 0.95, n_resamples: int = 2000,
-                   seed: int = 0) -> tuple[float, float, float, float]:
-    """Mean of ``values`` (n,) with its bootstrap standard error and confidence interval: (mean, se, low, high).
-
-    With ``baseline`` (n,), the same windows scored another way, it is the mean of ``values - baseline``
-    paired by window: each window's difficulty cancels, so the interval of a difference is much tighter
-    than the two intervals side by side suggest. scipy.stats.bootstrap (the BCa interval, 2000 resamples
-    of the windows drawn by ``numpy.random.default_rng(seed)``): a maintained, tested bootstrap rather than
-    our own resampling loop; its ``standard_error`` is the standard deviation of the resampled means.
-    Values that are all equal (a model compared with itself) give (mean, 0, mean, mean): every resample
-    has the same mean, and BCa's correction would divide zero by zero.
-    """
-    from scipy.stats import bootstrap
-
-    x = _per_window("values", values)
-    if baseline is not None:
-        x = x - _per_window("baseline", baseline, len(x))
-    mean = float(x.mean())
-    if np.ptp(x) == 0:
-        return mean, 0.0, mean, mean
-    res = bootstrap((x,), np.mean, confidence_level=confidence, n_resamples=n_resamples, method="BCa",
-                    rng=np.random.default_rng(seed))
-    return mean, float(res.standard_error), float(res.confidence_interval.low), float(res.confidence_interval.high)
-
-
 def recovered_fraction(converted, uptrained, original, control):
     """Share of a conversion's damage that uptraining wins back, net of what uptraining does to the original.
 
@@ -270,8 +233,8 @@ def recovered_fraction_interval(converted, uptrained, original, control, confide
     """
     from scipy.stats import bootstrap
 
-    c = _per_window("converted", converted)
-    u, o, k = (_per_window(name, x, len(c)) for name, x in
+    c = per_window("converted", converted)
+    u, o, k = (per_window(name, x, len(c)) for name, x in
                (("uptrained", uptrained), ("original", original), ("control", control)))
     value = float(recovered_fraction(c.mean(), u.mean(), o.mean(), k.mean()))
 
