@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from gqa_lib.core.layout import divisors  # noqa: E402
+from gqa_lib.core.checks import divisors  # noqa: E402
 from gqa_lib.experiments import results  # noqa: E402  (CSV writing and the options every benchmark shares)
 from gqa_lib.experiments.corpus import load_corpus  # noqa: E402
 from gqa_lib.experiments.kv_sweep import TrainConfig, pairwise_tests, run_variant, summarize_sweep  # noqa: E402

@@ -16,8 +16,9 @@ from gqa_lib.core.cache_math import (
                          mla_elements_per_token_per_layer,
                          reduction_vs_mha,
 )
+from gqa_lib.core.checks import divisors
 from gqa_lib.core.kv_cache import KVCache
-from gqa_lib.core.layout import AttentionLayout, attention_kind, divisors
+from gqa_lib.core.layout import AttentionLayout, attention_kind
 from gqa_lib.core.mla import MLACache, MultiHeadLatentAttention
 from gqa_lib.core.rope import RotaryEmbedding
 from gqa_lib.models.catalog import ModelSpec, get_model, load_models, model_names

@@ -5,8 +5,9 @@ import torch
 
 from gqa_lib.core.attention import GroupedQueryAttention, expand_kv, grouped_attention
 from gqa_lib.core.cache_math import dtype_bytes, format_bytes, kv_cache_bytes, layout_cache_bytes, mla_cache_bytes
+from gqa_lib.core.checks import divisors
 from gqa_lib.core.kv_cache import KVCache
-from gqa_lib.core.layout import AttentionLayout, divisors
+from gqa_lib.core.layout import AttentionLayout
 from gqa_lib.core.rope import RotaryEmbedding
 from gqa_lib.models.catalog import UnknownModelError, get_model
 

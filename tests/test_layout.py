@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gqa_lib.core.layout import AttentionLayout, attention_kind, check_kv_heads, divisors
+from gqa_lib.core.checks import check_kv_heads, divisors
+from gqa_lib.core.layout import AttentionLayout, attention_kind
 
 
 @st.composite

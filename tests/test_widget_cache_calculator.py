@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from gqa_lib import widgets
 from gqa_lib.core.cache_math import DTYPE_BYTES, GIB, CacheRecipe, ElementType, auto_format_bytes, kv_cache_bytes
-from gqa_lib.core.layout import divisors
+from gqa_lib.core.checks import divisors
 from gqa_lib.models.catalog import UnknownModelError, get_model
 from gqa_lib.widgets.cache_calculator import CUSTOM, cache_presets, nearest_valid_kv_heads
 

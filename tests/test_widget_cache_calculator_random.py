@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from gqa_lib import widgets
 from gqa_lib.core.cache_math import auto_format_bytes
-from gqa_lib.core.layout import divisors
+from gqa_lib.core.checks import divisors
 from gqa_lib.models.catalog import get_model
 from gqa_lib.widgets.cache_calculator import CUSTOM
 

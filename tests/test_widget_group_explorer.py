@@ -14,18 +14,10 @@ from traitlets import TraitError
 
 from gqa_lib import widgets
 from gqa_lib.core.cache_math import kv_cache_bytes
-from gqa_lib.core.layout import divisors
+from gqa_lib.core.checks import closest_divisor, divisors
 from gqa_lib.models.catalog import get_model
 from gqa_lib.pictures.group_map import max_abs_diff_matrix, per_query_head
-from gqa_lib.widgets.group_shapes import (
-    CONTEXTS,
-    DIFF_LIMIT,
-    HEAD_DIMS,
-    KV_LIMIT,
-    MAX_HEADS,
-    closest_divisor,
-    random_kv,
-)
+from gqa_lib.widgets.group_shapes import CONTEXTS, DIFF_LIMIT, HEAD_DIMS, KV_LIMIT, MAX_HEADS, random_kv
 
 
 @pytest.fixture(scope="module")

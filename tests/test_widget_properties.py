@@ -27,7 +27,8 @@ from hypothesis import strategies as st
 
 from gqa_lib import widgets
 from gqa_lib.core.cache_math import auto_format_bytes, dtype_bytes, kv_cache_bytes, mla_cache_bytes, reduction_vs_mha
-from gqa_lib.core.layout import attention_kind, divisors
+from gqa_lib.core.checks import divisors
+from gqa_lib.core.layout import attention_kind
 
 EXAMPLES = 10  # random sequences per widget (a build takes ~0.3-1.5 s, each update draws a PNG: ~0.1-0.5 s)
 MAX_STEPS = 8

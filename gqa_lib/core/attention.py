@@ -12,8 +12,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gqa_lib.core.kv_cache import KVCache, refuse_dtype_names
-from gqa_lib.core.layout import AttentionLayout, check_positive_int
+from gqa_lib.core.checks import check_positive_int, refuse_dtype_names
+from gqa_lib.core.kv_cache import KVCache
+from gqa_lib.core.layout import AttentionLayout
 from gqa_lib.core.rope import RotaryEmbedding, check_rope_base, check_start_pos
 
 # Non-finite values are refused rather than passed on. In a causal pass a masked position gets weight 0,

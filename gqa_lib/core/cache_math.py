@@ -24,7 +24,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from gqa_lib.core.layout import AttentionLayout, check_positive_int
+from gqa_lib.core.checks import check_positive_int
+from gqa_lib.core.layout import AttentionLayout
 
 # Bytes per cached number.
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}

@@ -4,51 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from gqa_lib.core.layout import check_positive_int
-
-# What a learner may type for a dtype, and the torch dtype meant (for the error message only).
-DTYPE_SPELLINGS = {"fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-                   "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-                   "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp64": torch.float64, "float64": torch.float64,
-                   "int8": torch.int8}
-FLOAT_DTYPES = "torch.float32, torch.float16, torch.bfloat16, torch.float64"
-
-
-def check_float_dtype(name: str, dtype) -> torch.dtype:
-    """Return ``dtype`` if it is a floating torch dtype, else raise naming ``name`` and the valid ones.
-
-    A string such as 'bf16' gets the torch dtype it probably means; an integer dtype is refused,
-    because copying keys and values into it truncates them (a quantized cache needs scales too).
-    """
-    if not isinstance(dtype, torch.dtype):
-        meant = DTYPE_SPELLINGS.get(dtype) if isinstance(dtype, str) else None
-        hint = f" (did you mean {meant}?)" if meant is not None else ""
-        raise TypeError(f"{name}={dtype!r} must be a torch dtype{hint}; valid: {FLOAT_DTYPES}")
-    if not dtype.is_floating_point:
-        raise ValueError(f"{name}={dtype} is not a floating dtype: storing keys and values in it would truncate "
-                         "them (an int8 cache needs per-block scales, which KVCache does not keep); "
-                         f"valid: {FLOAT_DTYPES}")
-    return dtype
-
-
-def check_device(name: str, device) -> torch.device:
-    """``device`` as a torch.device ('cpu', 'cuda', 'cuda:0', 'mps' or a torch.device), else raise naming ``name``."""
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError):
-        meant = DTYPE_SPELLINGS.get(device) if isinstance(device, str) else None
-        hint = f" ({device!r} names a dtype: pass dtype={meant})" if meant is not None else ""
-        raise ValueError(f"{name}={device!r} is not a device{hint}; valid: 'cpu', 'cuda', 'cuda:0', 'mps' "
-                         "or a torch.device") from None
-
-
-def refuse_dtype_names(call: str, args, kwargs) -> None:
-    """Raise if a module's ``.to(...)`` got a dtype's name as a string: torch would read it as a device and
-    answer "Invalid device string: 'bf16'"."""
-    for value in (*args, *kwargs.values()):
-        if isinstance(value, str) and value in DTYPE_SPELLINGS:
-            raise TypeError(f"{call}({value!r}): {value!r} is the name of a dtype, and a string here means a device; "
-                            f"pass the dtype itself, {call}({DTYPE_SPELLINGS[value]})")
+from gqa_lib.core.checks import check_device, check_float_dtype, check_positive_int
 
 
 def _available_bytes(device: torch.device) -> int | None:

@@ -14,7 +14,7 @@ import copy
 import torch
 
 from gqa_lib.core.attention import GroupedQueryAttention
-from gqa_lib.core.layout import check_kv_heads
+from gqa_lib.core.checks import check_kv_heads
 
 METHODS = ("mean", "first", "random")
 

@@ -40,18 +40,10 @@ from torch import nn
 
 from gqa_lib.core.attention import causal_mask
 from gqa_lib.core.cache_math import mla_cache_bytes
-from gqa_lib.core.layout import check_positive_int
+from gqa_lib.core.checks import check_even_positive, check_positive_int
 from gqa_lib.core.rope import RotaryEmbedding
 
 MODES = ("explicit", "absorbed")
-
-
-def check_even_positive(name: str, value) -> int:
-    """RoPE rotates pairs of numbers, so its sizes must be even."""
-    check_positive_int(name, value)
-    if value % 2:
-        raise ValueError(f"{name}={value} must be even: RoPE rotates pairs of numbers (valid: 2, 4, 6, ...)")
-    return value
 
 
 def check_mode(mode) -> str:

@@ -21,7 +21,7 @@ import operator
 import torch
 from torch import nn
 
-from gqa_lib.core.layout import check_positive_int
+from gqa_lib.core.checks import check_positive_int
 
 
 def check_rope_base(name: str, value) -> float:

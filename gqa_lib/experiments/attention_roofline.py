@@ -41,7 +41,8 @@ import torch
 from torch.nn import functional as F
 
 from gqa_lib.core.attention import grouped_attention
-from gqa_lib.core.layout import AttentionLayout, attention_kind, check_positive_int
+from gqa_lib.core.checks import check_positive_int
+from gqa_lib.core.layout import AttentionLayout, attention_kind
 from gqa_lib.experiments.machine import CLOCKS, DTYPE_NAMES, CacheFlusher, check_clock, time_calls
 
 DTYPES = {name: dtype for dtype, name in DTYPE_NAMES.items()}  # "fp32" -> torch.float32, ...

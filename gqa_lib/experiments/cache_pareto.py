@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.nn import functional as F
 
-from gqa_lib.core.layout import check_positive_int
+from gqa_lib.core.checks import check_positive_int
 from gqa_lib.experiments.cache_shrink import (
     CachePolicy,
     cache_bytes_per_token,

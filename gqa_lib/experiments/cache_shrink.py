@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gqa_lib.core.attention import GroupedQueryAttention
-from gqa_lib.core.layout import check_positive_int
+from gqa_lib.core.checks import check_positive_int
 
 QUANT_AXES = ("token", "channel")
 QUANT_BITS = (8, 4)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from gqa_lib.core.layout import check_positive_int
+from gqa_lib.core.checks import check_positive_int
 
 # What the shipped results were made from (CPython 3.11.7, Linux).
 SHIPPED = {

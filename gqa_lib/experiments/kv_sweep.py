@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch.nn import functional as F
 
-from gqa_lib.core.layout import check_positive_int
+from gqa_lib.core.checks import check_positive_int, check_real
 from gqa_lib.experiments.corpus import fixed_windows, sample_batch
 from gqa_lib.experiments.stats import holm, t_975
 from gqa_lib.models.tiny_lm import TinyLM, TinyLMConfig
@@ -55,21 +55,6 @@ class TrainConfig:
         check_real("min_lr_ratio", self.min_lr_ratio, low=0, high=1)
         check_real("weight_decay", self.weight_decay, low=0)
         check_real("grad_clip", self.grad_clip, low=0, low_ok=False)
-
-
-def check_real(name: str, value, low: float | None = None, high: float | None = None, low_ok: bool = True) -> float:
-    """``value`` if it is a finite real number in [low, high] (``low`` itself only if ``low_ok``), else raise."""
-    import numbers
-
-    lo = "" if low is None else (f"{low} or more" if low_ok else f"more than {low}")
-    hi = "" if high is None else f"at most {high}"
-    valid = " and ".join(filter(None, [lo, hi])) or "finite"
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}={value!r} must be a number, {valid} (got {type(value).__name__})")
-    if not math.isfinite(value) or (low is not None and (value < low or (value == low and not low_ok))) or (
-            high is not None and value > high):
-        raise ValueError(f"{name}={value!r} must be a finite number, {valid}")
-    return value
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:

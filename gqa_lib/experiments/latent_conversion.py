@@ -35,7 +35,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from gqa_lib.core.attention import GroupedQueryAttention, grouped_attention
-from gqa_lib.core.layout import AttentionLayout, check_positive_int
+from gqa_lib.core.checks import check_positive_int
+from gqa_lib.core.layout import AttentionLayout
 from gqa_lib.core.rope import RotaryEmbedding
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from gqa_lib.core.layout import check_positive_int
+from gqa_lib.core.checks import check_positive_int
 
 DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}  # as the CSVs name them
 SYSFS_CACHE = Path("/sys/devices/system/cpu/cpu0/cache")

@@ -30,8 +30,8 @@ from functools import partial
 
 import torch
 
+from gqa_lib.core.checks import check_positive_int
 from gqa_lib.core.kv_head_conversion import expand_to_mha, reduce_kv_heads
-from gqa_lib.core.layout import check_positive_int
 from gqa_lib.models.smollm_decoder import SmolLMDecoder
 
 VARIANTS = ("released", "mha_twin", "kv1_mean")

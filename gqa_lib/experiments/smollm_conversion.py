@@ -24,8 +24,8 @@ import torch
 from torch.nn import functional as F
 
 from gqa_lib.core.attention import GroupedQueryAttention
+from gqa_lib.core.checks import check_positive_int
 from gqa_lib.core.kv_head_conversion import METHODS, expand_to_mha, reduce_kv_heads
-from gqa_lib.core.layout import check_positive_int
 from gqa_lib.experiments.stats import per_window
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.stats
 
-from gqa_lib.core.layout import check_positive_int
+from gqa_lib.core.checks import check_positive_int
 
 
 def per_window(name: str, values, n: int | None = None) -> np.ndarray:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from gqa_lib.core.cache_math import DTYPE_BYTES, GB, GIB, dtype_bytes, kv_cache_bytes
-from gqa_lib.core.layout import check_positive_int
+from gqa_lib.core.checks import check_positive_int
 from gqa_lib.models.catalog import ModelSpec
 from gqa_lib.models.tiny_lm import TinyLM, TinyLMConfig
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gqa_lib.core.cache_math import CacheRecipe, ElementType, as_element, dtype_bytes, kv_cache_bytes, layer_kinds
-from gqa_lib.core.layout import AttentionLayout, attention_kind, check_positive_int
+from gqa_lib.core.checks import check_positive_int
+from gqa_lib.core.layout import AttentionLayout, attention_kind
 
 DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 MODELS_FILE = DATA_DIR / "models.json"

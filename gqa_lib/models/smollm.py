@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from gqa_lib.core.checks import check_text
 from gqa_lib.models.catalog import DATA_DIR, get_model
 
 MODEL_FILE_INFO = json.loads((DATA_DIR / "smollm2.json").read_text())
@@ -187,12 +188,6 @@ def _check_layer(layer, n_layers: int | None = None) -> int:
     return layer
 
 
-def _check_text(text) -> str:
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"text={text!r} must be a non-empty string")
-    return text
-
-
 def _check_max_tokens(max_tokens) -> int | None:
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
         raise ValueError(f"max_tokens={max_tokens!r} must be a positive integer, or None for no cap")
@@ -201,7 +196,7 @@ def _check_max_tokens(max_tokens) -> int | None:
 
 def count_tokens(text: str) -> int:
     """How many tokens SmolLM2's tokenizer makes of ``text`` (what ``max_tokens`` is compared with)."""
-    _check_text(text)
+    check_text(text)
     _, tok = load_smollm()
     return len(tok(text)["input_ids"])
 
@@ -284,7 +279,7 @@ def capture_layers(text: str, layers=None, max_tokens: int | None = None, trunca
     """
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-    _check_text(text)  # bad input fails before the model is loaded
+    check_text(text)  # bad input fails before the model is loaded
     _check_max_tokens(max_tokens)
     layers = list(range(N_LAYERS)) if layers is None else [_check_layer(i) for i in layers]
     if not layers or len(set(layers)) != len(layers):
@@ -353,7 +348,7 @@ def cached_kv(text: str, max_tokens: int | None = None, truncate: bool = False):
     transformers' ``DynamicCache`` holds, K after RoPE. ``max_tokens`` and ``truncate`` as in
     ``capture_layers``.
     """
-    _check_text(text)
+    check_text(text)
     _check_max_tokens(max_tokens)
     model, tok = load_smollm()
     ids, _ = _tokenize(tok, text, max_tokens, truncate)
@@ -421,7 +416,7 @@ def greedy_continuation(prompt: str, n_new: int = 3) -> str:
     """The ``n_new`` tokens SmolLM2 finds most likely after ``prompt``, one at a time (greedy), as text."""
     if isinstance(n_new, bool) or not isinstance(n_new, int) or not 1 <= n_new <= 64:
         raise ValueError(f"n_new={n_new!r} must be an integer in 1..64")
-    _check_text(prompt)
+    check_text(prompt)
     model, tok = load_smollm()
     ids = tok(prompt, return_tensors="pt")["input_ids"]  # (1, seq)
     start = ids.shape[1]

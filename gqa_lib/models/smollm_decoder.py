@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from gqa_lib.core.attention import GroupedQueryAttention
-from gqa_lib.core.layout import check_positive_int
+from gqa_lib.core.checks import check_positive_int
 
 
 def rope_theta(config) -> float:

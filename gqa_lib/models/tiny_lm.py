@@ -13,8 +13,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from gqa_lib.core.attention import GroupedQueryAttention
-from gqa_lib.core.kv_cache import KVCache, refuse_dtype_names
-from gqa_lib.core.layout import AttentionLayout, check_positive_int
+from gqa_lib.core.checks import check_positive_int, refuse_dtype_names
+from gqa_lib.core.kv_cache import KVCache
+from gqa_lib.core.layout import AttentionLayout
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from gqa_lib.core.layout import AttentionLayout, check_kv_heads
+from gqa_lib.core.checks import check_kv_heads
+from gqa_lib.core.layout import AttentionLayout
 
 ORDERS = ("contiguous", "repeat")
 

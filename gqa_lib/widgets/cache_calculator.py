@@ -74,7 +74,8 @@ from gqa_lib.core.cache_math import (
     ElementType,
     auto_format_bytes,
 )
-from gqa_lib.core.layout import attention_kind, divisors
+from gqa_lib.core.checks import divisors
+from gqa_lib.core.layout import attention_kind
 from gqa_lib.models.catalog import ModelSpec, get_model, load_models
 from gqa_lib.pictures.style import GPU_MEMORY_GIB, NEUTRAL, PALETTE
 

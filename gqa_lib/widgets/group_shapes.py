@@ -33,7 +33,8 @@ from matplotlib.figure import Figure
 
 from gqa_lib.core.attention import GroupedQueryAttention
 from gqa_lib.core.cache_math import auto_format_bytes, dtype_bytes, kv_cache_bytes, reduction_vs_mha
-from gqa_lib.core.layout import AttentionLayout, check_positive_int, divisors
+from gqa_lib.core.checks import check_positive_int, closest_divisor, divisors
+from gqa_lib.core.layout import AttentionLayout
 from gqa_lib.models.catalog import get_model, load_models
 from gqa_lib.pictures.group_map import ORDERS, _tick_step, group_color, kv_head_map, max_abs_diff_matrix, per_query_head
 from gqa_lib.pictures.style import DIVERGING_CMAP, HEATMAP_CMAP
@@ -62,11 +63,6 @@ LAYOUTS_KEPT = 8  # rendered layouts (diagram and head numbers) kept for a retur
 MAX_LABELS = 8  # head numbers written per row of the diagram; each costs about a millisecond to draw
 PICTURES_KEPT = 16  # shapes whose random K/V and difference matrices are kept (about 1 MB each at most)
 ORDER_LABELS = {"contiguous": "contiguous (i // group_size)", "repeat": "repeat (i % n_kv_heads)"}
-
-
-def closest_divisor(n_heads: int, wanted: int) -> int:
-    """The divisor of ``n_heads`` closest to ``wanted`` (the smaller one on a tie)."""
-    return min(divisors(n_heads), key=lambda d: (abs(d - wanted), d))
 
 
 def _context_label(n: int) -> str:

@@ -18,6 +18,7 @@ import ipywidgets as widgets
 import torch
 from matplotlib.figure import Figure
 
+from gqa_lib.core.checks import check_index, check_text
 from gqa_lib.core.diversity import head_diversity
 from gqa_lib.models import smollm
 from gqa_lib.models.catalog import get_model
@@ -32,18 +33,6 @@ MAPS_KEPT = 4  # sentences whose maps are kept: 30 x 9 x 32 x 32 float32 = 1.1 M
 _SPEC = get_model("SmolLM2-135M")  # 30 layers, 9 query heads, 3 KV heads: known before the model loads
 
 
-def _check_index(name: str, value, n: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n:
-        raise ValueError(f"{name}={value!r} must be an integer in 0..{n - 1}")
-    return value
-
-
-def _check_text(text) -> str:
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError(f"text={text!r} must be a non-empty string")
-    return text
-
-
 def all_layer_maps(text: str, max_tokens: int = MAX_TOKENS):
     """(tokens, weights): SmolLM2's attention maps for the first ``max_tokens`` tokens of ``text``, every layer.
 
@@ -52,7 +41,7 @@ def all_layer_maps(text: str, max_tokens: int = MAX_TOKENS):
     causal mask, the maps of a text's first tokens do not depend on what follows, so they are exactly
     what the model computes for them inside the whole text.
     """
-    tokens, weights, _ = _maps_of(cap_text(_check_text(text), max_tokens))
+    tokens, weights, _ = _maps_of(cap_text(check_text(text), max_tokens))
     return tokens, weights
 
 
@@ -126,9 +115,9 @@ class HeadHeatmapExplorer(widgets.VBox):
 
     def __init__(self, text: str = DEFAULT_TEXT, layer: int = 0, head: int = 0, all_heads: bool = False):
         n_layers, n_heads = _SPEC.n_layers, _SPEC.n_heads
-        _check_text(text)
-        _check_index("layer", layer, n_layers)
-        _check_index("head", head, n_heads)
+        check_text(text)
+        check_index("layer", layer, n_layers)
+        check_index("head", head, n_heads)
         self.group_size = _SPEC.group_size
         self._maps: OrderedDict[str, tuple] = OrderedDict()  # text -> (tokens, weights), a few kept
         self._diversity: dict[tuple[str, int], float] = {}
@@ -176,7 +165,7 @@ class HeadHeatmapExplorer(widgets.VBox):
     def readout_values(self) -> dict:
         """What the readout says, as numbers (for tests)."""
         text, layer, head = self.text.value, self.layer.value, self.head.value
-        tokens, _, capped = self._layer_maps(_check_text(text))
+        tokens, _, capped = self._layer_maps(check_text(text))
         return {"text": text, "layer": layer, "head": head, "all_heads": self.all_heads.value,
                 "n_tokens": len(tokens), "n_tokens_in_text": capped.n_tokens, "kv_head": head // self.group_size,
                 "diversity": self.diversity(text, layer)}
@@ -198,7 +187,7 @@ class HeadHeatmapExplorer(widgets.VBox):
         start = time.perf_counter()
         self.head.disabled = self.all_heads.value
         try:
-            text = _check_text(self.text.value)
+            text = check_text(self.text.value)
         except ValueError as e:
             self.readout.value = f"<b>Cannot draw:</b> {e}"
             return

@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from gqa_lib.core.cache_math import DTYPE_BYTES, auto_format_bytes, dtype_bytes, kv_cache_bytes, mla_cache_bytes
-from gqa_lib.core.layout import check_kv_heads, check_positive_int, divisors
+from gqa_lib.core.checks import check_kv_heads, check_positive_int, closest_divisor, divisors
 from gqa_lib.pictures.style import PALETTE
 from gqa_lib.widgets.blit import BlitFigure
 from gqa_lib.widgets.controls import StrictDropdown, StrictIntSlider, StrictSelectionSlider
@@ -42,11 +42,6 @@ def check_slider_value(name: str, value: int) -> None:
 
 def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def closest_divisor(n: int, wanted: int) -> int:
-    """The divisor of ``n`` closest to ``wanted`` (the smaller one on a tie): where the KV slider lands."""
-    return min(divisors(n), key=lambda d: (abs(d - wanted), d))
 
 
 def cache_per_token(n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int, d_c: int, d_rope: int,

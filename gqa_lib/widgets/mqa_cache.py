@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullLocator
 
 from gqa_lib.core.cache_math import DTYPE_BYTES, GIB, auto_format_bytes, dtype_bytes, kv_cache_bytes, reduction_vs_mha
-from gqa_lib.core.layout import check_positive_int
+from gqa_lib.core.checks import check_positive_int
 from gqa_lib.models.catalog import get_model, load_models
 from gqa_lib.pictures.style import GPU_MEMORY_GIB, NEUTRAL, PALETTE
 from gqa_lib.widgets.blit import BlitFigure

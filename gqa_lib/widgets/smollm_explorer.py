@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from gqa_lib.core.checks import check_index, check_text
 from gqa_lib.core.diversity import pairwise_head_distance
 from gqa_lib.models import smollm
 from gqa_lib.models.catalog import get_model
@@ -34,12 +35,6 @@ from gqa_lib.widgets.token_cap import MAX_TOKENS, cap_text, cut_note
 DEFAULT_TEXT = smollm.PROMPTS["sentences"]["fox"]
 CAPTURES_KEPT = 4  # texts whose captures are kept: about 1 MB each at the token cap
 _SPEC = get_model("SmolLM2-135M")  # 30 layers, 9 query heads, 3 KV heads: known before the model loads
-
-
-def _check_index(name: str, value, n: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n:
-        raise ValueError(f"{name}={value!r} must be an integer in 0..{n - 1}")
-    return value
 
 
 def _labels(tokens) -> list[str]:
@@ -151,9 +146,9 @@ class SmollmGroupExplorer(widgets.VBox):
 
     def __init__(self, text: str = DEFAULT_TEXT, layer: int = 3, group: int = 0):
         n_layers, n_kv = _SPEC.n_layers, _SPEC.n_kv_heads
-        smollm._check_text(text)
-        _check_index("layer", layer, n_layers)
-        _check_index("group", group, n_kv)
+        check_text(text)
+        check_index("layer", layer, n_layers)
+        check_index("group", group, n_kv)
         self.group_size = _SPEC.group_size
         self._captures: OrderedDict[str, list] = OrderedDict()  # text -> captures of all layers, a few kept
         self._distances: dict[tuple[str, int], torch.Tensor] = {}
@@ -211,7 +206,7 @@ class SmollmGroupExplorer(widgets.VBox):
     def readout_values(self) -> dict:
         """What the readout says, as numbers (for tests)."""
         text, layer, group, g = self.text.value, self.layer.value, self.group.value, self.group_size
-        cap = self.captures(smollm._check_text(text))[layer]
+        cap = self.captures(check_text(text))[layer]
         d = self.distances(text, layer)
         kv_of = torch.arange(d.shape[0]) // g
         same = (kv_of[:, None] == kv_of[None, :]) & ~torch.eye(d.shape[0], dtype=torch.bool)
@@ -234,7 +229,7 @@ class SmollmGroupExplorer(widgets.VBox):
         """Recompute the readout and redraw the picture from the controls' current values."""
         start = time.perf_counter()
         try:
-            text = smollm._check_text(self.text.value)
+            text = check_text(self.text.value)
         except ValueError as e:
             self.readout.value = f"<b>Cannot draw:</b> {e}"
             return

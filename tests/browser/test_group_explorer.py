@@ -14,7 +14,8 @@ from series import notebook_showing
 
 from gqa_lib import widgets
 from gqa_lib.core.cache_math import auto_format_bytes, dtype_bytes, kv_cache_bytes, reduction_vs_mha
-from gqa_lib.core.layout import attention_kind, divisors
+from gqa_lib.core.checks import divisors
+from gqa_lib.core.layout import attention_kind
 
 NOTEBOOK = notebook_showing("group_explorer")
 closest_divisor = importlib.import_module(widgets.group_explorer.__module__).closest_divisor  # the widget's rule

@@ -14,7 +14,8 @@ from series import notebook_showing
 
 from gqa_lib import widgets
 from gqa_lib.core.cache_math import QUANTIZED, CacheRecipe, ElementType, auto_format_bytes
-from gqa_lib.core.layout import attention_kind, divisors
+from gqa_lib.core.checks import divisors
+from gqa_lib.core.layout import attention_kind
 from gqa_lib.models.catalog import get_model
 
 NOTEBOOK = notebook_showing("kv_cache_calculator")
