@@ -12,55 +12,63 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gqa_lib.core.checks import check_positive_int, refuse_dtype_names
+from gqa_lib.core.checks import NON_FINITE_WHY, check_finite, check_positive_int, check_qkv, refuse_dtype_names
 from gqa_lib.core.kv_cache import KVCache
 from gqa_lib.core.layout import AttentionLayout
 from gqa_lib.core.rope import RotaryEmbedding, check_rope_base, check_start_pos
 
-# Non-finite values are refused rather than passed on. In a causal pass a masked position gets weight 0,
-# but 0 * nan = nan, so one nan or inf in a *later* token's value would turn every earlier token's output
-# into nan, while token-by-token decoding (which never sees later tokens) gives finite outputs: the two
-# paths would disagree. Keeping them equal would need a kernel that skips masked values instead of
-# multiplying them by 0, which PyTorch's fused attention does not offer; and a nan in the input is a
-# bug upstream that the learner wants to hear about at the token where it appears. So both paths stop
-# there, with the position, before anything is cached.
 
+def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
+                      return_weights: bool = False):
+    """Scaled dot-product attention where query heads share KV heads, without copying K or V.
 
-def first_non_finite(t: torch.Tensor, seq_dim: int = -2, start_pos: int = 0) -> str | None:
-    """Where ``t`` first holds a nan or inf, as 'nan at batch 0, position 3', or None if all is finite.
+    q: (batch, n_heads, s_q, head_dim); k, v: (batch, n_kv_heads, s_k, head_dim).
+    The query heads of one group are stacked into the row dimension, so each KV head is read once:
+    (batch, n_kv_heads, group_size * s_q, head_dim) against (batch, n_kv_heads, s_k, head_dim).
+    With ``causal`` the queries are the last ``s_q`` of the ``s_k`` tokens (see :func:`causal_mask`).
+    Returns (batch, n_heads, s_q, head_dim) and, if asked, the weights (batch, n_heads, s_q, s_k).
 
-    The position is ``start_pos`` plus the index along ``seq_dim``.
+    Without ``return_weights`` the stacked rows go to PyTorch's fused ``scaled_dot_product_attention``
+    as ordinary attention with n_kv_heads heads, which never writes the score matrix to memory; a
+    single query (a decode step) may see every key, so it gets no mask at all. With
+    ``return_weights`` the scores are written out, because the caller wants to see them.
+
+    Errors: TypeError for non-tensors, integer tensors or q, k, v of different dtypes; ValueError for
+    shapes that do not fit, and for a nan or inf in k or v whenever a causal mask is applied (s_q > 1;
+    see NON_FINITE_WHY). That costs one pass over the output: a non-finite k or v always reaches it
+    (the last query sees every key), and only then are K and V searched. A single query (a decode
+    step) is not checked: it sees every key, so a non-finite key or value reaches its output in any
+    exact computation, the same as in a full pass.
     """
-    bad = ~torch.isfinite(t)
-    if not bad.any():
-        return None
-    index = tuple(int(i) for i in bad.nonzero()[0])
-    value = t[index].item()
-    return f"{value} at batch {index[0]}, position {start_pos + index[seq_dim % t.ndim]}"
+    check_qkv(q, k, v, causal)
+    s_q = q.shape[2]
+    result = _attend(q, k, v, causal, return_weights)
+    if causal and s_q > 1 and not _all_finite(result[0] if return_weights else result):
+        check_finite("k", k, 2, NON_FINITE_WHY)  # the one pass over K and V happens only when something is wrong
+        check_finite("v", v, 2, NON_FINITE_WHY)
+    return result
 
 
-def _check_finite(name: str, t: torch.Tensor, seq_dim: int, why: str, start_pos: int = 0) -> None:
-    where = first_non_finite(t.detach(), seq_dim, start_pos)
-    if where is not None:
-        raise ValueError(f"{name} holds a non-finite value ({where}){why}")
+def _attend(q, k, v, causal: bool, return_weights: bool):
+    """grouped_attention's arithmetic, for inputs already checked."""
+    b, n_heads, s_q, d = q.shape
+    n_kv, s_k = k.shape[1], k.shape[2]
+    group_size = n_heads // n_kv
+    qg = q.reshape(b, n_kv, group_size * s_q, d)  # (batch, n_kv_heads, group_size * s_q, head_dim); K and V are not copied
+    # Row r of a group is query head r // s_q at position r % s_q, so the mask repeats once per query head.
+    mask = causal_mask(s_q, s_k, q.device).repeat(group_size, 1) if causal and s_q > 1 else None  # (group_size * s_q, s_k)
+    if not return_weights:
+        return F.scaled_dot_product_attention(qg, k, v, attn_mask=mask).reshape(b, n_heads, s_q, d)
+    scores = qg @ k.transpose(-2, -1) / math.sqrt(d)  # (batch, n_kv_heads, group_size * s_q, s_k)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = scores.softmax(dim=-1)
+    out = (weights @ v).reshape(b, n_heads, s_q, d)  # (batch, n_heads, s_q, head_dim)
+    return out, weights.reshape(b, n_heads, s_q, s_k)
 
 
-NON_FINITE_WHY = ("; attention refuses it: in a causal pass a masked nan still multiplies its weight of 0 and "
-                  "would turn every earlier token's output into nan, which token-by-token decoding would not. "
-                  "Find where the value became non-finite (torch.isfinite) and clean it first.")
-
-
-def _check_qkv(q, k, v) -> None:
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name}={type(t).__name__} must be a tensor")
-        if not t.is_floating_point():
-            raise TypeError(f"{name}.dtype={t.dtype} must be a floating dtype (torch.float32, torch.bfloat16, ...)")
-    if not q.dtype == k.dtype == v.dtype:
-        raise TypeError(f"q.dtype={q.dtype}, k.dtype={k.dtype}, v.dtype={v.dtype} must be the same; "
-                        f"cast them, e.g. k.to({q.dtype})")
-    if not q.device == k.device == v.device:
-        raise ValueError(f"q, k, v are on {q.device}, {k.device}, {v.device}; they must be on one device")
+def _all_finite(t: torch.Tensor) -> bool:
+    return bool(torch.isfinite(t).all())
 
 
 def expand_kv(x: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -98,70 +106,6 @@ def causal_mask(n_queries: int, n_keys: int, device=None) -> torch.Tensor:
     return k_pos <= q_pos
 
 
-def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
-                      return_weights: bool = False):
-    """Scaled dot-product attention where query heads share KV heads, without copying K or V.
-
-    q: (batch, n_heads, s_q, head_dim); k, v: (batch, n_kv_heads, s_k, head_dim).
-    The query heads of one group are stacked into the row dimension, so each KV head is read once:
-    (batch, n_kv_heads, group_size * s_q, head_dim) against (batch, n_kv_heads, s_k, head_dim).
-    With ``causal`` the queries are the last ``s_q`` of the ``s_k`` tokens (see :func:`causal_mask`).
-    Returns (batch, n_heads, s_q, head_dim) and, if asked, the weights (batch, n_heads, s_q, s_k).
-
-    Without ``return_weights`` the stacked rows go to PyTorch's fused ``scaled_dot_product_attention``
-    as ordinary attention with n_kv_heads heads, which never writes the score matrix to memory; a
-    single query (a decode step) may see every key, so it gets no mask at all. With
-    ``return_weights`` the scores are written out, because the caller wants to see them.
-
-    Errors: TypeError for non-tensors, integer tensors or q, k, v of different dtypes; ValueError for
-    shapes that do not fit, and for a nan or inf in k or v whenever a causal mask is applied (s_q > 1;
-    see NON_FINITE_WHY). That costs one pass over the output: a non-finite k or v always reaches it
-    (the last query sees every key), and only then are K and V searched. A single query (a decode
-    step) is not checked: it sees every key, so a non-finite key or value reaches its output in any
-    exact computation, the same as in a full pass.
-    """
-    _check_qkv(q, k, v)
-    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
-        raise ValueError(f"q, k, v must be 4-D (batch, heads, seq, head_dim); got {tuple(q.shape)}, "
-                         f"{tuple(k.shape)}, {tuple(v.shape)}")
-    b, n_heads, s_q, d = q.shape
-    n_kv, s_k = k.shape[1], k.shape[2]
-    if k.shape != v.shape or k.shape[0] != b or k.shape[3] != d:
-        raise ValueError(f"k.shape={tuple(k.shape)} and v.shape={tuple(v.shape)} must both be "
-                         f"({b}, n_kv_heads, s_k, {d}) to match q.shape={tuple(q.shape)}")
-    AttentionLayout(n_heads, n_kv, d)  # n_kv must divide n_heads
-    if causal and s_q > s_k:
-        # Every query must be one of the keys' tokens; otherwise the first rows see nothing and turn into NaN.
-        raise ValueError(f"causal attention needs s_q <= s_k, got q.shape[2]={s_q} queries for k.shape[2]={s_k} keys")
-    result = _attend(q, k, v, causal, return_weights)
-    if causal and s_q > 1 and not _all_finite(result[0] if return_weights else result):
-        _check_finite("k", k, 2, NON_FINITE_WHY)  # the one pass over K and V happens only when something is wrong
-        _check_finite("v", v, 2, NON_FINITE_WHY)
-    return result
-
-
-def _all_finite(t: torch.Tensor) -> bool:
-    return bool(torch.isfinite(t).all())
-
-
-def _attend(q, k, v, causal: bool, return_weights: bool):
-    """grouped_attention's arithmetic, for inputs already checked."""
-    b, n_heads, s_q, d = q.shape
-    n_kv, s_k = k.shape[1], k.shape[2]
-    g = n_heads // n_kv
-    qg = q.reshape(b, n_kv, g * s_q, d)  # (batch, n_kv_heads, group_size * s_q, head_dim); K and V are not copied
-    # Row r of a group is query head r // s_q at position r % s_q, so the mask repeats once per query head.
-    mask = causal_mask(s_q, s_k, q.device).repeat(g, 1) if causal and s_q > 1 else None  # (group_size * s_q, s_k)
-    if not return_weights:
-        return F.scaled_dot_product_attention(qg, k, v, attn_mask=mask).reshape(b, n_heads, s_q, d)
-    scores = qg @ k.transpose(-2, -1) / math.sqrt(d)  # (batch, n_kv_heads, group_size * s_q, s_k)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    weights = scores.softmax(dim=-1)
-    out = (weights @ v).reshape(b, n_heads, s_q, d)  # (batch, n_heads, s_q, head_dim)
-    return out, weights.reshape(b, n_heads, s_q, s_k)
-
-
 class GroupedQueryAttention(nn.Module):
     """Multi-head attention with ``n_kv_heads`` key/value heads shared by ``n_heads`` query heads.
 
@@ -197,10 +141,10 @@ class GroupedQueryAttention(nn.Module):
     @staticmethod
     def _refuse_non_finite(x, k, v, start: int) -> None:
         """Raise naming the first position where x, or else its keys or values, is not finite."""
-        _check_finite("x", x, 1, NON_FINITE_WHY, start)
+        check_finite("x", x, 1, NON_FINITE_WHY, start)
         overflow = " (the projection overflowed the layer's dtype?)" + NON_FINITE_WHY
-        _check_finite("k = k_proj(x)", k, 2, overflow, start)
-        _check_finite("v = v_proj(x)", v, 2, overflow, start)
+        check_finite("k = k_proj(x)", k, 2, overflow, start)
+        check_finite("v = v_proj(x)", v, 2, overflow, start)
 
     def to(self, *args, **kwargs):
         """nn.Module.to, but a dtype's name such as 'bf16' is refused with the dtype to pass instead."""
@@ -259,21 +203,7 @@ class GroupedQueryAttention(nn.Module):
         nan or inf in ``x`` or in its projections (both with and without a cache; the cache is then
         left as it was).
         """
-        start = 0
-        if cache is not None:
-            if not isinstance(cache, KVCache):
-                mla = type(cache).__name__ == "MLACache"
-                other = " (an MLACache belongs to MultiHeadLatentAttention)" if mla else ""
-                raise TypeError(f"cache={type(cache).__name__} must be a KVCache{other}; make one with "
-                                "layer.new_cache(batch, max_len)")
-            if (cache.n_kv_heads, cache.head_dim) != (self.n_kv_heads, self.head_dim):
-                raise ValueError(f"cache (n_kv_heads={cache.n_kv_heads}, head_dim={cache.head_dim}) was made for "
-                                 f"another layer; this one has n_kv_heads={self.n_kv_heads}, head_dim={self.head_dim}: "
-                                 "make the cache with this layer's new_cache(batch, max_len)")
-            if isinstance(x, torch.Tensor) and x.ndim == 3 and x.shape[0] != cache.batch:
-                raise ValueError(f"x.shape[0]={x.shape[0]} (batch) does not match the cache's batch={cache.batch}; "
-                                 f"make the cache with new_cache(batch={x.shape[0]}, ...)")
-            start = cache.length
+        start = self._check_cache(x, cache)
         q, k, v = self.qkv(x, start)
         if cache is not None:  # check the new tokens before they are cached (cheap: new tokens only)
             self._refuse_non_finite(x, k, v, start)
@@ -287,3 +217,21 @@ class GroupedQueryAttention(nn.Module):
         b, _, s, _ = out.shape
         y = self.o_proj(out.transpose(1, 2).reshape(b, s, self.n_heads * self.head_dim))
         return (y, weights) if return_weights else y
+
+    def _check_cache(self, x, cache: KVCache | None) -> int:
+        """The position of ``x``'s first token: 0 without a cache, else the cache's length, once the cache fits."""
+        if cache is None:
+            return 0
+        if not isinstance(cache, KVCache):
+            mla = type(cache).__name__ == "MLACache"
+            other = " (an MLACache belongs to MultiHeadLatentAttention)" if mla else ""
+            raise TypeError(f"cache={type(cache).__name__} must be a KVCache{other}; make one with "
+                        "layer.new_cache(batch, max_len)")
+        if (cache.n_kv_heads, cache.head_dim) != (self.n_kv_heads, self.head_dim):
+            raise ValueError(f"cache (n_kv_heads={cache.n_kv_heads}, head_dim={cache.head_dim}) was made for "
+                         f"another layer; this one has n_kv_heads={self.n_kv_heads}, head_dim={self.head_dim}: "
+                         "make the cache with this layer's new_cache(batch, max_len)")
+        if isinstance(x, torch.Tensor) and x.ndim == 3 and x.shape[0] != cache.batch:
+            raise ValueError(f"x.shape[0]={x.shape[0]} (batch) does not match the cache's batch={cache.batch}; "
+                         f"make the cache with new_cache(batch={x.shape[0]}, ...)")
+        return cache.length

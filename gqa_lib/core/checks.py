@@ -158,3 +158,64 @@ def check_text(text) -> str:
     if not isinstance(text, str) or not text.strip():
         raise ValueError(f"text={text!r} must be a non-empty string")
     return text
+
+
+# Non-finite values are refused rather than passed on. In a causal pass a masked position gets weight 0,
+# but 0 * nan = nan, so one nan or inf in a *later* token's value would turn every earlier token's output
+# into nan, while token-by-token decoding (which never sees later tokens) gives finite outputs: the two
+# paths would disagree. Keeping them equal would need a kernel that skips masked values instead of
+# multiplying them by 0, which PyTorch's fused attention does not offer; and a nan in the input is a
+# bug upstream that the learner wants to hear about at the token where it appears. So both paths stop
+# there, with the position, before anything is cached.
+
+NON_FINITE_WHY = ("; attention refuses it: in a causal pass a masked nan still multiplies its weight of 0 and "
+                  "would turn every earlier token's output into nan, which token-by-token decoding would not. "
+                  "Find where the value became non-finite (torch.isfinite) and clean it first.")
+
+
+def first_non_finite(t: torch.Tensor, seq_dim: int = -2, start_pos: int = 0) -> str | None:
+    """Where ``t`` first holds a nan or inf, as 'nan at batch 0, position 3', or None if all is finite.
+
+    The position is ``start_pos`` plus the index along ``seq_dim``.
+    """
+    bad = ~torch.isfinite(t)
+    if not bad.any():
+        return None
+    index = tuple(int(i) for i in bad.nonzero()[0])
+    value = t[index].item()
+    return f"{value} at batch {index[0]}, position {start_pos + index[seq_dim % t.ndim]}"
+
+
+def check_finite(name: str, t: torch.Tensor, seq_dim: int, why: str, start_pos: int = 0) -> None:
+    """Raise naming where ``t`` first holds a nan or inf (``why`` ends the message)."""
+    where = first_non_finite(t.detach(), seq_dim, start_pos)
+    if where is not None:
+        raise ValueError(f"{name} holds a non-finite value ({where}){why}")
+
+
+def check_qkv(q, k, v, causal: bool = True) -> None:
+    """Raise unless q (batch, n_heads, s_q, head_dim) and k, v (batch, n_kv_heads, s_k, head_dim) fit together:
+    tensors of one floating dtype on one device, n_kv_heads dividing n_heads, and with ``causal`` s_q <= s_k."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}={type(t).__name__} must be a tensor")
+        if not t.is_floating_point():
+            raise TypeError(f"{name}.dtype={t.dtype} must be a floating dtype (torch.float32, torch.bfloat16, ...)")
+    if not q.dtype == k.dtype == v.dtype:
+        raise TypeError(f"q.dtype={q.dtype}, k.dtype={k.dtype}, v.dtype={v.dtype} must be the same; "
+                        f"cast them, e.g. k.to({q.dtype})")
+    if not q.device == k.device == v.device:
+        raise ValueError(f"q, k, v are on {q.device}, {k.device}, {v.device}; they must be on one device")
+    if q.ndim != 4 or k.ndim != 4 or v.ndim != 4:
+        raise ValueError(f"q, k, v must be 4-D (batch, heads, seq, head_dim); got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    b, n_heads, s_q, d = q.shape
+    n_kv, s_k = k.shape[1], k.shape[2]
+    if k.shape != v.shape or k.shape[0] != b or k.shape[3] != d:
+        raise ValueError(f"k.shape={tuple(k.shape)} and v.shape={tuple(v.shape)} must both be "
+                         f"({b}, n_kv_heads, s_k, {d}) to match q.shape={tuple(q.shape)}")
+    check_kv_heads(n_heads, n_kv)
+    check_positive_int("head_dim", d)
+    if causal and s_q > s_k:
+        # Every query must be one of the keys' tokens; otherwise the first rows see nothing and turn into NaN.
+        raise ValueError(f"causal attention needs s_q <= s_k, got q.shape[2]={s_q} queries for k.shape[2]={s_k} keys")
