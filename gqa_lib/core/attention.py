@@ -54,9 +54,10 @@ def _attend(q, k, v, causal: bool, return_weights: bool):
     b, n_heads, s_q, d = q.shape
     n_kv, s_k = k.shape[1], k.shape[2]
     group_size = n_heads // n_kv
-    qg = q.reshape(b, n_kv, group_size * s_q, d)  # (batch, n_kv_heads, group_size * s_q, head_dim); K and V are not copied
+    # (batch, n_kv_heads, group_size * s_q, head_dim): a group's query heads stacked as rows; K and V are not copied
+    qg = q.reshape(b, n_kv, group_size * s_q, d)
     # Row r of a group is query head r // s_q at position r % s_q, so the mask repeats once per query head.
-    mask = causal_mask(s_q, s_k, q.device).repeat(group_size, 1) if causal and s_q > 1 else None  # (group_size * s_q, s_k)
+    mask = causal_mask(s_q, s_k, q.device).repeat(group_size, 1) if causal and s_q > 1 else None  # (rows, s_k)
     if not return_weights:
         return F.scaled_dot_product_attention(qg, k, v, attn_mask=mask).reshape(b, n_heads, s_q, d)
     scores = qg @ k.transpose(-2, -1) / math.sqrt(d)  # (batch, n_kv_heads, group_size * s_q, s_k)

@@ -57,9 +57,9 @@ def within_across_diversity(weights: torch.Tensor, group_size: int) -> tuple[flo
     h = d.shape[0]
     if group_size < 1 or h % group_size:
         raise ValueError(f"group_size={group_size} must divide n_heads={h}")
-    g = torch.arange(h) // group_size
-    same = (g[:, None] == g[None, :]) & ~torch.eye(h, dtype=torch.bool)
-    diff = g[:, None] != g[None, :]
+    kv_head_of = torch.arange(h) // group_size
+    same = (kv_head_of[:, None] == kv_head_of[None, :]) & ~torch.eye(h, dtype=torch.bool)
+    diff = kv_head_of[:, None] != kv_head_of[None, :]
     within = float(d[same].mean()) if same.any() else float("nan")
     across = float(d[diff].mean()) if diff.any() else float("nan")
     return within, across

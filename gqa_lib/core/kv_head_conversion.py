@@ -79,12 +79,12 @@ def reduce_kv_heads(layer: GroupedQueryAttention, n_kv_heads: int, method: str =
 def expand_to_mha(layer: GroupedQueryAttention) -> GroupedQueryAttention:
     """The MHA layer that computes exactly what ``layer`` computes: each KV projection copied per query head."""
     _check_layer(layer)
-    g = layer.group_size
+    group_size = layer.group_size
     new = _rebuild(layer, layer.n_heads)
     with torch.no_grad():
         for old, dst in ((layer.k_proj, new.k_proj), (layer.v_proj, new.v_proj)):
-            w = _per_head(old.weight, layer.n_kv_heads).repeat_interleave(g, dim=0)
+            w = _per_head(old.weight, layer.n_kv_heads).repeat_interleave(group_size, dim=0)
             dst.weight.copy_(w.reshape(dst.weight.shape))
             if old.bias is not None:
-                dst.bias.copy_(_per_head(old.bias, layer.n_kv_heads).repeat_interleave(g, dim=0).reshape(-1))
+                dst.bias.copy_(_per_head(old.bias, layer.n_kv_heads).repeat_interleave(group_size, dim=0).reshape(-1))
     return new

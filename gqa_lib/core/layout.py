@@ -62,8 +62,8 @@ class AttentionLayout:
         """The query heads that share KV head ``kv_head``."""
         if isinstance(kv_head, bool) or not isinstance(kv_head, int) or not 0 <= kv_head < self.n_kv_heads:
             raise ValueError(f"kv_head={kv_head!r} must be an integer in 0..{self.n_kv_heads - 1}")
-        g = self.group_size
-        return list(range(kv_head * g, (kv_head + 1) * g))
+        group_size = self.group_size
+        return list(range(kv_head * group_size, (kv_head + 1) * group_size))
 
     def valid_kv_heads(self) -> list[int]:
         return divisors(self.n_heads)

@@ -36,11 +36,11 @@ def _expand_cases() -> list[Case]:
     rows = [(1, 1, 1, 2, 1, torch.float32), (1, 2, 3, 4, 2, torch.float32), (2, 3, 5, 4, 3, torch.float32),
             (2, 1, 4, 8, 4, torch.float32), (2, 8, 6, 16, 4, torch.bfloat16)]
     cases = []
-    for b, kv, s, d, g, dtype in rows:
-        label = (f"x of shape ({b}, {kv}, {s}, {d}) = (batch, n_kv_heads, seq, head_dim), group_size {g} "
-                 f"({kv * g} query heads), {str(dtype).removeprefix('torch.')}")
-        cases.append(Case(label, (randn(gen, b, kv, s, d, dtype=dtype), g), size=b * kv * s * d * g,
-                          info={"n_heads": kv * g, "n_kv_heads": kv}))
+    for b, kv, s, d, group_size, dtype in rows:
+        label = (f"x of shape ({b}, {kv}, {s}, {d}) = (batch, n_kv_heads, seq, head_dim), group_size {group_size} "
+                 f"({kv * group_size} query heads), {str(dtype).removeprefix('torch.')}")
+        cases.append(Case(label, (randn(gen, b, kv, s, d, dtype=dtype), group_size), size=b * kv * s * d * group_size,
+                          info={"n_heads": kv * group_size, "n_kv_heads": kv}))
     return cases
 
 

@@ -48,12 +48,12 @@ def mistakes_for(exercise: str) -> list[Mistake]:
 
 
 def _tiled_story(n_heads: int, n_kv_heads: int, query_head: int | None = None) -> str:
-    g = n_heads // n_kv_heads
-    i = query_head if query_head is not None else next(i for i in range(n_heads) if i % n_kv_heads != i // g)
+    group_size = n_heads // n_kv_heads
+    i = query_head if query_head is not None else next(i for i in range(n_heads) if i % n_kv_heads != i // group_size)
     return (f"query head {i} reads KV head {i % n_kv_heads}: this is the tiled order of `.repeat` "
             f"(query head i reads KV head i % n_kv_heads). With contiguous groups, as `repeat_interleave`, "
             f"SDPA's `enable_gqa=True` and transformers' `repeat_kv` use, query head {i} reads KV head "
-            f"i // group_size = {i} // {g} = {i // g}.")
+            f"i // group_size = {i} // {group_size} = {i // group_size}.")
 
 
 def _tokens(n: int) -> str:
@@ -339,9 +339,9 @@ def expand_kv_tokens_axis(x, group_size):
 @exhibit("gqa", "tiled `.repeat` order", lambda c: _tiled_story(c.info["n_heads"], c.info["n_kv_heads"]))
 def gqa_tiled_repeat(q, k, v):
     """Expands K and V with ``.repeat`` before attending: query head i reads KV head i % n_kv_heads."""
-    g = q.shape[1] // k.shape[1]
+    group_size = q.shape[1] // k.shape[1]
     s_q, s_k = q.shape[2], k.shape[2]
-    return _attention(q, k.repeat(1, g, 1, 1), v.repeat(1, g, 1, 1), causal_mask(s_q, s_k, q.device))
+    return _attention(q, k.repeat(1, group_size, 1, 1), v.repeat(1, group_size, 1, 1), causal_mask(s_q, s_k, q.device))
 
 
 @exhibit("gqa", "the stacked rows' mask repeated row by row", lambda c: (
@@ -353,9 +353,9 @@ def gqa_mask_interleaved(q, k, v):
     ``repeat_interleave(group_size, dim=0)``: the masks of different positions land on the wrong rows."""
     b, n_heads, s_q, d = q.shape
     n_kv, s_k = k.shape[1], k.shape[2]
-    g = n_heads // n_kv
-    rows = q.reshape(b, n_kv, g * s_q, d)
-    mask = causal_mask(s_q, s_k, q.device).repeat_interleave(g, dim=0)
+    group_size = n_heads // n_kv
+    rows = q.reshape(b, n_kv, group_size * s_q, d)
+    mask = causal_mask(s_q, s_k, q.device).repeat_interleave(group_size, dim=0)
     return _attention(rows, k, v, mask).reshape(b, n_heads, s_q, d)
 
 
@@ -363,10 +363,10 @@ def gqa_mask_interleaved(q, k, v):
          lambda c: _top_left_story(c.info["s_q"], c.info["s_k"]))
 def gqa_top_left_mask(q, k, v):
     """Grouped attention with a mask built as tril(ones(s_q, s_k)): right for a prefill only."""
-    g = q.shape[1] // k.shape[1]
+    group_size = q.shape[1] // k.shape[1]
     s_q, s_k = q.shape[2], k.shape[2]
     mask = torch.ones(s_q, s_k, dtype=torch.bool).tril()
-    return _attention(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1), mask)
+    return _attention(q, k.repeat_interleave(group_size, 1), v.repeat_interleave(group_size, 1), mask)
 
 
 # --------------------------------------------------------------------------------------- notebook 05
@@ -438,8 +438,8 @@ def decode_is_causal_gqa(q, k, v):
 @exhibit("decode_attention", "tiled `.repeat` order", lambda c: _tiled_story(c.info["n_heads"], c.info["n_kv_heads"]))
 def decode_tiled_gqa(q, k, v):
     """Expands the KV heads with ``.repeat`` before the decode step."""
-    g = q.shape[1] // k.shape[1]
-    return _attention(q, k.repeat(1, g, 1, 1), v.repeat(1, g, 1, 1))
+    group_size = q.shape[1] // k.shape[1]
+    return _attention(q, k.repeat(1, group_size, 1, 1), v.repeat(1, group_size, 1, 1))
 
 
 @exhibit("decode_cost", "a cache sized by query heads", lambda c: (

@@ -73,8 +73,8 @@ def decode_gqa_lib(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.T
 
 def decode_expand(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """transformers' eager path: repeat_kv (a fresh copy when 1 < n_kv_heads < n_heads), then plain attention."""
-    g = q.shape[1] // k.shape[1]
-    return _eager_attention(q, repeat_kv(k, g), repeat_kv(v, g))
+    group_size = q.shape[1] // k.shape[1]
+    return _eager_attention(q, repeat_kv(k, group_size), repeat_kv(v, group_size))
 
 
 class ExpandInto:
@@ -93,19 +93,19 @@ class ExpandInto:
         self._buffers.clear()
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        g = q.shape[1] // k.shape[1]
-        if g == 1:
+        group_size = q.shape[1] // k.shape[1]
+        if group_size == 1:
             return _eager_attention(q, k, v)
         b, n_kv, s, d = k.shape
-        key = (b, n_kv, g, s, d, k.dtype)
+        key = (b, n_kv, group_size, s, d, k.dtype)
         if key not in self._buffers:
             self.release()  # keep one shape's buffers at a time
-            self._buffers[key] = (torch.empty(b, n_kv, g, s, d, dtype=k.dtype),
-                                  torch.empty(b, n_kv, g, s, d, dtype=v.dtype))
+            self._buffers[key] = (torch.empty(b, n_kv, group_size, s, d, dtype=k.dtype),
+                                  torch.empty(b, n_kv, group_size, s, d, dtype=v.dtype))
         kb, vb = self._buffers[key]
-        kb.copy_(k[:, :, None].expand(b, n_kv, g, s, d))
-        vb.copy_(v[:, :, None].expand(b, n_kv, g, s, d))
-        return _eager_attention(q, kb.view(b, n_kv * g, s, d), vb.view(b, n_kv * g, s, d))
+        kb.copy_(k[:, :, None].expand(b, n_kv, group_size, s, d))
+        vb.copy_(v[:, :, None].expand(b, n_kv, group_size, s, d))
+        return _eager_attention(q, kb.view(b, n_kv * group_size, s, d), vb.view(b, n_kv * group_size, s, d))
 
 
 decode_expand_into = ExpandInto()

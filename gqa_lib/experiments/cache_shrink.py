@@ -210,13 +210,13 @@ class ShrunkCacheAttention(nn.Module):
             if q is None:
                 raise ValueError("a latent layer cannot take another layer's keys")
             k, v, old = self.share_from._kv
-        g = base.n_heads // k.shape[1]
-        qg = q.reshape(b, k.shape[1], g * s, base.head_dim)  # a group's query heads stacked as rows
+        group_size = base.n_heads // k.shape[1]
+        qg = q.reshape(b, k.shape[1], group_size * s, base.head_dim)  # a group's query heads stacked as rows
         mask = visible(s, p.window, p.sinks, x.device)  # (s, s)
         if old is None:
-            out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask.repeat(g, 1))
+            out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask.repeat(group_size, 1))
         else:
-            out = _attend_blocks(qg, k, v, *old, mask, p.block, g)
+            out = _attend_blocks(qg, k, v, *old, mask, p.block, group_size)
         out = out.reshape(b, base.n_heads, s, base.head_dim)
         return base.o_proj(out.transpose(1, 2).reshape(b, s, base.n_heads * base.head_dim))
 
@@ -225,7 +225,7 @@ def _latent_group(rank: int) -> int:
     return GROUP if rank % GROUP == 0 else rank
 
 
-def _attend_blocks(qg, k, v, k_old, v_old, mask, block: int, g: int) -> torch.Tensor:
+def _attend_blocks(qg, k, v, k_old, v_old, mask, block: int, group_size: int) -> torch.Tensor:
     """Attention where keys of finished blocks (before the query's own block) come from the quantized cache.
 
     One fused call over both copies of the keys: query i sees the quantized copy of key j when j's block
@@ -235,7 +235,7 @@ def _attend_blocks(qg, k, v, k_old, v_old, mask, block: int, g: int) -> torch.Te
     s = k.shape[-2]
     pos = torch.arange(s, device=qg.device)
     older = (pos[None, :] // block) < (pos[:, None] // block)  # (s, s): key j's block finished before query i's
-    both = torch.cat([mask & older, mask & ~older], dim=1).repeat(g, 1)  # (g * s, 2 s)
+    both = torch.cat([mask & older, mask & ~older], dim=1).repeat(group_size, 1)  # (group_size * s, 2 s)
     return F.scaled_dot_product_attention(qg, torch.cat([k_old, k], 2), torch.cat([v_old, v], 2), attn_mask=both)
 
 

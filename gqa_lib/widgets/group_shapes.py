@@ -282,17 +282,17 @@ class _Canvas:
         """Show the values of ``GroupExplorer._compute``; return the PNG bytes."""
         from PIL import Image
 
-        h, kv, g, order = v["n_heads"], v["n_kv_heads"], v["group_size"], v["order"]
+        h, kv, group_size, order = v["n_heads"], v["n_kv_heads"], v["group_size"], v["order"]
         self._diagram(h, kv, order, v["head_dim"])
         # Contiguous order: a line between groups (blocks of group_size rows). Repeat order: a line after every
         # n_kv_heads rows, where the same KV heads start over. None when every head is its own group (MHA).
-        step = g if order == "contiguous" else kv
-        edges = [b - 0.5 for b in range(step, h, step)] if g > 1 else []
+        step = group_size if order == "contiguous" else kv
+        edges = [b - 0.5 for b in range(step, h, step)] if group_size > 1 else []
         for im, lines, x in zip(self.images, self.row_lines, (v["k_per_head"], v["v_per_head"]), strict=True):
             im.set_data(x.reshape(h, -1).numpy())  # (n_heads, seq * head_dim)
             im.set_extent((0, SEQ_LEN, h - 0.5, -0.5))
             lines.set_segments([[(0, e), (SEQ_LEN, e)] for e in edges])
-        ticks = _head_ticks(h, g, order)
+        ticks = _head_ticks(h, group_size, order)
         for ax in (self.ax_k, self.ax_v):
             ax.set_ylim(h - 0.5, -0.5)
         for marks_labels, which in zip(self.head_ticks, ("y", "y", "x"), strict=True):
@@ -482,7 +482,7 @@ class GroupExplorer(widgets.VBox):
         return v
 
     def _readout_html(self, v: dict) -> str:
-        h, kv, g = v["n_heads"], v["n_kv_heads"], v["group_size"]
+        h, kv, group_size = v["n_heads"], v["n_kv_heads"], v["group_size"]
         groups = torch.tensor(v["kv_head_of"])
         same = groups[:, None] == groups[None, :]
         others = same & ~torch.eye(h, dtype=torch.bool)  # two different heads of one group
@@ -505,7 +505,7 @@ class GroupExplorer(widgets.VBox):
             "query head i reads KV head i % n_kv_heads (a different model: groups are not neighbours)"
         return (
             f"<b>{v['kind']}</b>: {_plural(h, 'query head')} {reads} {_plural(kv, 'KV head')} (= groups), "
-            f"<b>{g}</b> query {'head' if g == 1 else 'heads'} per group.<br>"
+            f"<b>{group_size}</b> query {'head' if group_size == 1 else 'heads'} per group.<br>"
             f"KV cache: <b>{auto_format_bytes(v['cache_bytes'])}</b> "
             f"({auto_format_bytes(v['cache_bytes'], binary=True)})<br>"
             f"&nbsp;= 2 (K and V) x {_plural(v['n_layers'], 'layer')} x {_plural(kv, 'KV head')} "

@@ -205,12 +205,12 @@ class SmollmGroupExplorer(widgets.VBox):
 
     def readout_values(self) -> dict:
         """What the readout says, as numbers (for tests)."""
-        text, layer, group, g = self.text.value, self.layer.value, self.group.value, self.group_size
+        text, layer, group, group_size = self.text.value, self.layer.value, self.group.value, self.group_size
         cap = self.captures(check_text(text))[layer]
         d = self.distances(text, layer)
-        kv_of = torch.arange(d.shape[0]) // g
+        kv_of = torch.arange(d.shape[0]) // group_size
         same = (kv_of[:, None] == kv_of[None, :]) & ~torch.eye(d.shape[0], dtype=torch.bool)
-        heads = list(range(group * g, (group + 1) * g))
+        heads = list(range(group * group_size, (group + 1) * group_size))
         in_group = [float(d[i, j]) for i in heads for j in heads if i < j]
         k_seen, v_seen = smollm.kv_seen_by_query_heads(cap)
         n_tokens = min(len(cap.tokens), MAX_TOKENS)
