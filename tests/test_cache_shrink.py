@@ -10,12 +10,12 @@ from gqa_lib.core.attention import GroupedQueryAttention
 from gqa_lib.experiments.cache_shrink import (
     CachePolicy,
     ShrunkCacheAttention,
-    cache_bytes_per_token,
     fake_quantize,
     layer_cache_bytes,
     pareto_front,
     quantize_blocks,
     shrink_layers,
+    shrunk_cache_bytes_per_token,
     visible,
 )
 from gqa_lib.experiments.latent_conversion import to_latent
@@ -165,7 +165,7 @@ def test_bytes_of_smollm2_cache_each_way():
     smol = [layer(n_kv=3) for _ in range(2)]
 
     def per_token(policy, share=1, context=2048):
-        return cache_bytes_per_token(shrink_layers(smol, policy, share), context) * 15  # 2 layers -> 30
+        return shrunk_cache_bytes_per_token(shrink_layers(smol, policy, share), context) * 15  # 2 layers -> 30
 
     assert per_token(CachePolicy()) == 23040
     assert per_token(CachePolicy(bits=8)) == 30 * 384 * (1 + 4 / 64)  # 12,240

@@ -53,16 +53,16 @@ def test_weight_and_cache_bytes_are_the_hand_computed_ones(variants):
     for name, (weights, per_token) in expected.items():
         assert ds.weight_bytes_per_token(variants[name]) == weights, name
         n_kv = variants[name].attention[0].n_kv_heads
-        assert ds.cache_bytes_per_token(variants[name], 4) == per_token == L * 2 * n_kv * DH * 4
-    assert ds.cache_bytes_per_token(variants["released"], 2) == 23_040  # a bf16 cache halves it
+        assert ds.decoder_cache_bytes_per_token(variants[name], 4) == per_token == L * 2 * n_kv * DH * 4
+    assert ds.decoder_cache_bytes_per_token(variants["released"], 2) == 23_040  # a bf16 cache halves it
 
 
 def test_bytes_per_token_at_8000_tokens_predict_the_issue_ratio(variants):
     context = ds.mean_context(8000, 16)
     assert context == 8007.5  # the timed steps see 8000, ..., 8015 cached tokens
-    assert ds.bytes_per_token(100, 10, context) == 100 + 10 * 8007.5
-    released = ds.bytes_per_token(RELEASED_WEIGHTS, 46_080, context)
-    twin = ds.bytes_per_token(ds.weight_bytes_per_token(variants["mha_twin"]), 138_240, context)
+    assert ds.bytes_read_per_token(100, 10, context) == 100 + 10 * 8007.5
+    released = ds.bytes_read_per_token(RELEASED_WEIGHTS, 46_080, context)
+    twin = ds.bytes_read_per_token(ds.weight_bytes_per_token(variants["mha_twin"]), 138_240, context)
     assert round(twin / released, 2) == 1.87  # "the bytes predict about 1.8x" (issue 13)
 
 

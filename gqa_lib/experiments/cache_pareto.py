@@ -20,10 +20,10 @@ from torch.nn import functional as F
 from gqa_lib.core.checks import check_positive_int
 from gqa_lib.experiments.cache_shrink import (
     CachePolicy,
-    cache_bytes_per_token,
     layer_cache_bytes,
     pareto_front,
     shrink_layers,
+    shrunk_cache_bytes_per_token,
 )
 
 FAMILIES = ("original", "fewer KV heads", "latent (MLA)", "sliding window", "quantized", "cross-layer",
@@ -94,7 +94,7 @@ def score_methods(decoder, sources: dict, methods: list[Method], windows: torch.
     """{method name: {'losses': (n,) per-window losses, 'bytes_per_token': float, 'method': Method}}.
 
     ``decoder``: a ``SmolLMDecoder``; ``sources``: {source name: list of attention layers}. Bytes per token
-    are counted at the windows' length of context (``gqa_lib.experiments.cache_shrink.cache_bytes_per_token``).
+    are counted at the windows' length of context (``gqa_lib.experiments.cache_shrink.shrunk_cache_bytes_per_token``).
     """
     context = windows.shape[1]
     out = {}
@@ -104,7 +104,7 @@ def score_methods(decoder, sources: dict, methods: list[Method], windows: torch.
         layers = shrink_layers(list(sources[method.source]), method.policy, method.share_every)
         losses = window_losses_after(decoder.with_attention(layers), windows, score_from)
         caching = [a for a in layers if a.caches]
-        out[method.name] = {"losses": losses, "bytes_per_token": cache_bytes_per_token(layers, context),
+        out[method.name] = {"losses": losses, "bytes_per_token": shrunk_cache_bytes_per_token(layers, context),
                             "method": method, "numbers_per_token_layer": caching[0].numbers_per_token(),
                             "caching_layers": len(caching), "context": context}
         if progress is not None:

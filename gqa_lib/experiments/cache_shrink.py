@@ -22,7 +22,7 @@ window against step-by-step decoding). Unquantized caches are stored in bf16, as
 caches are: keys and values are rounded to bf16 before attention, so the bytes counted are the bytes
 used.
 
-Bytes: :func:`cache_bytes_per_token` counts what a cache holds at a given context length, for all
+Bytes: :func:`shrunk_cache_bytes_per_token` counts what a cache holds at a given context length, for all
 layers, divided by that length; scales and minima included.
 """
 
@@ -284,7 +284,7 @@ def layer_cache_bytes(numbers_per_token: int, context: int, policy: CachePolicy,
     return keys + values + (n - done) * numbers_per_token * 2.0
 
 
-def cache_bytes_per_token(layers: list[ShrunkCacheAttention], context: int) -> float:
+def shrunk_cache_bytes_per_token(layers: list[ShrunkCacheAttention], context: int) -> float:
     """All layers' cache bytes after ``context`` tokens, divided by ``context``: bytes a token of context costs."""
     total = sum(layer_cache_bytes(a.numbers_per_token(), context, a.policy, a.base.head_dim) for a in layers)
     return total / context

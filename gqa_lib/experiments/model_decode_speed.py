@@ -53,7 +53,7 @@ def weight_bytes_per_token(decoder: SmolLMDecoder) -> int:
     return sum(p.nbytes for p in params.values()) - (0 if tied else emb.nbytes) + row
 
 
-def cache_bytes_per_token(decoder: SmolLMDecoder, element_size: int) -> int:
+def decoder_cache_bytes_per_token(decoder: SmolLMDecoder, element_size: int) -> int:
     """Bytes the KV caches hold per token: sum over layers of 2 * n_kv_heads * head_dim * element_size."""
     check_positive_int("element_size", element_size)
     return sum(2 * a.n_kv_heads * a.head_dim * element_size for a in decoder.attention)
@@ -66,7 +66,7 @@ def mean_context(prompt_len: int, new_tokens: int) -> float:
     return prompt_len + (new_tokens - 1) / 2
 
 
-def bytes_per_token(weight_bytes: int, cache_per_token: int, context: float) -> float:
+def bytes_read_per_token(weight_bytes: int, cache_per_token: int, context: float) -> float:
     """Bytes one decode step reads: the weights plus the cache of ``context`` tokens."""
     return weight_bytes + cache_per_token * context
 
@@ -224,8 +224,8 @@ def run_decode_speed(model, tokenizer, sentences: list[str], seq_lens=(1000, 400
         context = mean_context(seq_len, new_tokens)
         for (v, path), t in times.items():
             d = decoders[v]
-            w, c = weight_bytes_per_token(d), cache_bytes_per_token(d, elem)
-            nbytes = bytes_per_token(w, c, context)
+            w, c = weight_bytes_per_token(d), decoder_cache_bytes_per_token(d, elem)
+            nbytes = bytes_read_per_token(w, c, context)
             s, s_wall, s_cpu = summarise(t[clock]), summarise(t["wall"]), summarise(t["cpu"])
             same = tokens[v, path] == tokens[v, "gqa_lib"] if (v, "gqa_lib") in tokens else ""
             rows.append({

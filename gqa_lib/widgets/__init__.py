@@ -6,8 +6,9 @@ first use, so importing ``gqa_lib.widgets`` stays cheap.
 
 Shared parts: ``controls`` (sliders and selections that refuse a value they do not offer with a
 ``NotOffered`` error listing the valid ones, and ``CUSTOM = "custom"``, the one spelling of a preset
-list's own-shape entry), ``blit`` (figures redrawn over a cached background) and ``token_cap`` (the
-first 32 tokens that the SmolLM2 explorers analyse).
+list's own-shape entry), ``blit`` (figures redrawn over a cached background), ``text`` (a count with
+its noun, a context length as a label) and ``token_cap`` (the first 32 tokens that the SmolLM2 explorers
+analyse).
 """
 
 import importlib

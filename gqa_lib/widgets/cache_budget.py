@@ -24,6 +24,7 @@ from gqa_lib.pictures.cache_pareto import family_style
 from gqa_lib.pictures.style import NEUTRAL
 from gqa_lib.widgets.blit import BlitFigure
 from gqa_lib.widgets.controls import StrictIntSlider, StrictSelectionSlider
+from gqa_lib.widgets.text import context_label
 
 MEMORY_GB = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10]
 CONTEXTS = [2**k for k in range(9, 14)]  # 512 .. 8192 tokens: SmolLM2 was trained up to 8,192, no further
@@ -33,10 +34,6 @@ LISTED = 8  # rows of the table of methods that fit
 
 def _memory_label(gb: float) -> str:
     return f"{gb * 1000:g} MB" if gb < 1 else f"{gb:g} GB"
-
-
-def _context_label(n: int) -> str:
-    return f"{n // 1024}k" if n >= 1024 else str(n)
 
 
 def budget_choice(rows: list[dict], memory_gb: float, context: int, batch: int) -> dict:
@@ -71,7 +68,7 @@ class CacheBudgetExplorer(widgets.VBox):
         slide = {"style": style, "continuous_update": False}
         self.memory = StrictSelectionSlider(options=[(_memory_label(m), m) for m in MEMORY_GB], value=memory_gb,
                                             description="cache memory", name="memory", **slide)
-        self.context = StrictSelectionSlider(options=[(_context_label(c), c) for c in CONTEXTS], value=context,
+        self.context = StrictSelectionSlider(options=[(context_label(c), c) for c in CONTEXTS], value=context,
                                              description="context (tokens)", name="context", **slide)
         self.batch = StrictIntSlider(value=batch, min=1, max=MAX_BATCH, description="batch", name="batch", **slide)
         self.readout = widgets.HTML()

@@ -29,6 +29,10 @@ layers global and MHA of the same shape, with lines for common GPU memory sizes 
 chosen context), and ``readout_values()``, a dict of the numbers shown. Every number comes from
 ``gqa_lib.core.cache_math.CacheRecipe``.
 
+Why one module of about 600 lines: fifteen controls that constrain each other (a preset sets them all,
+KV heads follow query heads, MLA greys out KV heads, quantized types enable their scale groups) and one
+readout and plot of all of them; every number still comes from ``core.cache_math``.
+
 Readout format (stable; tests parse it). The text of ``.readout.value`` with tags removed has these
 seven lines, in this order (Llama-3 8B shown)::
 
@@ -78,6 +82,7 @@ from gqa_lib.core.checks import divisors
 from gqa_lib.core.layout import attention_kind
 from gqa_lib.models.catalog import ModelSpec, get_model, load_models
 from gqa_lib.pictures.style import GPU_MEMORY_GIB, NEUTRAL, PALETTE
+from gqa_lib.widgets.text import plural
 
 CUSTOM = "custom"  # the same spelling in every widget of the series
 CONTEXT_POWERS = [2**k for k in range(7, 21)]  # 128 .. 1,048,576 tokens
@@ -90,10 +95,6 @@ SHARING = {1: "none (each layer)", 2: "pairs of layers", 3: "3 adjacent layers",
 SCALE_GROUPS = {0: "1 per vector", 128: "1 per 128 channels", 64: "1 per 64 channels", 32: "1 per 32 channels"}
 SETTINGS = ("n_layers", "n_heads", "n_kv_heads", "head_dim", "cache_kind", "d_c", "d_rope", "context", "batch",
             "dtype", "scale_group", "window", "pattern", "share_every")
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n:,} {word}" + ("" if n == 1 else "s")
 
 
 class _CheckedIntSlider(widgets.IntSlider):
@@ -447,11 +448,11 @@ class KVCacheCalculator(widgets.VBox):
             return f"{auto_format_bytes(n)} ({auto_format_bytes(n, binary=True)})"
 
         if v["kind"] == "MLA":
-            kind = (f"Kind: MLA ({_plural(v['n_heads'], 'query head')}; a latent of {v['d_c']:,} + a RoPE key of "
+            kind = (f"Kind: MLA ({plural(v['n_heads'], 'query head')}; a latent of {v['d_c']:,} + a RoPE key of "
                     f"{v['d_rope']:,} numbers per token and layer)")
         else:
-            kind = (f"Kind: {v['kind']} ({_plural(v['n_heads'], 'query head')}, "
-                    f"{_plural(v['n_kv_heads'], 'KV head')} (= {_plural(v['n_kv_heads'], 'group')}), "
+            kind = (f"Kind: {v['kind']} ({plural(v['n_heads'], 'query head')}, "
+                    f"{plural(v['n_kv_heads'], 'KV head')} (= {plural(v['n_kv_heads'], 'group')}), "
                     f"group size {v['group_size']})")
         L, local = v["n_layers"], v["local_layers"]
         if local:

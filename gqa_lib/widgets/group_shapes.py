@@ -14,6 +14,10 @@ inside a group, different rows across groups, and the matrix of ``max |K_i - K_j
   ``i // group_size``: ``repeat_interleave``, what the series' layers and PyTorch do) and the
   ``repeat`` order (``i % n_kv_heads``), so the strided pattern of ``.repeat`` shows in the diagram,
   the K/V panels and the difference matrix.
+
+Why one module of about 540 lines: the widget's controls interlock (preset, query heads, KV heads that
+follow them, order), and its three pictures are drawn from one shared state and redrawn together; the
+parts other widgets share live in ``controls``, ``blit`` and ``gqa_lib.core.checks``.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from gqa_lib.widgets.controls import (
     StrictSelectionSlider,
     StrictToggleButtons,
 )
+from gqa_lib.widgets.text import context_label, plural
 
 MAX_HEADS = 64  # bounds one update's work (a 64 x 64 difference matrix, 64 rows per panel); tests time it
 MAX_LAYERS = 128
@@ -65,10 +70,6 @@ PICTURES_KEPT = 16  # shapes whose random K/V and difference matrices are kept (
 ORDER_LABELS = {"contiguous": "contiguous (i // group_size)", "repeat": "repeat (i % n_kv_heads)"}
 
 
-def _context_label(n: int) -> str:
-    return f"{n // 1024}k" if n >= 1024 else str(n)
-
-
 def _check_choice(name: str, value, valid: list) -> None:
     if value not in valid or isinstance(value, bool):
         raise NotOffered(f"{name}={value!r} is not offered (valid: {', '.join(map(str, valid))})")
@@ -78,10 +79,6 @@ def _check_range(name: str, value, lo: int, hi: int) -> None:
     check_positive_int(name, value)
     if not lo <= value <= hi:
         raise NotOffered(f"{name}={value!r} is outside the slider (valid: {lo}, {lo + 1}, ..., {hi})")
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def preset_names() -> list[str]:
@@ -274,7 +271,7 @@ class _Canvas:
         self.row_names[1].set_text(f"query heads\n({n_heads})")
         layout = AttentionLayout(n_heads, n_kv_heads, 1)
         rule = "i // group_size" if order == "contiguous" else "i % n_kv_heads"
-        ax.title.set_text(f"{layout.kind}: {_plural(n_heads, 'query head')}, {_plural(n_kv_heads, 'KV head')}, "
+        ax.title.set_text(f"{layout.kind}: {plural(n_heads, 'query head')}, {plural(n_kv_heads, 'KV head')}, "
                           f"group size {layout.group_size}, head dim {head_dim}  ({order} order: query head i -> "
                           f"KV head {rule})")
 
@@ -358,13 +355,13 @@ class GroupExplorer(widgets.VBox):
         self.n_heads = StrictIntSlider(value=n_heads, min=1, max=MAX_HEADS, description="query heads",
                                        name="n_heads", **slide)
         self.n_kv_heads = StrictSelectionSlider(options=divisors(n_heads), value=n_kv_heads, name="n_kv_heads",
-                                                why=f"for {_plural(n_heads, 'query head')} (only divisors are)",
+                                                why=f"for {plural(n_heads, 'query head')} (only divisors are)",
                                                 description="KV heads (= groups)", **slide)
         self.head_dim = StrictSelectionSlider(options=HEAD_DIMS, value=head_dim, description="head dim",
                                               name="head_dim", **slide)
         self.n_layers = StrictIntSlider(value=n_layers, min=1, max=MAX_LAYERS, description="layers",
                                         name="n_layers", **slide)
-        self.context = StrictSelectionSlider(options=[(_context_label(c), c) for c in CONTEXTS], value=context,
+        self.context = StrictSelectionSlider(options=[(context_label(c), c) for c in CONTEXTS], value=context,
                                              description="context (tokens)", name="context", **slide)
         self.order = StrictToggleButtons(options=[(ORDER_LABELS[o], o) for o in ORDERS], value=order,
                                          description="order", name="order", style={**style, "button_width": "auto"})
@@ -409,7 +406,7 @@ class GroupExplorer(widgets.VBox):
             self.n_heads.value = h
             with self.n_kv_heads.hold_sync():  # new options and value reach the browser as one message
                 self.n_kv_heads.options = divisors(h)
-                self.n_kv_heads.why = f"for {_plural(h, 'query head')} (only divisors are)"
+                self.n_kv_heads.why = f"for {plural(h, 'query head')} (only divisors are)"
                 self.n_kv_heads.value = kv
             self.head_dim.value, self.n_layers.value = d, layers
         finally:
@@ -425,7 +422,7 @@ class GroupExplorer(widgets.VBox):
         try:
             with self.n_kv_heads.hold_sync():  # new options and value reach the browser as one message
                 self.n_kv_heads.options = divisors(change["new"])
-                self.n_kv_heads.why = f"for {_plural(change['new'], 'query head')} (only divisors are)"
+                self.n_kv_heads.why = f"for {plural(change['new'], 'query head')} (only divisors are)"
                 self.n_kv_heads.value = wanted
         finally:
             self._syncing = False
@@ -504,11 +501,11 @@ class GroupExplorer(widgets.VBox):
         order = "query head i reads KV head i // group_size" if v["order"] == "contiguous" else \
             "query head i reads KV head i % n_kv_heads (a different model: groups are not neighbours)"
         return (
-            f"<b>{v['kind']}</b>: {_plural(h, 'query head')} {reads} {_plural(kv, 'KV head')} (= groups), "
+            f"<b>{v['kind']}</b>: {plural(h, 'query head')} {reads} {plural(kv, 'KV head')} (= groups), "
             f"<b>{group_size}</b> query {'head' if group_size == 1 else 'heads'} per group.<br>"
             f"KV cache: <b>{auto_format_bytes(v['cache_bytes'])}</b> "
             f"({auto_format_bytes(v['cache_bytes'], binary=True)})<br>"
-            f"&nbsp;= 2 (K and V) x {_plural(v['n_layers'], 'layer')} x {_plural(kv, 'KV head')} "
+            f"&nbsp;= 2 (K and V) x {plural(v['n_layers'], 'layer')} x {plural(kv, 'KV head')} "
             f"x head dim {v['head_dim']} x {v['context']:,} tokens x batch {v['batch']} "
             f"x {v['bytes_per_elem']} bytes ({v['dtype']})<br>"
             f"MHA of the same shape: {auto_format_bytes(v['mha_cache_bytes'])}; {saving}<br>"

@@ -19,6 +19,7 @@ from gqa_lib.core.checks import check_kv_heads, check_positive_int, closest_divi
 from gqa_lib.pictures.style import PALETTE
 from gqa_lib.widgets.blit import BlitFigure
 from gqa_lib.widgets.controls import StrictDropdown, StrictIntSlider, StrictSelectionSlider
+from gqa_lib.widgets.text import plural
 
 KINDS = ("MHA", "GQA", "MQA", "MLA")
 TOKEN_CHOICES = (4_096, 32_768, 100_000, 131_072)
@@ -38,10 +39,6 @@ def check_slider_value(name: str, value: int) -> None:
     if not lo <= value <= hi or (value - lo) % step:
         grid = f"{lo}..{hi}" if step == 1 else f"{lo}..{hi} in steps of {step}"
         raise ValueError(f"{name}={value} is not on the slider (valid: {grid})")
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def cache_per_token(n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int, d_c: int, d_rope: int,
@@ -85,7 +82,7 @@ class MLACacheComparison(widgets.VBox):
         self.n_heads = int_slider("n_heads", "query heads")
         self.n_kv_heads = StrictSelectionSlider(options=divisors(v["n_heads"]), value=v["n_kv_heads"],
                                                 description="GQA KV heads (= groups)", name="n_kv_heads",
-                                                why=f"for {_plural(v['n_heads'], 'query head')} (only divisors are)",
+                                                why=f"for {plural(v['n_heads'], 'query head')} (only divisors are)",
                                                 **slider)
         self.head_dim = int_slider("head_dim", "head dim")
         self.d_c = int_slider("d_c", "MLA latent d_c")
@@ -116,7 +113,7 @@ class MLACacheComparison(widgets.VBox):
         self._syncing = True
         try:
             self.n_kv_heads.options = divisors(change["new"])
-            self.n_kv_heads.why = f"for {_plural(change['new'], 'query head')} (only divisors are)"
+            self.n_kv_heads.why = f"for {plural(change['new'], 'query head')} (only divisors are)"
             self.n_kv_heads.value = new_kv
         finally:
             self._syncing = False
@@ -142,7 +139,7 @@ class MLACacheComparison(widgets.VBox):
 
     def _labels(self) -> list[str]:
         h, kv = self.n_heads.value, self.n_kv_heads.value
-        return [f"MHA\n{_plural(h, 'KV head')}", f"GQA\n{_plural(kv, 'KV head')}", "MQA\n1 KV head",
+        return [f"MHA\n{plural(h, 'KV head')}", f"GQA\n{plural(kv, 'KV head')}", "MQA\n1 KV head",
                 f"MLA\nd_c {self.d_c.value} + d_h^R {self.d_rope.value}"]
 
     def _build_chart(self) -> None:
@@ -181,8 +178,8 @@ class MLACacheComparison(widgets.VBox):
         # Whole decades as limits: the axis (the slow part to draw) changes only when a bar crosses a decade.
         limits = (10.0 ** math.floor(math.log10(min(values) / 3)), 10.0 ** math.ceil(math.log10(max(values) * 4)))
         ax.set_ylim(*limits)
-        self._title.set_text(f"Cache one token adds: {_plural(self.n_layers.value, 'layer')}, "
-                             f"{_plural(self.n_heads.value, 'query head')}, head dim {self.head_dim.value}, "
+        self._title.set_text(f"Cache one token adds: {plural(self.n_layers.value, 'layer')}, "
+                             f"{plural(self.n_heads.value, 'query head')}, head dim {self.head_dim.value}, "
                              f"{self.dtype.value}, batch 1")
         return self._blit.render(limits)
 

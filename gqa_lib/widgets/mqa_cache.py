@@ -22,6 +22,7 @@ from gqa_lib.models.catalog import get_model, load_models
 from gqa_lib.pictures.style import GPU_MEMORY_GIB, NEUTRAL, PALETTE
 from gqa_lib.widgets.blit import BlitFigure
 from gqa_lib.widgets.controls import CUSTOM, StrictDropdown, StrictIntSlider, StrictSelectionSlider
+from gqa_lib.widgets.text import context_label
 
 ROWS_WITH_GQA = {"MHA": 2.0, "GQA": 1.0, "MQA": 0.0}  # bar positions (y) with the released GQA model drawn
 ROWS_WITHOUT = {"MHA": 1.6, "GQA": 1.0, "MQA": 0.4}
@@ -29,10 +30,6 @@ HEAD_DIMS = [32, 64, 80, 96, 128, 160, 192, 256]
 CONTEXTS = [2**k for k in range(8, 18)]  # 256 .. 131072 tokens
 MAX_HEADS, MAX_LAYERS, MAX_BATCH = 128, 128, 64
 DEFAULT_PRESET = "Falcon-7B"
-
-
-def _context_label(n: int) -> str:
-    return f"{n // 1024}k" if n >= 1024 else str(n)
 
 
 def preset_names() -> list[str]:
@@ -74,7 +71,7 @@ class MQACacheComparison(widgets.VBox):
                                        name="head_dim")
         self.n_layers = StrictIntSlider(value=32, min=1, max=MAX_LAYERS, description="layers", name="n_layers",
                                         **slide)
-        self.context = StrictSelectionSlider(options=[(_context_label(c), c) for c in CONTEXTS], value=4096,
+        self.context = StrictSelectionSlider(options=[(context_label(c), c) for c in CONTEXTS], value=4096,
                                              description="context (tokens)", name="context", **slide)
         self.batch = StrictIntSlider(value=1, min=1, max=MAX_BATCH, description="batch", name="batch", **slide)
         self.dtype = StrictDropdown(options=list(DTYPE_BYTES), value="bf16", description="dtype", style=style,
