@@ -86,7 +86,7 @@ def test_bad_start_values_fail_clearly():
     ("n_layers", 129, r"n_layers=129 is outside the slider \(valid: 1\.\.128\)"),
     ("head_dim", 100, r"head_dim=100 is outside the slider \(valid: 16\.\.256 in steps of 16\)"),
     ("d_rope", -16, r"d_rope=-16 is outside the slider \(valid: 0\.\.256 in steps of 16\)"),
-    ("seq_len", 1000, r"seq_len=1000 is not offered \(valid: 4096, 32768, 100000, 131072\)"),
+    ("seq_len", 1000, r"seq_len=1000 is not offered \(valid: 4,096, 32,768, 100,000, 131,072\)"),
 ])
 def test_a_control_set_outside_what_it_offers_is_refused_not_clamped(control, value, message):
     w = widgets.mla_cache_comparison()

@@ -68,7 +68,6 @@ import time
 
 import ipywidgets as widgets
 import numpy as np
-from traitlets import TraitError, validate
 
 from gqa_lib.core.cache_math import (
     ELEMENT_BITS,
@@ -78,13 +77,13 @@ from gqa_lib.core.cache_math import (
     ElementType,
     auto_format_bytes,
 )
-from gqa_lib.core.checks import divisors
+from gqa_lib.core.checks import closest_divisor, divisors
 from gqa_lib.core.layout import attention_kind
 from gqa_lib.models.catalog import ModelSpec, get_model, load_models
 from gqa_lib.pictures.style import GPU_MEMORY_GIB, NEUTRAL, PALETTE
+from gqa_lib.widgets.controls import CUSTOM, StrictDropdown, StrictIntSlider, StrictSelectionSlider
 from gqa_lib.widgets.text import plural
 
-CUSTOM = "custom"  # the same spelling in every widget of the series
 CONTEXT_POWERS = [2**k for k in range(7, 21)]  # 128 .. 1,048,576 tokens
 MAX_LAYERS, MAX_HEADS, MAX_HEAD_DIM, MAX_BATCH = 128, 128, 256, 256
 MAX_LATENT, MAX_ROPE = 2048, 256
@@ -97,47 +96,6 @@ SETTINGS = ("n_layers", "n_heads", "n_kv_heads", "head_dim", "cache_kind", "d_c"
             "dtype", "scale_group", "window", "pattern", "share_every")
 
 
-class _CheckedIntSlider(widgets.IntSlider):
-    """An IntSlider that refuses a value off its range or step, naming it, instead of clamping it."""
-
-    def __init__(self, name: str, **kwargs):
-        self._name = name
-        super().__init__(**kwargs)
-
-    @validate("value")
-    def _validate_value(self, proposal):
-        value = proposal["value"]
-        lo, hi, step = self.min, self.max, self.step
-        if not lo <= value <= hi or (value - lo) % step:
-            grid = f" in steps of {step}" if step != 1 else ""
-            raise ValueError(f"{self._name}={value!r} is not offered (valid: {lo:,} to {hi:,}{grid})")
-        return value
-
-
-class _CheckedChoice:
-    """Mixin for selection widgets: an unknown value is refused listing the valid values, not 'value not found'."""
-
-    @validate("value")
-    def _validate_value(self, proposal):
-        try:
-            return super()._validate_value(proposal)
-        except TraitError:
-            valid = ", ".join(repr(v) if isinstance(v, str) else f"{v:,}" for v in self._options_values)
-            raise ValueError(f"{self._name}={proposal['value']!r} is not offered (valid: {valid})") from None
-
-
-class _CheckedSelectionSlider(_CheckedChoice, widgets.SelectionSlider):
-    def __init__(self, name: str, **kwargs):
-        self._name = name
-        super().__init__(**kwargs)
-
-
-class _CheckedDropdown(_CheckedChoice, widgets.Dropdown):
-    def __init__(self, name: str, **kwargs):
-        self._name = name
-        super().__init__(**kwargs)
-
-
 def cache_presets() -> dict[str, ModelSpec]:
     """Models the calculator offers: every model in ``data/`` (MLA models with their latent)."""
     return load_models()
@@ -145,10 +103,7 @@ def cache_presets() -> dict[str, ModelSpec]:
 
 def nearest_valid_kv_heads(n_heads: int, wanted: int, keep_mha: bool = False) -> int:
     """The divisor of ``n_heads`` closest to ``wanted`` (ties go to the smaller); ``keep_mha`` returns ``n_heads``."""
-    options = divisors(n_heads)
-    if keep_mha:
-        return n_heads
-    return min(options, key=lambda d: (abs(d - wanted), d))
+    return n_heads if keep_mha else closest_divisor(n_heads, wanted)
 
 
 def context_options(extra: int | None = None) -> list[tuple[str, int]]:
@@ -215,36 +170,36 @@ class KVCacheCalculator(widgets.VBox):
         style = {"description_width": "130px"}
         wide = widgets.Layout(width="390px")
         dd = dict(style=style, layout=wide)
-        self.preset = _CheckedDropdown("preset", options=[*self._presets, CUSTOM], value=CUSTOM,
+        self.preset = StrictDropdown(name="preset", options=[*self._presets, CUSTOM], value=CUSTOM,
                                        description="model", **dd)
         self.source = widgets.HTML(layout=widgets.Layout(width="600px"))
-        self.n_layers = _CheckedIntSlider("n_layers", value=32, min=1, max=MAX_LAYERS, description="layers", **dd)
-        self.n_heads = _CheckedIntSlider("n_heads", value=32, min=1, max=MAX_HEADS, description="query heads", **dd)
+        self.n_layers = StrictIntSlider(name="n_layers", value=32, min=1, max=MAX_LAYERS, description="layers", **dd)
+        self.n_heads = StrictIntSlider(name="n_heads", value=32, min=1, max=MAX_HEADS, description="query heads", **dd)
         # continuous_update=False on the sliders whose options change: otherwise the browser pushes its old
         # slider position back to the kernel after the options are rebuilt (seen in the browser tests).
-        self.n_kv_heads = _CheckedSelectionSlider("n_kv_heads", options=divisors(32), value=8,
+        self.n_kv_heads = StrictSelectionSlider(name="n_kv_heads", options=divisors(32), value=8,
                                                   description="KV heads (groups)", continuous_update=False, **dd)
-        self.head_dim = _CheckedIntSlider("head_dim", value=128, min=8, max=MAX_HEAD_DIM, step=8,
+        self.head_dim = StrictIntSlider(name="head_dim", value=128, min=8, max=MAX_HEAD_DIM, step=8,
                                           description="head dim", **dd)
-        self.cache_kind = _CheckedDropdown("cache_kind", options=[("K and V per KV head", "kv"),
+        self.cache_kind = StrictDropdown(name="cache_kind", options=[("K and V per KV head", "kv"),
                                                                   ("MLA latent + RoPE key", "mla")],
                                            value="kv", description="cache stores", **dd)
-        self.d_c = _CheckedIntSlider("d_c", value=512, min=64, max=MAX_LATENT, step=64, description="MLA latent",
+        self.d_c = StrictIntSlider(name="d_c", value=512, min=64, max=MAX_LATENT, step=64, description="MLA latent",
                                      **dd)
-        self.d_rope = _CheckedIntSlider("d_rope", value=64, min=0, max=MAX_ROPE, step=16,
+        self.d_rope = StrictIntSlider(name="d_rope", value=64, min=0, max=MAX_ROPE, step=16,
                                         description="MLA RoPE key", **dd)
-        self.context = _CheckedSelectionSlider("context", options=context_options(), value=8192,
+        self.context = StrictSelectionSlider(name="context", options=context_options(), value=8192,
                                                description="context (tokens)", continuous_update=False, **dd)
-        self.batch = _CheckedIntSlider("batch", value=1, min=1, max=MAX_BATCH, description="batch", **dd)
-        self.dtype = _CheckedDropdown("dtype", options=[(_dtype_label(n), n) for n in ELEMENT_BITS], value="bf16",
+        self.batch = StrictIntSlider(name="batch", value=1, min=1, max=MAX_BATCH, description="batch", **dd)
+        self.dtype = StrictDropdown(name="dtype", options=[(_dtype_label(n), n) for n in ELEMENT_BITS], value="bf16",
                                       description="dtype", **dd)
-        self.scale_group = _CheckedDropdown("scale_group", options=[(t, g) for g, t in SCALE_GROUPS.items()],
+        self.scale_group = StrictDropdown(name="scale_group", options=[(t, g) for g, t in SCALE_GROUPS.items()],
                                             value=0, description="fp16 scales", **dd)
-        self.window = _CheckedDropdown("window", options=window_options(), value=0,
+        self.window = StrictDropdown(name="window", options=window_options(), value=0,
                                        description="sliding window", **dd)
-        self.pattern = _CheckedDropdown("pattern", options=[(t, p) for p, t in PATTERNS.items()], value="L",
+        self.pattern = StrictDropdown(name="pattern", options=[(t, p) for p, t in PATTERNS.items()], value="L",
                                         description="local layers", **dd)
-        self.share_every = _CheckedDropdown("share_every", options=[(t, k) for k, t in SHARING.items()], value=1,
+        self.share_every = StrictDropdown(name="share_every", options=[(t, k) for k, t in SHARING.items()], value=1,
                                             description="K/V shared by", **dd)
         self.readout = widgets.HTML()
         self.plot = widgets.Image(format="png", layout=widgets.Layout(align_self="flex-start"))  # natural size

@@ -23,8 +23,9 @@ class NotOffered(TraitError, ValueError):
 
 
 def listed(values) -> str:
-    """``'1, 2, 4, 8'``; a long list keeps its first and last few with '...' between."""
-    values = [str(v) for v in values]
+    """``'1, 2, 4, 8'`` (whole numbers with thousands separated: ``'1,048,576'``); a long list keeps its first
+    and last few with '...' between."""
+    values = [f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v) for v in values]
     if len(values) > MAX_LISTED:
         values = values[: MAX_LISTED // 2] + ["..."] + values[-MAX_LISTED // 4:]
     return ", ".join(values)
@@ -51,7 +52,7 @@ class StrictIntSlider(widgets.IntSlider):
     def _validate_value(self, proposal):
         value = proposal["value"]
         lo, hi, step = self.min, self.max, self.step
-        grid = f"{lo}..{hi}" if step == 1 else f"{lo}..{hi} in steps of {step}"
+        grid = f"{lo:,}..{hi:,}" if step == 1 else f"{lo:,}..{hi:,} in steps of {step:,}"
         if isinstance(value, bool) or not isinstance(value, int):
             raise NotOffered(f"{_name(self)}={value!r} must be an integer on the slider (valid: {grid})")
         if not lo <= value <= hi or (value - lo) % step:
