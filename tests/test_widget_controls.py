@@ -51,3 +51,15 @@ def test_one_spelling_of_custom():
 
     assert CUSTOM == "custom" == mqa_cache.CUSTOM
     assert group_shapes.preset_names()[-1] == CUSTOM and mqa_cache.preset_names()[-1] == CUSTOM
+
+
+def test_the_kv_heads_slider_follows_the_query_heads_to_the_closest_divisor():
+    from gqa_lib.widgets.controls import KVHeadsSlider
+
+    s = KVHeadsSlider(32, 8)
+    assert list(s.options) == [1, 2, 4, 8, 16, 32] and s.value == 8
+    assert s.follow(30) == 6 and list(s.options) == [1, 2, 3, 5, 6, 10, 15, 30]  # 6 and 10 are as close to 8
+    assert s.follow(12, wanted=5) == 4  # 4 and 6 are as close: the smaller
+    assert s.follow(7) == 1 and s.follow(48, wanted=48) == 48  # from 4, 1 and 7 are as close: the smaller
+    with pytest.raises(NotOffered, match=r"n_kv_heads=5 is not offered for 48 query heads \(only divisors are\)"):
+        s.value = 5

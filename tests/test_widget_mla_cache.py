@@ -6,9 +6,8 @@ import pytest
 
 from gqa_lib import widgets
 from gqa_lib.core.cache_math import kv_cache_bytes, mla_cache_bytes
-from gqa_lib.core.checks import divisors
+from gqa_lib.core.checks import closest_divisor, divisors
 from gqa_lib.models.catalog import get_model
-from gqa_lib.widgets.mla_cache import closest_divisor
 
 
 @pytest.fixture(scope="module")

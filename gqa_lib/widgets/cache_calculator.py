@@ -77,11 +77,11 @@ from gqa_lib.core.cache_math import (
     ElementType,
     auto_format_bytes,
 )
-from gqa_lib.core.checks import closest_divisor, divisors
+from gqa_lib.core.checks import closest_divisor
 from gqa_lib.core.layout import attention_kind
 from gqa_lib.models.catalog import ModelSpec, get_model, load_models
 from gqa_lib.pictures.style import GPU_MEMORY_GIB, NEUTRAL, PALETTE
-from gqa_lib.widgets.controls import CUSTOM, StrictDropdown, StrictIntSlider, StrictSelectionSlider
+from gqa_lib.widgets.controls import CUSTOM, KVHeadsSlider, StrictDropdown, StrictIntSlider, StrictSelectionSlider
 from gqa_lib.widgets.text import plural
 
 CONTEXT_POWERS = [2**k for k in range(7, 21)]  # 128 .. 1,048,576 tokens
@@ -171,36 +171,35 @@ class KVCacheCalculator(widgets.VBox):
         wide = widgets.Layout(width="390px")
         dd = dict(style=style, layout=wide)
         self.preset = StrictDropdown(name="preset", options=[*self._presets, CUSTOM], value=CUSTOM,
-                                       description="model", **dd)
+                                     description="model", **dd)
         self.source = widgets.HTML(layout=widgets.Layout(width="600px"))
         self.n_layers = StrictIntSlider(name="n_layers", value=32, min=1, max=MAX_LAYERS, description="layers", **dd)
         self.n_heads = StrictIntSlider(name="n_heads", value=32, min=1, max=MAX_HEADS, description="query heads", **dd)
         # continuous_update=False on the sliders whose options change: otherwise the browser pushes its old
         # slider position back to the kernel after the options are rebuilt (seen in the browser tests).
-        self.n_kv_heads = StrictSelectionSlider(name="n_kv_heads", options=divisors(32), value=8,
-                                                  description="KV heads (groups)", continuous_update=False, **dd)
+        self.n_kv_heads = KVHeadsSlider(32, 8, description="KV heads (groups)", continuous_update=False, **dd)
         self.head_dim = StrictIntSlider(name="head_dim", value=128, min=8, max=MAX_HEAD_DIM, step=8,
-                                          description="head dim", **dd)
+                                        description="head dim", **dd)
         self.cache_kind = StrictDropdown(name="cache_kind", options=[("K and V per KV head", "kv"),
-                                                                  ("MLA latent + RoPE key", "mla")],
-                                           value="kv", description="cache stores", **dd)
+                                                                     ("MLA latent + RoPE key", "mla")],
+                                         value="kv", description="cache stores", **dd)
         self.d_c = StrictIntSlider(name="d_c", value=512, min=64, max=MAX_LATENT, step=64, description="MLA latent",
-                                     **dd)
+                                   **dd)
         self.d_rope = StrictIntSlider(name="d_rope", value=64, min=0, max=MAX_ROPE, step=16,
-                                        description="MLA RoPE key", **dd)
+                                      description="MLA RoPE key", **dd)
         self.context = StrictSelectionSlider(name="context", options=context_options(), value=8192,
-                                               description="context (tokens)", continuous_update=False, **dd)
+                                             description="context (tokens)", continuous_update=False, **dd)
         self.batch = StrictIntSlider(name="batch", value=1, min=1, max=MAX_BATCH, description="batch", **dd)
         self.dtype = StrictDropdown(name="dtype", options=[(_dtype_label(n), n) for n in ELEMENT_BITS], value="bf16",
-                                      description="dtype", **dd)
+                                    description="dtype", **dd)
         self.scale_group = StrictDropdown(name="scale_group", options=[(t, g) for g, t in SCALE_GROUPS.items()],
-                                            value=0, description="fp16 scales", **dd)
+                                          value=0, description="fp16 scales", **dd)
         self.window = StrictDropdown(name="window", options=window_options(), value=0,
-                                       description="sliding window", **dd)
+                                     description="sliding window", **dd)
         self.pattern = StrictDropdown(name="pattern", options=[(t, p) for p, t in PATTERNS.items()], value="L",
-                                        description="local layers", **dd)
+                                      description="local layers", **dd)
         self.share_every = StrictDropdown(name="share_every", options=[(t, k) for k, t in SHARING.items()], value=1,
-                                            description="K/V shared by", **dd)
+                                          description="K/V shared by", **dd)
         self.readout = widgets.HTML()
         self.plot = widgets.Image(format="png", layout=widgets.Layout(align_self="flex-start"))  # natural size
         self.preset.observe(self._on_preset, "value")
@@ -282,10 +281,7 @@ class KVCacheCalculator(widgets.VBox):
     def _set_kv_options(self, n_heads: int, wanted: int, keep_mha: bool = False):
         """Offer exactly the divisors of ``n_heads``; select the valid value nearest ``wanted``."""
         with self._hold():
-            value = nearest_valid_kv_heads(n_heads, wanted, keep_mha)
-            if list(self.n_kv_heads.options) != divisors(n_heads):
-                self.n_kv_heads.options = divisors(n_heads)  # resets the value, hence the hold
-            self.n_kv_heads.value = value
+            self.n_kv_heads.follow(n_heads, nearest_valid_kv_heads(n_heads, wanted, keep_mha))
 
     def _shape(self) -> tuple:
         mla = self.cache_kind.value == "mla"

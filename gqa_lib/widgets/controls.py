@@ -14,6 +14,9 @@ from __future__ import annotations
 import ipywidgets as widgets
 from traitlets import Any, TraitError, validate
 
+from gqa_lib.core.checks import closest_divisor, divisors
+from gqa_lib.widgets.text import plural
+
 CUSTOM = "custom"
 MAX_LISTED = 24  # longer lists of valid values are shown as their first and last few
 
@@ -89,3 +92,31 @@ class StrictDropdown(_StrictSelection, widgets.Dropdown):
 
 class StrictToggleButtons(_StrictSelection, widgets.ToggleButtons):
     """``ToggleButtons`` whose unlisted values raise ``NotOffered`` listing the valid ones."""
+
+
+def _only_divisors(n_heads: int) -> str:
+    return f"for {plural(n_heads, 'query head')} (only divisors are)"
+
+
+class KVHeadsSlider(StrictSelectionSlider):
+    """The KV-head slider of every widget: it offers only the divisors of the query-head count, and follows it.
+
+    ``follow(n_heads, wanted)`` offers the divisors of ``n_heads`` and selects the one closest to ``wanted``
+    (default: the value shown; the smaller on a tie), options and value reaching the browser as one message.
+    A value it does not offer is refused naming the query-head count: ``n_kv_heads=3 is not offered for 32
+    query heads (only divisors are) (valid: 1, 2, 4, 8, 16, 32)``.
+    """
+
+    def __init__(self, n_heads: int, value: int, **kwargs):
+        super().__init__(options=divisors(n_heads), value=value, name="n_kv_heads", why=_only_divisors(n_heads),
+                         **kwargs)
+
+    def follow(self, n_heads: int, wanted: int | None = None) -> int:
+        """Offer the divisors of ``n_heads``; select and return the one closest to ``wanted``."""
+        value = closest_divisor(n_heads, self.value if wanted is None else wanted)
+        with self.hold_sync():
+            if list(self.options) != divisors(n_heads):
+                self.options = divisors(n_heads)  # resets the value: hence the hold, and the value set after
+            self.why = _only_divisors(n_heads)
+            self.value = value
+        return value

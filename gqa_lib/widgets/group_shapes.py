@@ -37,13 +37,14 @@ from matplotlib.figure import Figure
 
 from gqa_lib.core.attention import GroupedQueryAttention
 from gqa_lib.core.cache_math import auto_format_bytes, dtype_bytes, kv_cache_bytes, reduction_vs_mha
-from gqa_lib.core.checks import check_positive_int, closest_divisor, divisors
+from gqa_lib.core.checks import check_positive_int
 from gqa_lib.core.layout import AttentionLayout
 from gqa_lib.models.catalog import get_model, load_models
 from gqa_lib.pictures.group_map import ORDERS, _tick_step, group_color, kv_head_map, max_abs_diff_matrix, per_query_head
 from gqa_lib.pictures.style import DIVERGING_CMAP, HEATMAP_CMAP
 from gqa_lib.widgets.controls import (
     CUSTOM,
+    KVHeadsSlider,
     NotOffered,
     StrictDropdown,
     StrictIntSlider,
@@ -354,9 +355,7 @@ class GroupExplorer(widgets.VBox):
                                     style=style, layout=widgets.Layout(width="440px"))
         self.n_heads = StrictIntSlider(value=n_heads, min=1, max=MAX_HEADS, description="query heads",
                                        name="n_heads", **slide)
-        self.n_kv_heads = StrictSelectionSlider(options=divisors(n_heads), value=n_kv_heads, name="n_kv_heads",
-                                                why=f"for {plural(n_heads, 'query head')} (only divisors are)",
-                                                description="KV heads (= groups)", **slide)
+        self.n_kv_heads = KVHeadsSlider(n_heads, n_kv_heads, description="KV heads (= groups)", **slide)
         self.head_dim = StrictSelectionSlider(options=HEAD_DIMS, value=head_dim, description="head dim",
                                               name="head_dim", **slide)
         self.n_layers = StrictIntSlider(value=n_layers, min=1, max=MAX_LAYERS, description="layers",
@@ -404,10 +403,7 @@ class GroupExplorer(widgets.VBox):
         self._syncing = True
         try:
             self.n_heads.value = h
-            with self.n_kv_heads.hold_sync():  # new options and value reach the browser as one message
-                self.n_kv_heads.options = divisors(h)
-                self.n_kv_heads.why = f"for {plural(h, 'query head')} (only divisors are)"
-                self.n_kv_heads.value = kv
+            self.n_kv_heads.follow(h, kv)
             self.head_dim.value, self.n_layers.value = d, layers
         finally:
             self._syncing = False
@@ -417,13 +413,9 @@ class GroupExplorer(widgets.VBox):
         """Offer only the divisors of the new head count; keep the KV heads if they still divide, else the closest."""
         if self._syncing:
             return
-        wanted = closest_divisor(change["new"], self.n_kv_heads.value)
         self._syncing = True
         try:
-            with self.n_kv_heads.hold_sync():  # new options and value reach the browser as one message
-                self.n_kv_heads.options = divisors(change["new"])
-                self.n_kv_heads.why = f"for {plural(change['new'], 'query head')} (only divisors are)"
-                self.n_kv_heads.value = wanted
+            self.n_kv_heads.follow(change["new"])
         finally:
             self._syncing = False
         self._leave_preset_if_changed()

@@ -15,10 +15,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from gqa_lib.core.cache_math import DTYPE_BYTES, auto_format_bytes, dtype_bytes, kv_cache_bytes, mla_cache_bytes
-from gqa_lib.core.checks import check_kv_heads, check_positive_int, closest_divisor, divisors
+from gqa_lib.core.checks import check_kv_heads, check_positive_int
 from gqa_lib.pictures.style import PALETTE
 from gqa_lib.widgets.blit import BlitFigure
-from gqa_lib.widgets.controls import StrictDropdown, StrictIntSlider, StrictSelectionSlider
+from gqa_lib.widgets.controls import KVHeadsSlider, StrictDropdown, StrictIntSlider
 from gqa_lib.widgets.text import plural
 
 KINDS = ("MHA", "GQA", "MQA", "MLA")
@@ -80,10 +80,8 @@ class MLACacheComparison(widgets.VBox):
 
         self.n_layers = int_slider("n_layers", "layers")
         self.n_heads = int_slider("n_heads", "query heads")
-        self.n_kv_heads = StrictSelectionSlider(options=divisors(v["n_heads"]), value=v["n_kv_heads"],
-                                                description="GQA KV heads (= groups)", name="n_kv_heads",
-                                                why=f"for {plural(v['n_heads'], 'query head')} (only divisors are)",
-                                                **slider)
+        self.n_kv_heads = KVHeadsSlider(v["n_heads"], v["n_kv_heads"], description="GQA KV heads (= groups)",
+                                        **slider)
         self.head_dim = int_slider("head_dim", "head dim")
         self.d_c = int_slider("d_c", "MLA latent d_c")
         self.d_rope = int_slider("d_rope", "MLA RoPE key d_h^R")
@@ -109,12 +107,9 @@ class MLACacheComparison(widgets.VBox):
 
     def _on_heads(self, change) -> None:
         """Offer only divisors of the new head count; keep the KV-head count as close as possible."""
-        new_kv = closest_divisor(change["new"], self.n_kv_heads.value)
         self._syncing = True
         try:
-            self.n_kv_heads.options = divisors(change["new"])
-            self.n_kv_heads.why = f"for {plural(change['new'], 'query head')} (only divisors are)"
-            self.n_kv_heads.value = new_kv
+            self.n_kv_heads.follow(change["new"])
         finally:
             self._syncing = False
         self.update()

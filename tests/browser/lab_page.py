@@ -16,7 +16,7 @@ RUN_ALL_TIMEOUT_S = 600  # all notebooks run at once on 2 cores; several load Sm
 # kernel is idle again only after every message of the update has been sent, so this only covers the
 # browser's own drawing; latency measurements wait longer (LATENCY_QUIET_MS) so that no late change is missed.
 QUIET_MS = 100
-LATENCY_QUIET_MS = 300
+LATENCY_QUIET_MS = 200
 
 _ERROR_SCRIPT = """(root) => {
   const found = [];
@@ -409,5 +409,5 @@ class NotebookPage:
                 if (p) p.scrollTop -= 40; }""")
             root.evaluate("""e => Promise.all(Array.from(e.querySelectorAll('img')).map(
                 i => i.decode().catch(() => null)))""")  # every figure decoded, not half drawn
-            self.page.wait_for_timeout(300)
+            self.page.wait_for_timeout(150)
         self.page.screenshot(path=str(path))

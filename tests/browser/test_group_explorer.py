@@ -6,19 +6,16 @@ and looks for those numbers, next to their names, in the widget's text.
 
 from __future__ import annotations
 
-import importlib
 import re
 
 import pytest
 from series import notebook_showing
 
-from gqa_lib import widgets
 from gqa_lib.core.cache_math import auto_format_bytes, dtype_bytes, kv_cache_bytes, reduction_vs_mha
-from gqa_lib.core.checks import divisors
+from gqa_lib.core.checks import closest_divisor, divisors  # the rule the widget's KV slider follows
 from gqa_lib.core.layout import attention_kind
 
 NOTEBOOK = notebook_showing("group_explorer")
-closest_divisor = importlib.import_module(widgets.group_explorer.__module__).closest_divisor  # the widget's rule
 HEADS, KV, HEAD_DIM, CONTEXT = "query heads", "KV heads (= groups)", "head dim", "context (tokens)"
 FORMULA = re.compile(r"= 2 \(K and V\) x (?P<n_layers>\d+) layers? x (?P<kv>\d+) KV heads? x head dim (?P<d>\d+) x "
                      r"(?P<ctx>[\d,]+) tokens x batch (?P<batch>\d+) x (?P<b>\d+) bytes \((?P<dtype>\w+)\)")
