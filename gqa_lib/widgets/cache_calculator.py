@@ -29,7 +29,7 @@ layers global and MHA of the same shape, with lines for common GPU memory sizes 
 chosen context), and ``readout_values()``, a dict of the numbers shown. Every number comes from
 ``gqa_lib.core.cache_math.CacheRecipe``.
 
-Why one module of about 600 lines: fifteen controls that constrain each other (a preset sets them all,
+Why one module of about 550 lines: fifteen controls that constrain each other (a preset sets them all,
 KV heads follow query heads, MLA greys out KV heads, quantized types enable their scale groups) and one
 readout and plot of all of them; every number still comes from ``core.cache_math``.
 
