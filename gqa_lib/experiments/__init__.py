@@ -1,10 +1,17 @@
-"""What the series measures (above ``models``): each module's benchmark is ``benchmarks/<name>.py`` or
-named in its docstring, and what it measures is drawn by ``gqa_lib.pictures.<name>`` where there is a picture.
+"""What the series measures (above ``models``). A picture of an experiment is ``gqa_lib.pictures.<name>``; the
+command that ran it for the shipped CSV in ``data/results/`` is named beside it (the commands keep the names
+the CSVs record).
 
-- ``attention_roofline``: one decode step of attention against the machine's roofline;
-- ``model_decode_speed``: SmolLM2's tokens per second; ``token_cost``: what a token costs with and without a cache;
-- ``kv_sweep`` and ``corpus``: training tiny models at every KV-head count on one corpus;
-- ``smollm_conversion``: SmolLM2 from 3 KV heads to fewer; ``latent_conversion``: SmolLM2 to latent attention;
-- ``cache_shrink`` and ``cache_pareto``: every way to shrink SmolLM2's cache, bytes against loss;
-- ``results``: the stored CSVs in ``data/results/`` and what every benchmark command shares.
+- ``attention_roofline``: one decode step of attention against the machine's roofline
+  (``benchmarks/decode_attention.py``);
+- ``model_decode_speed``: SmolLM2's tokens per second (``benchmarks/decode_smollm.py``);
+- ``token_cost``: what a token costs with and without a cache (notebook 01, no command);
+- ``kv_sweep`` and ``corpus``: tiny models trained at every KV-head count on one corpus
+  (``benchmarks/train_kv_sweep.py``);
+- ``smollm_conversion``: SmolLM2 from 3 KV heads to fewer (``benchmarks/convert_smollm.py``);
+- ``latent_conversion``: SmolLM2 to latent attention (``benchmarks/mla_smollm.py``);
+- ``cache_shrink`` and ``cache_pareto``: every way to shrink SmolLM2's cache, bytes against loss
+  (``benchmarks/cache_pareto.py``);
+- shared by them: ``machine`` (the machine's ceilings), ``stats`` (bootstrap, t, Holm), ``results`` (the CSVs and
+  the options every command takes).
 """
