@@ -25,7 +25,12 @@ help:
 
 # .venv is made again when it was made by another Python than $(PYTHON) or its install never finished
 # (tools/venv.py); otherwise installing is redone only when requirements.txt or pyproject.toml changed.
+# A PYTHON that is not a command stops here, before anything on disk changes (it would otherwise look like a
+# .venv made by another Python, and the next command would delete and rebuild it).
 ifneq ($(PYTHON),)
+ifeq ($(shell command -v "$(PYTHON)" 2>/dev/null),)
+$(error PYTHON=$(PYTHON) is not a command here, so nothing was changed; leave PYTHON out or name an installed Python, e.g. PYTHON=python3.11)
+endif
 ifneq ($(shell $(PYTHON) tools/venv.py state $(VENV) 2>/dev/null),ok)
 $(shell rm -f $(STAMP))
 endif

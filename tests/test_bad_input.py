@@ -143,3 +143,33 @@ def test_head_dim_must_come_from_d_model_or_be_given():
     with pytest.raises(ValueError, match=r"d_model=30 must be divisible by n_heads=8, or pass head_dim"):
         GroupedQueryAttention(30, 8, 2)
     assert GroupedQueryAttention(30, 8, 2, head_dim=4).head_dim == 4
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_queries_against_no_keys_are_refused(causal):
+    """softmax over zero keys has no answer: torch returns zeros, which a caller would read as a result."""
+    q = torch.randn(1, 4, 1, 8)
+    empty = torch.randn(1, 2, 0, 8)  # (batch, n_kv_heads, 0 tokens, head_dim): an empty cache
+    with pytest.raises(ValueError, match=r"k\.shape\[2\]=0: attention needs at least one key"):
+        grouped_attention(q, empty, empty, causal=causal)
+
+
+@pytest.mark.parametrize(("layers", "error", "message"), [
+    (5, TypeError, r"layers=5 must be a list of layer numbers in 0\.\.29, such as \[5\]"),
+    ("5", TypeError, r"layers='5' must be a list of layer numbers"),
+    ([5, 5], ValueError, r"layers=\[5, 5\] must name at least one layer, each once"),
+    ([], ValueError, r"layers=\[\] must name at least one layer"),
+])
+def test_capture_layers_names_a_bad_layers_argument(layers, error, message):
+    from gqa_lib.models.smollm import capture_layers
+
+    with pytest.raises(error, match=message):
+        capture_layers("def f(): pass", layers=layers)
+
+
+@pytest.mark.parametrize("call", ["capture_llama_kv", "build_llama_attention"])
+def test_a_dtype_given_by_name_is_called_a_dtype_not_a_device(call):
+    from gqa_lib.models import llama_shapes
+
+    with pytest.raises(TypeError, match=r"dtype='bf16' must be a torch dtype \(did you mean torch\.bfloat16\?\)"):
+        getattr(llama_shapes, call)("Llama-2 7B", dtype="bf16")

@@ -128,12 +128,18 @@ def test_make_keeps_a_good_venv(tmp_path):
     assert "venv.py prepare" not in result.stdout and "ruff check" in result.stdout
 
 
-def test_make_says_when_the_python_asked_for_does_not_exist(tmp_path):
+@pytest.mark.parametrize("target", ["lint", "help", "lab"])
+def test_a_python_that_does_not_exist_is_named_and_changes_nothing(tmp_path, target):
+    """A mistyped PYTHON used to delete the install stamp, so the next `make lab` rebuilt a good .venv."""
     repo = _copy_of_the_setup(tmp_path)
-    result = subprocess.run(["make", "lint", "PYTHON=/nonexistent/python3.11"], cwd=repo, capture_output=True,
+    v = _fake_venv(repo / ".venv", os.path.realpath(sys.executable), venv._version(), finished=True)
+    os.utime(v / ".installed")
+    before = sorted(p.relative_to(repo) for p in repo.rglob("*"))
+    result = subprocess.run(["make", target, "PYTHON=/nonexistent/python3.11"], cwd=repo, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode != 0
-    assert "No Python found at PYTHON=/nonexistent/python3.11" in result.stderr
+    assert "PYTHON=/nonexistent/python3.11 is not a command here, so nothing was changed" in result.stderr
+    assert (v / ".installed").exists() and sorted(p.relative_to(repo) for p in repo.rglob("*")) == before
 
 
 def test_make_help_lists_the_parts_and_clean():

@@ -24,15 +24,18 @@ SERIES_NAME = re.compile(r"^\d\d_[A-Za-z0-9_]+\.ipynb$")  # 01_kv_cache_motivati
 
 
 def git_state(path: Path) -> str:
-    """'clean', 'edited' (differs from HEAD, staged or not), 'untracked', or 'unknown' (no git to ask)."""
+    """'clean', 'edited' (differs from HEAD, staged or not), 'untracked' (new or git-ignored), or 'unknown'
+    (no git to ask). An ignored file (a JupyterLab checkpoint, anything under build/) is as unsaved as a new
+    one: plain ``git status`` does not list it, so it would look clean."""
     path = path.resolve()
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "--", path.name], capture_output=True, text=True,
+        out = subprocess.run(["git", "status", "--porcelain", "--ignored", "--", path.name], capture_output=True,
+                             text=True,
                              cwd=path.parent, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown"  # no git, or not a repository: we cannot know what would be lost
     lines = out.splitlines()
-    if any(line.startswith("??") for line in lines):
+    if any(line.startswith(("??", "!!")) for line in lines):
         return "untracked"
     return "edited" if any(line[:2].strip() for line in lines) else "clean"
 
@@ -113,7 +116,8 @@ def main(argv=None) -> int:
             if edited:
                 lines.append(f"  with uncommitted changes (or git cannot tell): {', '.join(edited)}")
             if untracked:
-                lines.append(f"  not tracked by git (a copy made in JupyterLab?): {', '.join(untracked)}")
+                lines.append("  not tracked by git (new or ignored: a copy made in JupyterLab, a file under build/?): "
+                             + ", ".join(untracked))
             lines.append("commit or stash them first, or run `make notebooks FORCE=1` to overwrite")
             print("\n".join(lines), file=sys.stderr)
             return 1

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 from gqa_lib.core.checks import NON_FINITE_WHY, check_finite, check_positive_int, check_qkv, refuse_dtype_names
 from gqa_lib.core.kv_cache import KVCache
 from gqa_lib.core.layout import AttentionLayout
-from gqa_lib.core.rope import RotaryEmbedding, check_rope_base, check_start_pos
+from gqa_lib.core.rope import RopeScaling, RotaryEmbedding, check_rope_base, check_start_pos
 
 
 def grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
@@ -112,11 +112,13 @@ class GroupedQueryAttention(nn.Module):
 
     ``n_kv_heads == n_heads`` is MHA, ``n_kv_heads == 1`` is MQA, anything that divides ``n_heads``
     between is GQA. Input and output: (batch, seq, d_model), in the dtype of the layer's weights.
-    ``rope_base``: a finite positive number (RoPE's base; ``rope=False`` turns RoPE off).
+    ``rope_base``: a finite positive number (RoPE's base; ``rope=False`` turns RoPE off); ``rope_scaling``:
+    a :class:`gqa_lib.core.rope.RopeScaling` for models that stretch RoPE (Llama 3.1's ``llama3``), or None.
     """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int | None = None,
-                 bias: bool = False, rope: bool = True, rope_base: float = 10000.0):
+                 bias: bool = False, rope: bool = True, rope_base: float = 10000.0,
+                 rope_scaling: RopeScaling | None = None):
         super().__init__()
         check_positive_int("d_model", d_model)
         check_positive_int("n_heads", n_heads)
@@ -133,7 +135,7 @@ class GroupedQueryAttention(nn.Module):
         self.k_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
         self.v_proj = nn.Linear(d_model, n_kv_heads * head_dim, bias=bias)
         self.o_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias)
-        self.rope = RotaryEmbedding(head_dim, rope_base) if rope else None
+        self.rope = RotaryEmbedding(head_dim, rope_base, rope_scaling) if rope else None
 
     @property
     def kind(self) -> str:

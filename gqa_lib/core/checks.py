@@ -17,6 +17,7 @@ DTYPE_SPELLINGS = {"fp32": torch.float32, "float32": torch.float32, "float": tor
                    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp64": torch.float64, "float64": torch.float64,
                    "int8": torch.int8}
 FLOAT_DTYPES = "torch.float32, torch.float16, torch.bfloat16, torch.float64"
+CACHE_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)  # the ones FLOAT_DTYPES names
 LISTED_DIVISORS_MAX_N = 10**12  # above this, messages list only the divisors found up to SMALL_DIVISOR_SEARCH
 SMALL_DIVISOR_SEARCH = 10**5
 
@@ -106,6 +107,10 @@ def check_float_dtype(name: str, dtype) -> torch.dtype:
         raise ValueError(f"{name}={dtype} is not a floating dtype: storing keys and values in it would truncate "
                          "them (an int8 cache needs per-block scales, which KVCache does not keep); "
                          f"valid: {FLOAT_DTYPES}")
+    if dtype not in CACHE_DTYPES:  # the fp8 types: 3 or 2 mantissa bits and a top of 448 or 57,344 need scales
+        raise ValueError(f"{name}={dtype} is not one of the listed types: fp8 (a top of 448 or 57,344, 3 or 2 "
+                         "mantissa bits) needs scales per tensor or per head to hold keys and values, which this "
+                         f"code does not keep; valid: {FLOAT_DTYPES}")
     return dtype
 
 
@@ -216,6 +221,9 @@ def check_qkv(q, k, v, causal: bool = True) -> None:
                          f"({b}, n_kv_heads, s_k, {d}) to match q.shape={tuple(q.shape)}")
     check_kv_heads(n_heads, n_kv)
     check_positive_int("head_dim", d)
+    if s_k == 0:  # softmax over no keys has no answer; torch returns zeros, which look like a result
+        raise ValueError("k.shape[2]=0: attention needs at least one key (an empty cache has nothing to attend "
+                         "to); append the prompt's keys and values first")
     if causal and s_q > s_k:
         # Every query must be one of the keys' tokens; otherwise the first rows see nothing and turn into NaN.
         raise ValueError(f"causal attention needs s_q <= s_k, got q.shape[2]={s_q} queries for k.shape[2]={s_k} keys")

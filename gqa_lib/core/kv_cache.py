@@ -26,9 +26,9 @@ class KVCache:
 
     Space for ``max_len`` tokens is taken once, up front, so ``nbytes`` is exactly what
     ``kv_cache_bytes(1, n_kv_heads, head_dim, max_len, batch, element_size)`` predicts.
-    ``dtype`` must be a floating torch dtype (TypeError for a string, ValueError for an integer
-    dtype); a cache larger than the free memory of ``device`` is refused with MemoryError, which
-    gives the size in GB (10**9 bytes).
+    ``dtype`` must be one of float32, float16, bfloat16, float64 (TypeError for a string, ValueError for an
+    integer or fp8 dtype, which need scales this cache does not keep); a cache larger than the free memory
+    of ``device`` is refused with MemoryError, which gives the size in GB (10**9 bytes).
     """
 
     def __init__(self, batch: int, n_kv_heads: int, head_dim: int, max_len: int,
@@ -59,7 +59,10 @@ class KVCache:
     def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store new keys/values of shape (batch, n_kv_heads, new, head_dim); return all stored so far.
 
-        Keys and values are rounded to the cache's dtype (a cache may be kept in lower precision).
+        Keys and values are rounded to the cache's dtype (a cache may be kept in lower precision). A finite
+        value too large for that dtype (above 65,504 in float16) is refused with OverflowError naming k or v,
+        its size and the dtype's largest number, and nothing is stored: it would become inf, and the
+        attention output NaN.
         """
         want = (self.batch, self.n_kv_heads, "new", self.head_dim)
         for name, t in (("k", k), ("v", v)):
@@ -75,9 +78,19 @@ class KVCache:
         if self.length + new > self.max_len:
             raise ValueError(
                 f"cache is full: {self.length} stored + {new} new > max_len={self.max_len}; make a larger KVCache")
-        self.k[:, :, self.length:self.length + new] = k
-        self.v[:, :, self.length:self.length + new] = v
-        self.length += new
+        end = self.length + new
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        for name, t, stored in (("k", k, self.k), ("v", v, self.v)):
+            # Checked on what was stored, not against finfo.max: a value a little past it still rounds down to it.
+            overflow = torch.isinf(stored[:, :, self.length:end]) & torch.isfinite(t.to(stored.device))
+            if overflow.any():
+                largest = t[overflow.to(t.device)].abs().max().item()
+                raise OverflowError(f"{name} holds {largest:,.6g}, past {stored.dtype}'s largest number "
+                                    f"{torch.finfo(stored.dtype).max:,.6g}: it would be stored as inf and make the "
+                                    "output NaN; keep this cache in torch.float32 or torch.bfloat16, or scale the "
+                                    "values")
+        self.length = end
         return self.k[:, :, :self.length], self.v[:, :, :self.length]
 
     def reset(self) -> None:

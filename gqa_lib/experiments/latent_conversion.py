@@ -37,7 +37,7 @@ from torch.nn import functional as F
 from gqa_lib.core.attention import GroupedQueryAttention, grouped_attention
 from gqa_lib.core.checks import check_positive_int
 from gqa_lib.core.layout import AttentionLayout
-from gqa_lib.core.rope import RotaryEmbedding
+from gqa_lib.core.rope import RopeScaling, RotaryEmbedding
 
 
 class LatentCache:
@@ -77,7 +77,7 @@ class LatentKVAttention(nn.Module):
     """
 
     def __init__(self, d_model: int, n_heads: int, n_kv_heads: int, head_dim: int, rank: int,
-                 rope_base: float = 10000.0):
+                 rope_base: float = 10000.0, rope_scaling: RopeScaling | None = None):
         super().__init__()
         self.layout = AttentionLayout(n_heads, n_kv_heads, head_dim)
         check_positive_int("rank", rank)
@@ -88,7 +88,7 @@ class LatentKVAttention(nn.Module):
         self.k_up = nn.Linear(rank, n_kv_heads * head_dim, bias=False)  # U_k
         self.v_up = nn.Linear(rank, n_kv_heads * head_dim, bias=False)  # U_v
         self.o_proj = nn.Linear(n_heads * head_dim, d_model, bias=False)
-        self.rope = RotaryEmbedding(head_dim, rope_base)
+        self.rope = RotaryEmbedding(head_dim, rope_base, rope_scaling)
 
     def extra_repr(self) -> str:
         return f"n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, head_dim={self.head_dim}, rank={self.rank}"
@@ -165,7 +165,8 @@ def to_latent(layer: GroupedQueryAttention, rank: int, second_moment: torch.Tens
     w = torch.cat([layer.k_proj.weight, layer.v_proj.weight]).detach().double()
     u = (kv_basis(layer, second_moment)[0] if basis is None else basis)[:, :rank].double()  # orthonormal columns
     n_k = layer.n_kv_heads * layer.head_dim
-    new = LatentKVAttention(layer.d_model, layer.n_heads, layer.n_kv_heads, layer.head_dim, rank, layer.rope.base)
+    new = LatentKVAttention(layer.d_model, layer.n_heads, layer.n_kv_heads, layer.head_dim, rank, layer.rope.base,
+                            layer.rope.scaling)  # the source layer's RoPE, scaling included
     dtype, device = layer.k_proj.weight.dtype, layer.k_proj.weight.device
     new.to(device=device, dtype=dtype)
     with torch.no_grad():

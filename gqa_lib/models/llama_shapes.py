@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gqa_lib.core.checks import check_float_dtype
 from gqa_lib.models.catalog import get_model
 from gqa_lib.models.smollm import one_cpu_thread
 
@@ -44,6 +45,7 @@ def build_llama_attention(name: str, dtype: torch.dtype = torch.bfloat16, seed: 
     """
     from transformers.models.llama.modeling_llama import LlamaAttention
 
+    check_float_dtype("dtype", dtype)
     cfg = llama_config(name)
     with torch.device("meta"):
         attn = LlamaAttention(cfg, layer_idx=0).to(dtype)
@@ -86,6 +88,7 @@ def capture_llama_kv(name: str, seq_len: int = 6, dtype: torch.dtype = torch.bfl
     """
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or not 1 <= seq_len <= 512:
         raise ValueError(f"seq_len={seq_len!r} must be an integer in 1..512")
+    check_float_dtype("dtype", dtype)  # 'bf16' is a dtype's name, not a device: say so before torch does
     with one_cpu_thread():
         return _capture_llama_kv(name, seq_len, dtype, seed)
 

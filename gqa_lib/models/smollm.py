@@ -192,6 +192,19 @@ def _check_layer(layer, n_layers: int | None = None) -> int:
     return layer
 
 
+def _check_layers(layers) -> list[int]:
+    """``layers`` as a list of distinct layer numbers (None: all), else raise naming it."""
+    if layers is None:
+        return list(range(N_LAYERS))
+    if isinstance(layers, (int, str, bytes)) or not hasattr(layers, "__iter__"):
+        raise TypeError(f"layers={layers!r} must be a list of layer numbers in 0..{N_LAYERS - 1}, such as "
+                        f"[{layers!r}] for one layer, or None for all {N_LAYERS}")
+    layers = [_check_layer(i) for i in layers]
+    if not layers or len(set(layers)) != len(layers):
+        raise ValueError(f"layers={layers!r} must name at least one layer, each once")
+    return layers
+
+
 def _check_max_tokens(max_tokens) -> int | None:
     if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1):
         raise ValueError(f"max_tokens={max_tokens!r} must be a positive integer, or None for no cap")
@@ -285,9 +298,7 @@ def capture_layers(text: str, layers=None, max_tokens: int | None = None, trunca
 
     check_text(text)  # bad input fails before the model is loaded
     _check_max_tokens(max_tokens)
-    layers = list(range(N_LAYERS)) if layers is None else [_check_layer(i) for i in layers]
-    if not layers or len(set(layers)) != len(layers):
-        raise ValueError(f"layers={layers!r} must name at least one layer, each once")
+    layers = _check_layers(layers)
     model, tok = load_smollm()
     ids, text_tokens = _tokenize(tok, text, max_tokens, truncate)
     seen = {i: {} for i in layers}
@@ -403,14 +414,15 @@ def projection_blocks(layer: int, name: str) -> torch.Tensor:
 def attention_layer(layer: int = 0):
     """``gqa_lib.GroupedQueryAttention`` holding the real weights of SmolLM2's attention layer ``layer``."""
     from gqa_lib.core.attention import GroupedQueryAttention
+    from gqa_lib.core.rope import rope_from_config
 
     _check_layer(layer)
     model, _ = load_smollm()
     cfg = model.config
     src = model.model.layers[layer].self_attn
-    theta = cfg.rope_parameters["rope_theta"] if getattr(cfg, "rope_parameters", None) else cfg.rope_theta
+    base, scaling = rope_from_config(cfg)
     ours = GroupedQueryAttention(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
-                                 head_dim=cfg.head_dim, rope_base=theta)
+                                 head_dim=cfg.head_dim, rope_base=base, rope_scaling=scaling)
     ours.load_state_dict({f"{n}.weight": getattr(src, n).weight for n in ("q_proj", "k_proj", "v_proj", "o_proj")})
     return ours.eval()
 

@@ -25,12 +25,7 @@ from torch import nn
 
 from gqa_lib.core.attention import GroupedQueryAttention
 from gqa_lib.core.checks import check_positive_int
-
-
-def rope_theta(config) -> float:
-    """RoPE's base from a transformers config (newer versions keep it in ``rope_parameters``)."""
-    params = getattr(config, "rope_parameters", None)
-    return float(params["rope_theta"] if params else config.rope_theta)
+from gqa_lib.core.rope import rope_from_config
 
 
 def attention_from_transformers(attn, config) -> GroupedQueryAttention:
@@ -42,8 +37,9 @@ def attention_from_transformers(attn, config) -> GroupedQueryAttention:
     head_dim = config.head_dim
     n_kv_heads = attn.k_proj.out_features // head_dim
     bias = attn.k_proj.bias is not None
+    base, scaling = rope_from_config(config)  # refuses a RoPE rule it does not implement, naming it
     layer = GroupedQueryAttention(config.hidden_size, config.num_attention_heads, n_kv_heads, head_dim=head_dim,
-                                  bias=bias, rope_base=rope_theta(config))
+                                  bias=bias, rope_base=base, rope_scaling=scaling)
     w = attn.q_proj.weight
     layer.to(device=w.device, dtype=w.dtype)
     layer.load_state_dict({f"{n}.{p}": t for n in ("q_proj", "k_proj", "v_proj", "o_proj")
