@@ -11,7 +11,9 @@ wrong numbers) becomes a :class:`Result` with one of three statuses:
   name and explanation;
 - ``"correct"``: every case agreed; the message lists what was checked.
 
-``Exercise.check(fn)`` prints the message; that is the one call a notebook cell makes.
+``Exercise.check(fn)`` prints the message; that is the one call a notebook cell makes. The case builders
+at the end (:func:`seeded_cases`, :func:`attention_case`, :func:`kv_projection_case`) make the inputs that
+several exercises share.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import copy
 import math
 import textwrap
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +90,11 @@ def randn(gen: torch.Generator, *shape: int, dtype: torch.dtype = torch.float32)
     return torch.randn(*shape, generator=gen).to(dtype)
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """How a case label names a dtype: 'float32', 'bfloat16'."""
+    return str(dtype).removeprefix("torch.")
+
+
 def clone(value: Any) -> Any:
     """A deep copy of tensors, modules, tuples, lists and dicts, so no call sees another's changes."""
     if isinstance(value, torch.Tensor):
@@ -116,7 +123,7 @@ def _fmt_number(x) -> str:
 def describe(value: Any) -> str:
     """A short, readable rendering of a value (tensors: shape, dtype and a few numbers)."""
     if isinstance(value, torch.Tensor):
-        head = f"tensor of shape {tuple(value.shape)}, {str(value.dtype).removeprefix('torch.')}"
+        head = f"tensor of shape {tuple(value.shape)}, {dtype_name(value.dtype)}"
         if value.numel() == 0:
             return head
         if value.dtype == torch.bool:
@@ -151,8 +158,8 @@ def compare(expected: Any, received: Any, tol: tuple[float, float] | None = None
                         f"received {bool(received[idx])}")
             return None
         if received.dtype != expected.dtype:
-            return (f"expected dtype {str(expected.dtype).removeprefix('torch.')} (the inputs' dtype), received "
-                    f"{str(received.dtype).removeprefix('torch.')}")
+            return (f"expected dtype {dtype_name(expected.dtype)} (the inputs' dtype), received "
+                    f"{dtype_name(received.dtype)}")
         atol, rtol = tol or TOLERANCES.get(expected.dtype, (1e-4, 1e-4))
         e, r = expected.detach().double(), received.detach().double()
         if torch.isnan(r).any() and not torch.isnan(e).any():
@@ -299,7 +306,7 @@ def attention_label(batch: int, n_heads: int, n_kv_heads: int, s_q: int, s_k: in
     return (f"batch {batch}, {n_heads} query head{'s' * (n_heads > 1)}, {n_kv_heads} KV head{'s' * (n_kv_heads > 1)} "
             f"({kind}), "
             f"{s_q} quer{'ies' if s_q > 1 else 'y'} against {s_k} key{'s' * (s_k > 1)}, head_dim {head_dim}, "
-            f"{str(dtype).removeprefix('torch.')}")
+            f"{dtype_name(dtype)}")
 
 
 def qkv(gen: torch.Generator, batch: int, n_heads: int, n_kv_heads: int, s_q: int, s_k: int, head_dim: int,
@@ -308,3 +315,34 @@ def qkv(gen: torch.Generator, batch: int, n_heads: int, n_kv_heads: int, s_q: in
     return (randn(gen, batch, n_heads, s_q, head_dim, dtype=dtype),
             randn(gen, batch, n_kv_heads, s_k, head_dim, dtype=dtype),
             randn(gen, batch, n_kv_heads, s_k, head_dim, dtype=dtype))
+
+
+# ------------------------------------------------------------------------- case builders shared by the exercises
+def seeded_cases(name: str, rows: Iterable[tuple], build: Callable[..., Case]) -> list[Case]:
+    """One :class:`Case` per row: ``build(gen, *row)``, every row drawing its random inputs in turn from the one
+    generator ``generator(name)``, so an exercise gets the same inputs every time (the same as a loop over
+    ``rows`` that draws from ``gen`` would get)."""
+    gen = generator(name)
+    return [build(gen, *row) for row in rows]
+
+
+def attention_case(gen: torch.Generator, batch: int, n_heads: int, n_kv_heads: int, s_q: int, s_k: int,
+                   head_dim: int, dtype: torch.dtype = torch.float32) -> Case:
+    """An attention input ``(q, k, v)`` drawn by :func:`qkv`: q of shape (batch, n_heads, s_q, head_dim), k and v
+    of shape (batch, n_kv_heads, s_k, head_dim); labelled by :func:`attention_label`; its size is
+    batch x n_heads x s_q x s_k x head_dim (the multiply-adds of the scores); ``info`` holds n_heads, n_kv_heads,
+    s_q and s_k for the mistakes' explanations."""
+    return Case(attention_label(batch, n_heads, n_kv_heads, s_q, s_k, head_dim, dtype),
+                qkv(gen, batch, n_heads, n_kv_heads, s_q, s_k, head_dim, dtype),
+                size=batch * n_heads * s_q * s_k * head_dim,
+                info={"n_heads": n_heads, "n_kv_heads": n_kv_heads, "s_q": s_q, "s_k": s_k})
+
+
+def kv_projection_case(gen: torch.Generator, n_kv_heads: int, head_dim: int, d_model: int, dtype: torch.dtype,
+                       heads: str, more: tuple, size: int) -> Case:
+    """A k_proj (or v_proj) weight ``w`` of shape (n_kv_heads * head_dim, d_model), drawn from ``gen``, as the
+    input ``(w, *more)``; the label reads 'w of shape (4, 3) = (n_kv_heads * head_dim, d_model), <heads>,
+    head_dim 2, float32', ``heads`` saying what the exercise does with the KV heads ('n_heads=4, n_kv_heads=2')."""
+    label = (f"w of shape ({n_kv_heads * head_dim}, {d_model}) = (n_kv_heads * head_dim, d_model), {heads}, "
+             f"head_dim {head_dim}, {dtype_name(dtype)}")
+    return Case(label, (randn(gen, n_kv_heads * head_dim, d_model, dtype=dtype), *more), size=size)

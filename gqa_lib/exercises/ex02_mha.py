@@ -6,7 +6,7 @@ import torch
 
 from gqa_lib.core.attention import GroupedQueryAttention, grouped_attention
 from gqa_lib.core.rope import RotaryEmbedding
-from gqa_lib.exercises.checking import Case, Exercise, generator, randn
+from gqa_lib.exercises.checking import Case, Exercise, dtype_name, generator, randn, seeded_cases
 from gqa_lib.exercises.museum import mistakes_for
 
 
@@ -27,19 +27,20 @@ def _linear(gen, n_in, n_out, dtype):
 
 
 def _mha_cases() -> list[Case]:
-    gen = generator("mha")
+    # (batch, seq, d_model, n_heads, head_dim, dtype)
     rows = [(1, 1, 8, 2, 4, torch.float32), (2, 5, 32, 4, 8, torch.float32), (2, 6, 24, 4, 8, torch.float32),
             (3, 4, 16, 1, 16, torch.float32), (2, 7, 32, 4, 8, torch.bfloat16)]
-    cases = []
-    for b, s, d_model, h, hd, dtype in rows:
-        x = randn(gen, b, s, d_model, dtype=dtype)
-        ws = [_linear(gen, d_model, h * hd, dtype) for _ in range(3)] + [_linear(gen, h * hd, d_model, dtype)]
-        note = "" if h * hd == d_model else f" (n_heads x head_dim = {h * hd} is not d_model)"
-        cases.append(Case(f"batch {b}, {s} token{'s' * (s > 1)}, d_model {d_model}, {h} head{'s' * (h > 1)} of "
-                          f"head_dim {hd}{note}, {str(dtype).removeprefix('torch.')}",
-                          (x, *ws, h), size=b * s * d_model * h,
-                          info={"d_model": d_model, "n_heads": h, "head_dim": hd}))
-    return cases
+    return seeded_cases("mha", rows, _mha_case)
+
+
+def _mha_case(gen, b, s, d_model, h, hd, dtype) -> Case:
+    """x (b, s, d_model), W_q, W_k, W_v (d_model -> h * hd), W_o (h * hd -> d_model) and n_heads = h."""
+    x = randn(gen, b, s, d_model, dtype=dtype)
+    ws = [_linear(gen, d_model, h * hd, dtype) for _ in range(3)] + [_linear(gen, h * hd, d_model, dtype)]
+    note = "" if h * hd == d_model else f" (n_heads x head_dim = {h * hd} is not d_model)"
+    return Case(f"batch {b}, {s} token{'s' * (s > 1)}, d_model {d_model}, {h} head{'s' * (h > 1)} of "
+                f"head_dim {hd}{note}, {dtype_name(dtype)}",
+                (x, *ws, h), size=b * s * d_model * h, info={"d_model": d_model, "n_heads": h, "head_dim": hd})
 
 
 mha = Exercise("mha", "mha(x, W_q, W_k, W_v, W_o, n_heads)", reference_mha, _mha_cases, mistakes_for("mha"),
@@ -59,7 +60,7 @@ def _rope_cases() -> list[Case]:
     cases = []
     for i, (b, h, s, d, start, dtype) in enumerate(rows):
         label = (f"x of shape ({b}, {h}, {s}, {d}) = (batch, heads, seq, head_dim), "
-                 f"{str(dtype).removeprefix('torch.')}, start_pos {start:,}")
+                 f"{dtype_name(dtype)}, start_pos {start:,}")
         # float32 angles at position 100,000 are only good to about 1e-2 rad (its float32 spacing is 2**-7), so
         # a correct float64 computation differs from the float32 reference that much; known mistakes differ by O(1).
         tol = (3e-2, 1e-2) if start >= 100_000 else None
@@ -81,18 +82,19 @@ def reference_decode_step(q, k, v, k_cache, v_cache, rope):
 
 
 def _decode_cases() -> list[Case]:
-    gen = generator("decode_step")
+    # (batch, n_heads, cached tokens, head_dim, dtype)
     rows = [(1, 1, 0, 4, torch.float32), (1, 2, 1, 8, torch.float32), (2, 4, 5, 8, torch.float32),
             (2, 3, 37, 16, torch.float32), (2, 4, 9, 8, torch.bfloat16)]
-    cases = []
-    for b, h, n_cached, d, dtype in rows:
-        new = [randn(gen, b, h, 1, d, dtype=dtype) for _ in range(3)]  # q, k, v of the new token
-        cache = [randn(gen, b, h, n_cached, d, dtype=dtype) for _ in range(2)]  # rotated keys, values
-        label = (f"batch {b}, {h} heads, head_dim {d}, one new token after {n_cached} cached "
-                 f"(cache shape ({b}, {h}, {n_cached}, {d})), {str(dtype).removeprefix('torch.')}")
-        cases.append(Case(label, (*new, *cache, RotaryEmbedding(d)), size=b * h * (n_cached + 1) * d,
-                          info={"cached": n_cached}))
-    return cases
+    return seeded_cases("decode_step", rows, _decode_case)
+
+
+def _decode_case(gen, b, h, n_cached, d, dtype) -> Case:
+    """q, k, v of one new token (b, h, 1, d), k_cache and v_cache (b, h, n_cached, d), and a RotaryEmbedding(d)."""
+    new = [randn(gen, b, h, 1, d, dtype=dtype) for _ in range(3)]  # q, k, v of the new token
+    cache = [randn(gen, b, h, n_cached, d, dtype=dtype) for _ in range(2)]  # rotated keys, values
+    label = (f"batch {b}, {h} heads, head_dim {d}, one new token after {n_cached} cached "
+             f"(cache shape ({b}, {h}, {n_cached}, {d})), {dtype_name(dtype)}")
+    return Case(label, (*new, *cache, RotaryEmbedding(d)), size=b * h * (n_cached + 1) * d, info={"cached": n_cached})
 
 
 decode_step = Exercise("decode_step", "decode_step(q, k, v, k_cache, v_cache, rope)", reference_decode_step,

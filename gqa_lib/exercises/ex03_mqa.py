@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from gqa_lib.core.attention import grouped_attention
-from gqa_lib.exercises.checking import Case, Exercise, attention_label, generator, qkv
+from gqa_lib.exercises.checking import Case, Exercise, attention_case, seeded_cases
 from gqa_lib.exercises.museum import mistakes_for
 
 
@@ -15,12 +15,8 @@ def reference_attention(q, k, v):
 
 
 def _cases(name: str, rows) -> list[Case]:
-    gen = generator(name)
-    cases = []
-    for b, h, s_q, s_k, d, dtype in rows:
-        cases.append(Case(attention_label(b, h, 1, s_q, s_k, d, dtype), qkv(gen, b, h, 1, s_q, s_k, d, dtype),
-                          size=b * h * s_q * s_k * d, info={"s_q": s_q, "s_k": s_k, "n_heads": h, "n_kv_heads": 1}))
-    return cases
+    """MQA inputs, one per row of (batch, n_heads, s_q, s_k, head_dim, dtype): one KV head."""
+    return seeded_cases(name, [(b, h, 1, s_q, s_k, d, dtype) for b, h, s_q, s_k, d, dtype in rows], attention_case)
 
 
 def _mqa_cases() -> list[Case]:

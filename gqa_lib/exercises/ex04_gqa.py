@@ -7,7 +7,7 @@ import torch
 from gqa_lib.core.attention import expand_kv as lib_expand_kv
 from gqa_lib.core.attention import grouped_attention
 from gqa_lib.core.layout import AttentionLayout
-from gqa_lib.exercises.checking import Case, Exercise, attention_label, generator, qkv, randn
+from gqa_lib.exercises.checking import Case, Exercise, attention_case, dtype_name, randn, seeded_cases
 from gqa_lib.exercises.museum import mistakes_for
 
 # (n_heads, n_kv_heads): MHA and MQA ends, GQA between, SmolLM2's and Llama-3 8B's shapes.
@@ -32,16 +32,18 @@ check_kv_head_of = kv_head_of.check
 
 
 def _expand_cases() -> list[Case]:
-    gen = generator("expand_kv")
+    # (batch, n_kv_heads, seq, head_dim, group_size, dtype)
     rows = [(1, 1, 1, 2, 1, torch.float32), (1, 2, 3, 4, 2, torch.float32), (2, 3, 5, 4, 3, torch.float32),
             (2, 1, 4, 8, 4, torch.float32), (2, 8, 6, 16, 4, torch.bfloat16)]
-    cases = []
-    for b, kv, s, d, group_size, dtype in rows:
-        label = (f"x of shape ({b}, {kv}, {s}, {d}) = (batch, n_kv_heads, seq, head_dim), group_size {group_size} "
-                 f"({kv * group_size} query heads), {str(dtype).removeprefix('torch.')}")
-        cases.append(Case(label, (randn(gen, b, kv, s, d, dtype=dtype), group_size), size=b * kv * s * d * group_size,
-                          info={"n_heads": kv * group_size, "n_kv_heads": kv}))
-    return cases
+    return seeded_cases("expand_kv", rows, _expand_case)
+
+
+def _expand_case(gen, b, kv, s, d, group_size, dtype) -> Case:
+    """x of shape (b, kv, s, d) = (batch, n_kv_heads, seq, head_dim) and the group size."""
+    label = (f"x of shape ({b}, {kv}, {s}, {d}) = (batch, n_kv_heads, seq, head_dim), group_size {group_size} "
+             f"({kv * group_size} query heads), {dtype_name(dtype)}")
+    return Case(label, (randn(gen, b, kv, s, d, dtype=dtype), group_size), size=b * kv * s * d * group_size,
+                info={"n_heads": kv * group_size, "n_kv_heads": kv})
 
 
 expand_kv = Exercise("expand_kv", "expand_kv(x, group_size)", lib_expand_kv, _expand_cases, mistakes_for("expand_kv"),
@@ -55,15 +57,11 @@ def reference_gqa(q, k, v):
 
 
 def _gqa_cases() -> list[Case]:
-    gen = generator("gqa")
+    # (batch, n_heads, n_kv_heads, s_q, s_k, head_dim, dtype)
     rows = [(1, 1, 1, 1, 1, 4, torch.float32), (1, 2, 2, 3, 3, 4, torch.float32), (2, 4, 2, 3, 3, 8, torch.float32),
             (2, 4, 1, 4, 4, 8, torch.float32), (2, 6, 3, 1, 9, 8, torch.float32), (2, 6, 2, 3, 8, 8, torch.float32),
             (3, 8, 2, 5, 5, 16, torch.float32), (2, 9, 3, 4, 11, 8, torch.bfloat16)]
-    cases = []
-    for b, h, kv, s_q, s_k, d, dtype in rows:
-        cases.append(Case(attention_label(b, h, kv, s_q, s_k, d, dtype), qkv(gen, b, h, kv, s_q, s_k, d, dtype),
-                          size=b * h * s_q * s_k * d, info={"n_heads": h, "n_kv_heads": kv, "s_q": s_q, "s_k": s_k}))
-    return cases
+    return seeded_cases("gqa", rows, attention_case)
 
 
 gqa = Exercise("gqa", "gqa(q, k, v)", reference_gqa, _gqa_cases, mistakes_for("gqa"),

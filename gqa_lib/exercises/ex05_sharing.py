@@ -7,7 +7,7 @@ import torch
 from gqa_lib.core.attention import GroupedQueryAttention
 from gqa_lib.core.kv_head_conversion import expand_to_mha
 from gqa_lib.core.layout import AttentionLayout
-from gqa_lib.exercises.checking import Case, Exercise, generator, randn
+from gqa_lib.exercises.checking import Case, Exercise, kv_projection_case, seeded_cases
 from gqa_lib.exercises.ex04_gqa import LAYOUTS
 from gqa_lib.exercises.museum import mistakes_for
 
@@ -37,15 +37,15 @@ def reference_expand_kv_projection(w, n_heads, n_kv_heads):
 
 
 def _projection_cases() -> list[Case]:
-    gen = generator("expand_kv_projection")
+    # (n_heads, n_kv_heads, head_dim, d_model, dtype)
     rows = [(1, 1, 2, 3, torch.float32), (4, 2, 2, 4, torch.float32), (4, 1, 4, 5, torch.float32),
             (9, 3, 4, 6, torch.float32), (8, 2, 8, 16, torch.bfloat16)]
-    cases = []
-    for h, kv, hd, d, dtype in rows:
-        label = (f"w of shape ({kv * hd}, {d}) = (n_kv_heads * head_dim, d_model), n_heads={h}, n_kv_heads={kv}, "
-                 f"head_dim {hd}, {str(dtype).removeprefix('torch.')}")
-        cases.append(Case(label, (randn(gen, kv * hd, d, dtype=dtype), h, kv), size=h * hd * d))
-    return cases
+    return seeded_cases("expand_kv_projection", rows, _projection_case)
+
+
+def _projection_case(gen, h, kv, hd, d, dtype) -> Case:
+    """w (kv * hd, d), n_heads = h, n_kv_heads = kv."""
+    return kv_projection_case(gen, kv, hd, d, dtype, f"n_heads={h}, n_kv_heads={kv}", (h, kv), size=h * hd * d)
 
 
 expand_kv_projection = Exercise(

@@ -6,7 +6,7 @@ import torch
 
 from gqa_lib.core.attention import GroupedQueryAttention, grouped_attention
 from gqa_lib.core.kv_head_conversion import reduce_kv_heads
-from gqa_lib.exercises.checking import Case, Exercise, attention_label, generator, qkv, randn
+from gqa_lib.exercises.checking import Case, Exercise, attention_case, kv_projection_case, seeded_cases
 from gqa_lib.exercises.museum import mistakes_for
 
 _DTYPE_OF_BYTES = {1: torch.int8, 2: torch.bfloat16, 4: torch.float32}
@@ -42,12 +42,11 @@ def reference_decode_attention(q, k, v):
 
 
 def _decode_cases() -> list[Case]:
-    gen = generator("decode_attention")
+    # (batch, n_heads, n_kv_heads, s_k, head_dim, dtype), one query
     rows = [(1, 1, 1, 1, 4, torch.float32), (1, 2, 1, 3, 4, torch.float32), (2, 4, 2, 6, 8, torch.float32),
             (2, 8, 8, 5, 8, torch.float32), (2, 32, 8, 64, 16, torch.float32), (2, 9, 3, 12, 8, torch.bfloat16)]
-    return [Case(attention_label(b, h, kv, 1, s, d, dtype), qkv(gen, b, h, kv, 1, s, d, dtype),
-                 size=b * h * s * d, info={"n_heads": h, "n_kv_heads": kv, "s_k": s})
-            for b, h, kv, s, d, dtype in rows]
+    return seeded_cases("decode_attention", [(b, h, kv, 1, s, d, dtype) for b, h, kv, s, d, dtype in rows],
+                        attention_case)
 
 
 decode_attention = Exercise("decode_attention", "decode_attention(q, k, v)", reference_decode_attention,
@@ -67,15 +66,15 @@ def reference_mean_pool_kv(w, n_kv_heads, new_n_kv_heads):
 
 
 def _pool_cases() -> list[Case]:
-    gen = generator("mean_pool_kv")
+    # (n_kv_heads, new_n_kv_heads, head_dim, d_model, dtype)
     rows = [(1, 1, 2, 3, torch.float32), (2, 1, 2, 3, torch.float32), (3, 1, 4, 5, torch.float32),
             (4, 2, 2, 6, torch.float32), (6, 3, 4, 8, torch.float32), (4, 2, 8, 16, torch.bfloat16)]
-    cases = []
-    for kv, new, hd, d, dtype in rows:
-        label = (f"w of shape ({kv * hd}, {d}) = (n_kv_heads * head_dim, d_model), {kv} KV heads -> {new}, "
-                 f"head_dim {hd}, {str(dtype).removeprefix('torch.')}")
-        cases.append(Case(label, (randn(gen, kv * hd, d, dtype=dtype), kv, new), size=kv * hd * d))
-    return cases
+    return seeded_cases("mean_pool_kv", rows, _pool_case)
+
+
+def _pool_case(gen, kv, new, hd, d, dtype) -> Case:
+    """w (kv * hd, d), n_kv_heads = kv, new_n_kv_heads = new."""
+    return kv_projection_case(gen, kv, hd, d, dtype, f"{kv} KV heads -> {new}", (kv, new), size=kv * hd * d)
 
 
 mean_pool_kv = Exercise("mean_pool_kv", "mean_pool_kv(w, n_kv_heads, new_n_kv_heads)", reference_mean_pool_kv,

@@ -7,7 +7,7 @@ import math
 import torch
 
 from gqa_lib.core.cache_math import mla_cache_bytes as lib_mla_cache_bytes
-from gqa_lib.exercises.checking import Case, Exercise, generator, randn
+from gqa_lib.exercises.checking import Case, Exercise, dtype_name, randn, seeded_cases
 from gqa_lib.exercises.museum import mistakes_for
 from gqa_lib.models.catalog import MLADims, ModelSpec, get_model
 
@@ -25,21 +25,23 @@ def reference_mla_scores(q_c, q_r, latent, k_rope, w_uk):
 
 
 def _score_cases() -> list[Case]:
-    gen = generator("mla_scores")
+    # (batch, n_heads, s_q, s_k, head_dim, d_rope, d_c, dtype)
     rows = [(1, 1, 1, 1, 4, 2, 3, torch.float32), (1, 2, 1, 5, 8, 4, 6, torch.float32),
             (2, 3, 1, 9, 8, 2, 5, torch.float32), (2, 4, 3, 6, 16, 8, 24, torch.float32),
             (2, 4, 2, 7, 16, 8, 12, torch.bfloat16)]
-    cases = []
-    for b, h, s_q, s_k, d_h, d_r, d_c, dtype in rows:
-        args = (randn(gen, b, h, s_q, d_h, dtype=dtype), randn(gen, b, h, s_q, d_r, dtype=dtype),
-                randn(gen, b, s_k, d_c, dtype=dtype), randn(gen, b, s_k, d_r, dtype=dtype),
-                (randn(gen, h, d_h, d_c) / d_c**0.5).to(dtype))
-        label = (f"batch {b}, {h} head{'s' * (h > 1)}, {s_q} quer{'ies' if s_q > 1 else 'y'} against {s_k} cached "
-                 f"token{'s' * (s_k > 1)}, "
-                 f"head_dim {d_h}, d_rope {d_r}, d_c {d_c}, {str(dtype).removeprefix('torch.')}")
-        cases.append(Case(label, args, size=b * h * s_q * s_k * (d_h + d_r + d_c),
-                          info={"head_dim": d_h, "d_rope": d_r, "d_c": d_c}))
-    return cases
+    return seeded_cases("mla_scores", rows, _score_case)
+
+
+def _score_case(gen, b, h, s_q, s_k, d_h, d_r, d_c, dtype) -> Case:
+    """q_c (b, h, s_q, d_h), q_r (b, h, s_q, d_r), latent (b, s_k, d_c), k_rope (b, s_k, d_r), w_uk (h, d_h, d_c)."""
+    args = (randn(gen, b, h, s_q, d_h, dtype=dtype), randn(gen, b, h, s_q, d_r, dtype=dtype),
+            randn(gen, b, s_k, d_c, dtype=dtype), randn(gen, b, s_k, d_r, dtype=dtype),
+            (randn(gen, h, d_h, d_c) / d_c**0.5).to(dtype))
+    label = (f"batch {b}, {h} head{'s' * (h > 1)}, {s_q} quer{'ies' if s_q > 1 else 'y'} against {s_k} cached "
+             f"token{'s' * (s_k > 1)}, "
+             f"head_dim {d_h}, d_rope {d_r}, d_c {d_c}, {dtype_name(dtype)}")
+    return Case(label, args, size=b * h * s_q * s_k * (d_h + d_r + d_c),
+                info={"head_dim": d_h, "d_rope": d_r, "d_c": d_c})
 
 
 mla_scores = Exercise("mla_scores", "mla_scores(q_c, q_r, latent, k_rope, w_uk)", reference_mla_scores,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from gqa_lib.exercises.checking import Case, Exercise, generator, randn
+from gqa_lib.exercises.checking import Case, Exercise, dtype_name, generator, randn
 from gqa_lib.exercises.museum import mistakes_for
 from gqa_lib.experiments.cache_shrink import GROUP, CachePolicy, fake_quantize, layer_cache_bytes, visible
 from gqa_lib.models.catalog import get_model
@@ -55,7 +55,7 @@ def _round_trip_cases() -> list[Case]:
             (randn(gen, 2, 3, 5, 64, dtype=torch.bfloat16), 8, "batch 2, 3 KV heads, 5 tokens, head_dim 64")]
     cases = []
     for i, (x, bits, what) in enumerate(rows):
-        label = f"x of shape {tuple(x.shape)}, {str(x.dtype).removeprefix('torch.')}: {what}, {bits} bits"
+        label = f"x of shape {tuple(x.shape)}, {dtype_name(x.dtype)}: {what}, {bits} bits"
         cases.append(Case(label, (x, bits), size=i))
     return cases
 

@@ -469,31 +469,35 @@ def cost_keys_only(n_heads, n_kv_heads, seq_len, head_dim, bytes_per_elem):
 
 
 # --------------------------------------------------------------------------------------- notebook 07
-def _mla_parts(q_c, q_r, latent, k_rope, w_uk):
+def _mla_scores(q_c, q_r, latent, k_rope, w_uk, scale_dim, rope=True):
+    """The absorbed scores q_C . k_C (+ q_R . k_R, the RoPE part, when ``rope``) / sqrt(scale_dim), in q_c's dtype."""
     q_lat = torch.einsum("bhsd,hdc->bhsc", q_c.float(), w_uk.float())
-    content = q_lat @ latent.float()[:, None].transpose(-2, -1)
-    position = q_r.float() @ k_rope.float()[:, None].transpose(-2, -1)
-    return content, position
+    scores = q_lat @ latent.float()[:, None].transpose(-2, -1)
+    if rope:
+        scores = scores + q_r.float() @ k_rope.float()[:, None].transpose(-2, -1)
+    return (scores / math.sqrt(scale_dim)).to(q_c.dtype)
 
 
-@exhibit("mla_scores", "MLA's softmax scale without the RoPE dims", lambda c: (
-    f"each head's query and key have head_dim + d_rope = {c.info['head_dim']} + {c.info['d_rope']} numbers, so "
-    f"the dot product is scaled by 1/sqrt({c.info['head_dim'] + c.info['d_rope']}), not 1/sqrt({c.info['head_dim']}) "
-    "(DeepSeek-V2, eq. 18)."))
+def _mla_story(template: str) -> Callable[[Case], str]:
+    """An mla_scores explanation: ``template`` with the case's {head_dim}, {d_rope} and {d_c} filled in, and
+    {length} = head_dim + d_rope, the length of the dot product that the scores are scaled for."""
+    return lambda c: template.format(**c.info, length=c.info["head_dim"] + c.info["d_rope"])
+
+
+@exhibit("mla_scores", "MLA's softmax scale without the RoPE dims", _mla_story(
+    "each head's query and key have head_dim + d_rope = {head_dim} + {d_rope} numbers, so the dot product is scaled "
+    "by 1/sqrt({length}), not 1/sqrt({head_dim}) (DeepSeek-V2, eq. 18)."))
 def mla_scale_without_rope(q_c, q_r, latent, k_rope, w_uk):
     """Scales by 1/sqrt(head_dim), forgetting that the decoupled RoPE part lengthens the dot product."""
-    content, position = _mla_parts(q_c, q_r, latent, k_rope, w_uk)
-    return ((content + position) / math.sqrt(q_c.shape[-1])).to(q_c.dtype)
+    return _mla_scores(q_c, q_r, latent, k_rope, w_uk, scale_dim=q_c.shape[-1])
 
 
-@exhibit("mla_scores", "scaled by the latent size", lambda c: (
-    f"the score is a dot product between a head's query and key, of head_dim + d_rope = "
-    f"{c.info['head_dim'] + c.info['d_rope']} numbers; that it is computed in latent space (d_c = {c.info['d_c']}) "
-    "changes nothing. Scale by 1/sqrt(head_dim + d_rope)."))
+@exhibit("mla_scores", "scaled by the latent size", _mla_story(
+    "the score is a dot product between a head's query and key, of head_dim + d_rope = {length} numbers; that it is "
+    "computed in latent space (d_c = {d_c}) changes nothing. Scale by 1/sqrt(head_dim + d_rope)."))
 def mla_scale_latent(q_c, q_r, latent, k_rope, w_uk):
     """Scales by 1/sqrt(d_c) because the absorbed product runs over the latent."""
-    content, position = _mla_parts(q_c, q_r, latent, k_rope, w_uk)
-    return ((content + position) / math.sqrt(latent.shape[-1])).to(q_c.dtype)
+    return _mla_scores(q_c, q_r, latent, k_rope, w_uk, scale_dim=latent.shape[-1])
 
 
 @exhibit("mla_scores", "the decoupled RoPE part left out",
@@ -501,8 +505,7 @@ def mla_scale_latent(q_c, q_r, latent, k_rope, w_uk):
          "shared by all heads).")
 def mla_rope_part_missing(q_c, q_r, latent, k_rope, w_uk):
     """Scores the absorbed content part only: no position information reaches the attention."""
-    content, _ = _mla_parts(q_c, q_r, latent, k_rope, w_uk)
-    return (content / math.sqrt(q_c.shape[-1] + q_r.shape[-1])).to(q_c.dtype)
+    return _mla_scores(q_c, q_r, latent, k_rope, w_uk, scale_dim=q_c.shape[-1] + q_r.shape[-1], rope=False)
 
 
 def _mla(model):
@@ -548,14 +551,20 @@ def _first_wrong(case: Case, fn: Callable) -> tuple[int, int]:
     return tuple(wrong[0].tolist())
 
 
-def _wide_story(c: Case) -> str:
-    w, (i, j) = c.args[1], _first_wrong(c, window_one_too_wide)
-    return (f"a window of {w} keeps {w} key{'s' * (w > 1)}, the query's own included: query {i} may see keys "
-            f"{i} - {w} + 1 = {i - w + 1} to {i}. Your mask also lets it see key {j}, {w} back: that is "
-            "i - j <= window; the window is i - j < window.")
+def _mask_exhibit(name: str, story: Callable[[int, int, int, int, int], str]):
+    """Register the decorated wrong window_mask under ``name``; its explanation is ``story(n, window, sinks, i, j)``,
+    (i, j) being the first (query, key) where its mask differs from the right one."""
+
+    def register(fn: Callable) -> Callable:
+        return exhibit("window_mask", name, lambda c: story(*c.args, *_first_wrong(c, fn)))(fn)
+
+    return register
 
 
-@exhibit("window_mask", "a window of window + 1 keys", _wide_story)
+@_mask_exhibit("a window of window + 1 keys", lambda n, w, sinks, i, j: (
+    f"a window of {w} keeps {w} key{'s' * (w > 1)}, the query's own included: query {i} may see keys "
+    f"{i} - {w} + 1 = {i - w + 1} to {i}. Your mask also lets it see key {j}, {w} back: that is "
+    "i - j <= window; the window is i - j < window."))
 def window_one_too_wide(n, window, sinks):
     """``j >= i - window``: the last ``window`` keys before the query and the query itself, window + 1 in all
     (the off-by-one of counting the cached tokens and then adding the new one)."""
@@ -574,14 +583,10 @@ def window_without_itself(n, window, sinks):
     return (j < i) & ((j >= i - window) | (j < sinks))
 
 
-def _sinks_story(c: Case) -> str:
-    s, (i, j) = c.args[2], _first_wrong(c, sinks_not_causal)
-    return (f"the {s} sinks are the first {s} keys, kept after they leave the window; they are still in the past "
-            f"of the queries that see them. Your mask lets query {i} see key {j}, a later token. Keep j <= i for "
-            "the sinks too: (j <= i) & ((i - j < window) | (j < sinks)).")
-
-
-@exhibit("window_mask", "sinks that ignore causality", _sinks_story)
+@_mask_exhibit("sinks that ignore causality", lambda n, window, s, i, j: (
+    f"the {s} sinks are the first {s} keys, kept after they leave the window; they are still in the past "
+    f"of the queries that see them. Your mask lets query {i} see key {j}, a later token. Keep j <= i for "
+    "the sinks too: (j <= i) & ((i - j < window) | (j < sinks))."))
 def sinks_not_causal(n, window, sinks):
     """``causal & in_window | is_sink``: the sink columns are added after the causal mask, so an early query
     sees sinks that come after it (query 0 sees key 1 with 2 sinks)."""
