@@ -21,13 +21,10 @@ intervals over windows (scipy), for the loss and for its change from the origina
     .venv/bin/python benchmarks/cache_pareto.py                 # the shipped table
     .venv/bin/python benchmarks/cache_pareto.py --eval-windows 2 --window 256 --score-from 128 \
         --uptrain-steps 1 --out /tmp/p.csv
-
-Writes data/results/cache_pareto.csv (refuses to replace it without --overwrite).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import multiprocessing
 import sys
@@ -39,11 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from gqa_lib.experiments import results  # noqa: E402  (CSV writing and the options every benchmark shares)
+from gqa_lib.experiments import bench_cli, results  # noqa: E402
 from gqa_lib.experiments.cache_pareto import default_methods, score_methods, summarise  # noqa: E402
-from gqa_lib.experiments.corpus import load_corpus  # noqa: E402
 from gqa_lib.experiments.latent_conversion import input_second_moments, latent_decoders  # noqa: E402
 from gqa_lib.experiments.smollm_conversion import convert_kv_heads, uptrain, window_token_ids  # noqa: E402
+from gqa_lib.models.smollm import MODEL_FILE_INFO  # noqa: E402
 from gqa_lib.models.smollm_decoder import SmolLMDecoder  # noqa: E402
 
 BASELINE = "original (3 KV heads, bf16)"
@@ -51,36 +48,34 @@ BASELINE = "original (3 KV heads, bf16)"
 
 def parse_args(argv=None):
     """The options, each checked before any work (a bad one stops with a usage error, exit 2)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--eval-windows", type=results.int_at_least(2), default=6,
+    p = bench_cli.command_parser(__doc__)
+    p.add_argument("--eval-windows", type=bench_cli.int_at_least(2), default=6,
                    help="held-out windows, 2 or more: the bootstrap resamples them (default 6)")
-    p.add_argument("--window", type=results.int_at_least(4), default=2048, help="tokens per window (default 2048)")
-    p.add_argument("--score-from", type=results.positive_int, default=1024,
+    p.add_argument("--window", type=bench_cli.int_at_least(4), default=2048, help="tokens per window (default 2048)")
+    p.add_argument("--score-from", type=bench_cli.positive_int, default=1024,
                    help="score only predictions made with at least this many tokens of context (default 1024)")
-    p.add_argument("--ranks", type=results.positive_int, nargs="+", default=[64, 128, 192, 256],
+    p.add_argument("--ranks", type=bench_cli.positive_int, nargs="+", default=[64, 128, 192, 256],
                    help="latent ranks (default 64 128 192 256; 384 would be the original)")
-    p.add_argument("--sliding", type=results.positive_int, nargs="+", default=[256, 512, 1024],
+    p.add_argument("--sliding", type=bench_cli.positive_int, nargs="+", default=[256, 512, 1024],
                    help="sliding-window sizes in tokens (default 256 512 1024)")
-    p.add_argument("--sinks", type=results.non_negative_int, default=4,
+    p.add_argument("--sinks", type=bench_cli.non_negative_int, default=4,
                    help="attention-sink tokens kept with each window in the '+ sinks' rows (default 4; 0: none)")
-    p.add_argument("--calib-windows", type=results.positive_int, default=16,
+    p.add_argument("--calib-windows", type=bench_cli.positive_int, default=16,
                    help="calibration windows of 256 tokens from the training files, for the latents (default 16)")
-    p.add_argument("--uptrain-steps", type=results.non_negative_int, default=30,
+    p.add_argument("--uptrain-steps", type=bench_cli.non_negative_int, default=30,
                    help="uptraining steps of the 1-KV-head model and the control (default 30; 0: no uptraining rows)")
-    p.add_argument("--lr", type=results.positive_float, default=1e-3, help="uptraining learning rate (default 1e-3)")
-    p.add_argument("--seed", type=results.non_negative_int, default=0, help="seed of uptraining batches and bootstrap")
-    p.add_argument("--threads", type=results.positive_int, default=2,
+    p.add_argument("--lr", type=bench_cli.positive_float, default=1e-3, help="uptraining learning rate (default 1e-3)")
+    p.add_argument("--seed", type=bench_cli.non_negative_int, default=0,
+                   help="seed of uptraining batches and bootstrap")
+    p.add_argument("--threads", type=bench_cli.positive_int, default=2,
                    help="threads for uptraining and calibration (default 2)")
-    p.add_argument("--workers", type=results.positive_int, default=2,
+    p.add_argument("--workers", type=bench_cli.positive_int, default=2,
                    help="processes scoring methods at once, one thread each (default 2: on 2 cores two 1-thread "
                         "processes get more done than one 2-thread process)")
-    results.add_output_options(p, "cache_pareto.csv")
-    p.add_argument("--allow-other-corpus", action="store_true",
-                   help="run even if this Python's standard library differs from the shipped corpus")
-    args = p.parse_args(argv)
+    args = bench_cli.parse_options(p, argv, "cache_pareto.csv", corpus=True)
     if args.score_from >= args.window - 1:
         p.error(f"--score-from={args.score_from} must be below --window={args.window} - 1 (something must be scored)")
-    results.check_output_option(p, args)
+    bench_cli.check_output_option(p, args)
     return args
 
 
@@ -149,11 +144,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     start = time.perf_counter()
-    corpus = load_corpus(strict=not args.allow_other_corpus)
-    from gqa_lib.models.smollm import MODEL_FILE_INFO, load_smollm
-
-    model, tok = load_smollm()
-    print(f"corpus: {corpus.describe()}")
+    corpus, model, tok = bench_cli.load_corpus_and_smollm(args)
     val_text = bytes(corpus.val.tolist()).decode("utf-8", errors="replace")
     windows = window_token_ids(tok, val_text, args.eval_windows, args.window)  # (eval_windows, window)
     decoder = SmolLMDecoder.from_transformers(model)

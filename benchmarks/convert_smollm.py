@@ -31,13 +31,10 @@ steps (6 x 30 x 512 x 3 = 276k forward-token equivalents, about 350 s); with loa
 
     .venv/bin/python benchmarks/convert_smollm.py --threads 2 --overwrite          # the shipped table
     .venv/bin/python benchmarks/convert_smollm.py --eval-windows 2 --window 32 --uptrain-steps 1 --out /tmp/c.csv
-
-Writes data/results/smollm_conversion.csv (refuses to replace it without --overwrite).
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
@@ -48,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from gqa_lib.experiments import results  # noqa: E402  (CSV writing and the options every benchmark shares)
+from gqa_lib.experiments import bench_cli, results  # noqa: E402
 from gqa_lib.experiments.corpus import load_corpus  # noqa: E402
 from gqa_lib.experiments.smollm_conversion import (  # noqa: E402
     PAPER_UPTRAIN_FRACTION,
@@ -71,31 +68,28 @@ N_RESAMPLES = 2000  # bootstrap resamples for every interval
 
 def parse_args(argv=None):
     """The options, every one checked here, before any work (bad ones stop with a usage error, exit 2)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--eval-windows", type=results.positive_int, default=64,
+    p = bench_cli.command_parser(__doc__)
+    p.add_argument("--eval-windows", type=bench_cli.positive_int, default=64,
                    help="held-out windows to score, 2 or more: the bootstrap resamples them (default 64)")
-    p.add_argument("--window", type=results.int_at_least(2), default=256,
+    p.add_argument("--window", type=bench_cli.int_at_least(2), default=256,
                    help="tokens per window, 2 or more: every token after the first is predicted (default 256)")
-    p.add_argument("--uptrain-steps", type=results.positive_int, default=30,
+    p.add_argument("--uptrain-steps", type=bench_cli.positive_int, default=30,
                    help="uptraining steps of every model, conversions and control alike (default 30)")
-    p.add_argument("--eval-every", type=results.positive_int, default=None,
+    p.add_argument("--eval-every", type=bench_cli.positive_int, default=None,
                    help="also score the mean-pooled model and the control every N uptraining steps (default: "
                         "only at the end)")
-    p.add_argument("--batch", type=results.positive_int, default=2, help="windows per uptraining step (default 2)")
-    p.add_argument("--lr", type=results.positive_float, default=1e-3,
+    p.add_argument("--batch", type=bench_cli.positive_int, default=2, help="windows per uptraining step (default 2)")
+    p.add_argument("--lr", type=bench_cli.positive_float, default=1e-3,
                    help="AdamW learning rate of uptraining (default 1e-3)")
-    p.add_argument("--random-draws", type=results.positive_int, default=3,
+    p.add_argument("--random-draws", type=bench_cli.positive_int, default=3,
                    help="random-init conversions, seeded 0, 1, 2, ... (default 3)")
-    p.add_argument("--seed", type=results.non_negative_int, default=0,
+    p.add_argument("--seed", type=bench_cli.non_negative_int, default=0,
                    help="seed of the uptraining batches (the same for every model) and of the bootstrap (default 0)")
-    p.add_argument("--threads", type=results.positive_int, default=1, help="torch.set_num_threads (default 1)")
-    results.add_output_options(p, "smollm_conversion.csv")
-    p.add_argument("--allow-other-corpus", action="store_true",
-                   help="run even if this Python's standard library differs from the shipped corpus")
-    args = p.parse_args(argv)
+    p.add_argument("--threads", type=bench_cli.positive_int, default=1, help="torch.set_num_threads (default 1)")
+    args = bench_cli.parse_options(p, argv, "smollm_conversion.csv", corpus=True)
     if args.eval_windows < 2:
         p.error(f"--eval-windows={args.eval_windows} must be at least 2 (the bootstrap resamples windows)")
-    results.check_output_option(p, args)
+    bench_cli.check_output_option(p, args)
     return args
 
 

@@ -27,7 +27,6 @@ with more, elapsed time.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -37,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import torch  # noqa: E402
 
-from gqa_lib.experiments import results  # noqa: E402  (CSV writing and the options every benchmark shares)
+from gqa_lib.experiments import bench_cli, results  # noqa: E402
 from gqa_lib.experiments.attention_roofline import (  # noqa: E402
     DTYPES,
     IMPLEMENTATIONS,
@@ -52,7 +51,7 @@ MIN_FLUSH_FACTOR, MIN_BANDWIDTH_FACTOR = 2, 4
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_cli.command_parser(__doc__)
     p.add_argument("--seq-lens", type=int, nargs="+", default=[1024, 4096, 16384, 32768], help="cached tokens")
     p.add_argument("--kv-heads", type=int, nargs="+", default=[32, 8, 1], help="KV-head counts (must divide --n-heads)")
     p.add_argument("--n-heads", type=int, default=32, help="query heads (default 32)")
@@ -70,10 +69,9 @@ def parse_args(argv=None):
     p.add_argument("--variants", action="store_true",
                    help="also time grouped attention with the scores written out (separates the gain of "
                         "not copying K/V from that of the fused kernel)")
-    results.add_output_options(p, "decode_attention_cpu.csv")
-    args = p.parse_args(argv)
+    args = bench_cli.parse_options(p, argv, "decode_attention_cpu.csv")
     # Every option is checked here, before any memory is allocated or anything timed.
-    results.require_at_least_one(p, args, ("reps", "n_heads", "head_dim", "gemm_size"))
+    bench_cli.require_at_least_one(p, args, ("reps", "n_heads", "head_dim", "gemm_size"))
     if args.warmup < 0:
         p.error(f"--warmup={args.warmup} must be 0 or more")
     for name in ("seq_lens", "threads"):
@@ -109,14 +107,15 @@ def print_ceilings(c: dict) -> None:
           flush=True)
 
 
-def print_table(rows: list[dict]) -> None:
-    print(f"\n{'dtype':>5} {'thr':>3} {'tokens':>6} {'KV':>3} {'impl':>16} {'MB':>7} {'FLOP/B':>6} {'median ms':>9} "
-          f"{'IQR ms':>15} {'bound ms':>8} {'by':>7} {'% bound':>7}")
-    for r in rows:
-        iqr = f"{r['q1_ms']:.2f}-{r['q3_ms']:.2f}"
-        print(f"{r['dtype']:>5} {r['threads']:>3} {r['seq_len']:>6} {r['n_kv_heads']:>3} {r['impl']:>16} "
-              f"{r['cache_bytes_read'] / 1e6:>7.1f} {r['flop_per_byte']:>6.2f} {r['median_ms']:>9.2f} {iqr:>15} "
-              f"{r['bound_ms']:>8.2f} {r['bound_by']:>7} {r['pct_of_bound']:>6.1f}%")
+TABLE = {"dtype": 5, "thr": 3, "tokens": 6, "KV": 3, "impl": 16, "MB": 7, "FLOP/B": 6, "median ms": 9, "IQR ms": 15,
+         "bound ms": 8, "by": 7, "% bound": 7}  # the printed table's column titles and widths
+
+
+def table_cells(r: dict) -> tuple:
+    """A row of the printed table, in TABLE's order."""
+    return (r["dtype"], r["threads"], r["seq_len"], r["n_kv_heads"], r["impl"], f"{r['cache_bytes_read'] / 1e6:.1f}",
+            f"{r['flop_per_byte']:.2f}", f"{r['median_ms']:.2f}", f"{r['q1_ms']:.2f}-{r['q3_ms']:.2f}",
+            f"{r['bound_ms']:.2f}", r["bound_by"], f"{r['pct_of_bound']:.1f}%")
 
 
 def print_targets(rows: list[dict], ceilings: dict, seq_len: int, n_heads: int) -> None:
@@ -141,7 +140,7 @@ def print_targets(rows: list[dict], ceilings: dict, seq_len: int, n_heads: int) 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if results.output_blocked(args.out, args.overwrite):
+    if bench_cli.output_blocked(args.out, args.overwrite):
         return 1
     load_before = os.getloadavg()
     start = time.perf_counter()
@@ -170,7 +169,7 @@ def main(argv=None) -> int:
     del flush
     for r in rows:
         r["role"] = "variant" if r["impl"] in VARIANTS else "compared"
-    print_table(rows)
+    bench_cli.print_table(rows, TABLE, table_cells)
     target_len = 16384 if 16384 in args.seq_lens else max(args.seq_lens)
     if {args.n_heads, 8, 1} <= set(args.kv_heads) and 1 in args.threads and "fp32" in args.dtypes:
         print_targets(rows, ceilings, target_len, args.n_heads)
@@ -197,11 +196,7 @@ def main(argv=None) -> int:
                  "loadavg_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
                  "wall_seconds": f"{time.perf_counter() - start:.0f}",
                  "cpu_seconds": f"{time.process_time():.0f}"})
-    path = results.save_rows(args.out, rows, meta, overwrite=args.overwrite)  # never loses the rows
-    if path is None:
-        return 1
-    print(f"\nwrote {path} ({len(rows)} rows)")
-    return 0
+    return results.save_and_report(args, rows, meta)
 
 
 def flush_bytes(args, llc) -> int:

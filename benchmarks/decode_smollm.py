@@ -24,7 +24,6 @@ taking turns. The prompt's prefill is not timed (--prefill-threads threads).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -34,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 
 import torch  # noqa: E402
 
-from gqa_lib.experiments import results  # noqa: E402  (CSV writing and the options every benchmark shares)
+from gqa_lib.experiments import bench_cli, results  # noqa: E402
 from gqa_lib.experiments.machine import bandwidth_buffer_bytes, last_level_cache, measure_bandwidth  # noqa: E402
 from gqa_lib.experiments.model_decode_speed import (  # noqa: E402
     PATHS,
@@ -49,7 +48,7 @@ TARGET = 1.5  # the released model's tokens per second over its MHA twin's at th
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_cli.command_parser(__doc__)
     p.add_argument("--seq-lens", type=int, nargs="+", default=[1000, 4000, 8000], help="prompt tokens")
     p.add_argument("--new-tokens", type=int, default=16, help="tokens generated per timed rep (default 16)")
     p.add_argument("--reps", type=int, default=5, help="timed reps per model and path (default 5)")
@@ -60,9 +59,8 @@ def parse_args(argv=None):
     p.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), help="which paths to time")
     p.add_argument("--hf-attention", choices=["sdpa", "eager"], default="sdpa",
                    help="transformers' attention implementation (default sdpa; eager copies K/V with repeat_kv)")
-    results.add_output_options(p, "decode_smollm_cpu.csv")
-    args = p.parse_args(argv)
-    results.require_at_least_one(p, args, ("new_tokens", "reps", "threads", "prefill_threads"))
+    args = bench_cli.parse_options(p, argv, "decode_smollm_cpu.csv")
+    bench_cli.require_at_least_one(p, args, ("new_tokens", "reps", "threads", "prefill_threads"))
     for n in args.seq_lens:
         if n < 2:
             p.error(f"--seq-lens {n} must be at least 2 (the prompt's last token is fed by the first timed step)")
@@ -74,15 +72,15 @@ def parse_args(argv=None):
     return args
 
 
-def print_table(rows: list[dict]) -> None:
-    print(f"\n{'prompt':>6} {'model':>9} {'KV':>3} {'path':>12} {'MB/token':>9} {'tok/s':>7} {'IQR tok/s':>13} "
-          f"{'predicted':>9} {'% of pred.':>10} {'same tokens':>11}")
-    for r in rows:
-        iqr = f"{r['tokens_per_s_q1']:.2f}-{r['tokens_per_s_q3']:.2f}"
-        print(f"{r['prompt_tokens']:>6} {r['variant']:>9} {r['n_kv_heads']:>3} {r['path']:>12} "
-              f"{r['bytes_per_token'] / 1e6:>9.1f} {r['tokens_per_s']:>7.2f} {iqr:>13} "
-              f"{r['predicted_tokens_per_s']:>9.2f} {r['pct_of_prediction']:>9.1f}% "
-              f"{r['same_tokens_as_gqa_lib']!s:>11}")
+TABLE = {"prompt": 6, "model": 9, "KV": 3, "path": 12, "MB/token": 9, "tok/s": 7, "IQR tok/s": 13, "predicted": 9,
+         "% of pred.": 10, "same tokens": 11}  # the printed table's column titles and widths
+
+
+def table_cells(r: dict) -> tuple:
+    """A row of the printed table, in TABLE's order."""
+    return (r["prompt_tokens"], r["variant"], r["n_kv_heads"], r["path"], f"{r['bytes_per_token'] / 1e6:.1f}",
+            f"{r['tokens_per_s']:.2f}", f"{r['tokens_per_s_q1']:.2f}-{r['tokens_per_s_q3']:.2f}",
+            f"{r['predicted_tokens_per_s']:.2f}", f"{r['pct_of_prediction']:.1f}%", r["same_tokens_as_gqa_lib"])
 
 
 def print_target(rows: list[dict], seq_len: int, paths) -> None:
@@ -95,7 +93,7 @@ def print_target(rows: list[dict], seq_len: int, paths) -> None:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if results.output_blocked(args.out, args.overwrite):
+    if bench_cli.output_blocked(args.out, args.overwrite):
         return 1
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
@@ -118,7 +116,7 @@ def main(argv=None) -> int:
                             read_bps, args.paths, args.hf_attention, args.prefill_threads, progress)
     for r in rows:
         r["read_GBps"] = round(read_bps / 1e9, 4)
-    print_table(rows)
+    bench_cli.print_table(rows, TABLE, table_cells)
     print_target(rows, max(args.seq_lens), args.paths)
     meta = {
         "what": "SmolLM2-135M-Instruct greedy decode after a prompt: tokens/s, bytes read per token, "
@@ -136,11 +134,7 @@ def main(argv=None) -> int:
         "loadavg_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "wall_seconds": f"{time.perf_counter() - start:.0f}",
     }
-    path = results.save_rows(args.out, rows, meta, overwrite=args.overwrite)  # never loses the rows
-    if path is None:
-        return 1
-    print(f"\nwrote {path} ({len(rows)} rows)")
-    return 0
+    return results.save_and_report(args, rows, meta)
 
 
 if __name__ == "__main__":

@@ -13,13 +13,10 @@ seeded), for the loss and for its paired difference from the original.
 
     .venv/bin/python benchmarks/mla_smollm.py                  # the shipped table
     .venv/bin/python benchmarks/mla_smollm.py --eval-windows 2 --window 64 --calib-windows 1 --out /tmp/mla.csv
-
-Writes data/results/mla_smollm.csv (refuses to replace it without --overwrite).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -29,8 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
-from gqa_lib.experiments import results  # noqa: E402  (CSV writing and the options every benchmark shares)
-from gqa_lib.experiments.corpus import load_corpus  # noqa: E402
+from gqa_lib.experiments import bench_cli, results  # noqa: E402
 from gqa_lib.experiments.latent_conversion import (  # noqa: E402
     input_second_moments,
     latent_decoders,
@@ -39,6 +35,7 @@ from gqa_lib.experiments.latent_conversion import (  # noqa: E402
 from gqa_lib.experiments.smollm_conversion import convert_kv_heads, window_token_ids  # noqa: E402
 from gqa_lib.experiments.stats import bootstrap_interval  # noqa: E402
 from gqa_lib.models.catalog import get_model  # noqa: E402
+from gqa_lib.models.smollm import MODEL_FILE_INFO  # noqa: E402
 from gqa_lib.models.smollm_decoder import SmolLMDecoder  # noqa: E402
 
 SMOLLM = get_model("SmolLM2-135M")  # shapes from data/models.json
@@ -46,7 +43,7 @@ HEAD_DIM, N_LAYERS = SMOLLM.head_dim, SMOLLM.n_layers
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_cli.command_parser(__doc__)
     p.add_argument("--eval-windows", type=int, default=32, help="held-out windows to score (default 32)")
     p.add_argument("--window", type=int, default=256, help="tokens per window (default 256)")
     p.add_argument("--calib-windows", type=int, default=16,
@@ -55,11 +52,8 @@ def parse_args(argv=None):
                    help="latent ranks to score (default 128 256; rank 384 is checked for exactness, not scored)")
     p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
-    results.add_output_options(p, "mla_smollm.csv")
-    p.add_argument("--allow-other-corpus", action="store_true",
-                   help="run even if this Python's standard library differs from the shipped corpus")
-    args = p.parse_args(argv)
-    results.require_at_least_one(p, args, ("eval_windows", "window", "calib_windows", "threads"))
+    args = bench_cli.parse_options(p, argv, "mla_smollm.csv", corpus=True)
+    bench_cli.require_at_least_one(p, args, ("eval_windows", "window", "calib_windows", "threads"))
     if args.eval_windows < 2:
         p.error(f"--eval-windows={args.eval_windows} must be at least 2 (the bootstrap resamples windows)")
     return args
@@ -114,16 +108,12 @@ def run(args, model, tok, corpus) -> list[dict]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if results.output_blocked(args.out, args.overwrite):
+    if bench_cli.output_blocked(args.out, args.overwrite):
         return 1
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     start = time.perf_counter()
-    corpus = load_corpus(strict=not args.allow_other_corpus)
-    from gqa_lib.models.smollm import MODEL_FILE_INFO, load_smollm
-
-    model, tok = load_smollm()
-    print(f"corpus: {corpus.describe()}")
+    corpus, model, tok = bench_cli.load_corpus_and_smollm(args)
     rows = run(args, model, tok, corpus)
     print(f"\n{'method':<28} {'rank':>5} {'cache':>6} {'loss':>7} {'95% CI':>17} {'Δloss':>8} {'95% CI of Δ':>19}")
     for r in rows:

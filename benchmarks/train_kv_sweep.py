@@ -7,13 +7,11 @@ The corpus is the running Python's standard library (gqa_lib/experiments/corpus.
     .venv/bin/python benchmarks/train_kv_sweep.py                       # the shipped sweep (~10 min on 2 idle cores)
     .venv/bin/python benchmarks/train_kv_sweep.py --seeds 2 --steps 50 --out /tmp/sweep.csv   # a quick try
 
-Writes data/results/kv_sweep.csv (refuses to replace it without --overwrite) and prints the
-paired comparison against MHA.
+Prints the paired comparison against MHA.
 """
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing as mp
 import os
 import queue
@@ -28,7 +26,7 @@ import torch  # noqa: E402
 from tqdm.auto import tqdm  # noqa: E402
 
 from gqa_lib.core.checks import divisors  # noqa: E402
-from gqa_lib.experiments import results  # noqa: E402  (CSV writing and the options every benchmark shares)
+from gqa_lib.experiments import bench_cli, results  # noqa: E402
 from gqa_lib.experiments.corpus import load_corpus  # noqa: E402
 from gqa_lib.experiments.kv_sweep import TrainConfig, pairwise_tests, run_variant, summarize_sweep  # noqa: E402
 from gqa_lib.models.tiny_lm import TinyLMConfig  # noqa: E402
@@ -61,25 +59,22 @@ def _train_one(task: tuple[dict, dict, int]) -> dict:
 
 def parse_args(argv=None):
     """The options, every one checked here, before any work (bad ones stop with a usage error, exit 2)."""
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seeds", type=results.positive_int, default=10, help="seeds 0..N-1 (default 10)")
-    p.add_argument("--steps", type=results.positive_int, default=TRAIN["steps"],
+    p = bench_cli.command_parser(__doc__)
+    p.add_argument("--seeds", type=bench_cli.positive_int, default=10, help="seeds 0..N-1 (default 10)")
+    p.add_argument("--steps", type=bench_cli.positive_int, default=TRAIN["steps"],
                    help=f"training steps (default {TRAIN['steps']})")
-    p.add_argument("--kv-heads", type=results.positive_int, nargs="+", default=None,
+    p.add_argument("--kv-heads", type=bench_cli.positive_int, nargs="+", default=None,
                    help="KV-head counts to train (default: every divisor of n_heads; MHA is always included)")
-    p.add_argument("--workers", type=results.positive_int, default=2,
+    p.add_argument("--workers", type=bench_cli.positive_int, default=2,
                    help="runs trained at once, one process each (default 2)")
-    p.add_argument("--threads", type=results.positive_int, default=1, help="torch threads per worker (default 1)")
-    results.add_output_options(p, "kv_sweep.csv")
-    p.add_argument("--allow-other-corpus", action="store_true",
-                   help="train even if this Python's standard library differs from the shipped corpus")
-    args = p.parse_args(argv)
+    p.add_argument("--threads", type=bench_cli.positive_int, default=1, help="torch threads per worker (default 1)")
+    args = bench_cli.parse_options(p, argv, "kv_sweep.csv", corpus=True)
     n_heads = MODEL["n_heads"]
     wrong = [kv for kv in args.kv_heads or () if n_heads % kv]
     if wrong:
         p.error(f"--kv-heads {' '.join(map(str, wrong))}: each must divide n_heads={n_heads} "
                 f"(valid: {', '.join(map(str, divisors(n_heads)))})")
-    results.check_output_option(p, args)
+    bench_cli.check_output_option(p, args)
     return args
 
 
@@ -143,8 +138,7 @@ def main(argv=None) -> int:
         "wall_seconds": f"{wall:.0f}",
         "loadavg_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "corpus": "top-level .py files of the Python standard library, sorted by name (gqa_lib/experiments/corpus.py)",
-        "corpus_python": corpus.python, "corpus_sha256": corpus.sha256,
-        "corpus_matches_shipped": str(corpus.matches_shipped),
+        **results.corpus_metadata(corpus),
         "corpus_train_bytes": str(len(corpus.train)), "corpus_val_bytes": str(len(corpus.val)),
         "model": str(MODEL), "train": str(asdict(TrainConfig(**{**TRAIN, "steps": args.steps,
                                                                   "warmup": min(TRAIN["warmup"], args.steps // 10)}))),

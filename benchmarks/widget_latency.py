@@ -18,7 +18,6 @@ faster than the first visit: the "max" column includes the first visits.
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -30,6 +29,7 @@ import ipywidgets as ipw
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from gqa_lib import widgets  # noqa: E402
+from gqa_lib.experiments import bench_cli  # noqa: E402
 
 MODEL_WIDGETS = ("head_heatmap_explorer", "smollm_group_explorer")  # these need SmolLM2
 NOT_CONTROLS = {"readout", "image", "plot", "source", "note"}
@@ -86,7 +86,7 @@ def measure(name: str, repeats: int) -> tuple[float, dict[str, list[float]]]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = bench_cli.command_parser(__doc__)
     p.add_argument("--repeats", type=int, default=5, help="moves each way per control (default 5)")
     p.add_argument("--widgets", nargs="+", default=list(widgets.__all__), choices=list(widgets.__all__),
                    help="builders to measure (default: all)")

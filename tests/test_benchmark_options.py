@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gqa_lib.experiments import results
+from gqa_lib.experiments import bench_cli, results
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,43 +59,36 @@ def _refused(main, argv, capsys) -> str:
     return capsys.readouterr().err
 
 
-SWEEP_BAD = [
-    (["--seeds", "-1"], ["argument --seeds", "-1", "1 or more"]),
-    (["--seeds", "0"], ["argument --seeds", "0", "1 or more"]),
-    (["--steps", "0"], ["argument --steps", "0", "1 or more"]),
-    (["--steps", "1e3"], ["argument --steps", "'1e3'", "whole number"]),
-    (["--workers", "-2"], ["argument --workers", "-2", "1 or more"]),
-    (["--threads", "2.5"], ["argument --threads", "'2.5'", "whole number"]),
-    (["--kv-heads", "0"], ["argument --kv-heads", "0", "1 or more"]),
-    (["--kv-heads", "4", "3"], ["--kv-heads 3", "n_heads=8", "valid: 1, 2, 4, 8"]),
+# (command, its bad option as typed, what the usage error must say): 8 of train_kv_sweep, 13 of convert_smollm
+BAD_NUMBERS = [
+    ("sweep", "--seeds -1", ["argument --seeds", "-1", "1 or more"]),
+    ("sweep", "--seeds 0", ["argument --seeds", "0", "1 or more"]),
+    ("sweep", "--steps 0", ["argument --steps", "0", "1 or more"]),
+    ("sweep", "--steps 1e3", ["argument --steps", "'1e3'", "whole number"]),
+    ("sweep", "--workers -2", ["argument --workers", "-2", "1 or more"]),
+    ("sweep", "--threads 2.5", ["argument --threads", "'2.5'", "whole number"]),
+    ("sweep", "--kv-heads 0", ["argument --kv-heads", "0", "1 or more"]),
+    ("sweep", "--kv-heads 4 3", ["--kv-heads 3", "n_heads=8", "valid: 1, 2, 4, 8"]),
+    ("conversion", "--window 1", ["argument --window", "1", "2 or more"]),
+    ("conversion", "--window -5", ["argument --window", "-5", "2 or more"]),
+    ("conversion", "--eval-windows 0", ["argument --eval-windows", "0", "1 or more"]),
+    ("conversion", "--uptrain-steps -1", ["argument --uptrain-steps", "-1", "1 or more"]),
+    ("conversion", "--eval-every 0", ["argument --eval-every", "0", "1 or more"]),
+    ("conversion", "--batch 0", ["argument --batch", "0", "1 or more"]),
+    ("conversion", "--lr -1", ["argument --lr", "-1", "finite number above 0"]),
+    ("conversion", "--lr 0", ["argument --lr", "0", "finite number above 0"]),
+    ("conversion", "--lr nan", ["argument --lr", "nan", "finite number above 0"]),
+    ("conversion", "--lr inf", ["argument --lr", "inf", "finite number above 0"]),
+    ("conversion", "--lr fast", ["argument --lr", "'fast'", "finite number above 0"]),
+    ("conversion", "--seed -3", ["argument --seed", "-3", "0 or more"]),
+    ("conversion", "--threads 0", ["argument --threads", "0", "1 or more"]),
 ]
-CONVERSION_BAD = [
-    (["--window", "1"], ["argument --window", "1", "2 or more"]),
-    (["--window", "-5"], ["argument --window", "-5", "2 or more"]),
-    (["--eval-windows", "0"], ["argument --eval-windows", "0", "1 or more"]),
-    (["--uptrain-steps", "-1"], ["argument --uptrain-steps", "-1", "1 or more"]),
-    (["--eval-every", "0"], ["argument --eval-every", "0", "1 or more"]),
-    (["--batch", "0"], ["argument --batch", "0", "1 or more"]),
-    (["--lr", "-1"], ["argument --lr", "-1", "finite number above 0"]),
-    (["--lr", "0"], ["argument --lr", "0", "finite number above 0"]),
-    (["--lr", "nan"], ["argument --lr", "nan", "finite number above 0"]),
-    (["--lr", "inf"], ["argument --lr", "inf", "finite number above 0"]),
-    (["--lr", "fast"], ["argument --lr", "'fast'", "finite number above 0"]),
-    (["--seed", "-3"], ["argument --seed", "-3", "0 or more"]),
-    (["--threads", "0"], ["argument --threads", "0", "1 or more"]),
-]
 
 
-@pytest.mark.parametrize(("argv", "needles"), SWEEP_BAD, ids=lambda a: " ".join(a) if isinstance(a, list) else "")
-def test_train_kv_sweep_refuses_bad_numbers_before_any_work(sweep, no_work, capsys, tmp_path, argv, needles):
-    err = _refused(sweep.main, [*argv, "--out", str(tmp_path / "r.csv")], capsys)
-    assert all(n in err for n in needles), err
-
-
-@pytest.mark.parametrize(("argv", "needles"), CONVERSION_BAD,
-                         ids=lambda a: " ".join(a) if isinstance(a, list) else "")
-def test_convert_smollm_refuses_bad_numbers_before_any_work(conversion, no_work, capsys, tmp_path, argv, needles):
-    err = _refused(conversion.main, [*argv, "--out", str(tmp_path / "r.csv")], capsys)
+@pytest.mark.parametrize(("command", "option", "needles"), BAD_NUMBERS, ids=[f"{c} {o}" for c, o, _ in BAD_NUMBERS])
+def test_bad_numbers_are_refused_before_any_work(command, option, needles, request, no_work, capsys, tmp_path):
+    main = request.getfixturevalue(command).main
+    err = _refused(main, [*option.split(), "--out", str(tmp_path / "r.csv")], capsys)
     assert all(n in err for n in needles), err
 
 
@@ -125,7 +118,7 @@ def test_bad_out_paths_are_refused_before_any_work(command, request, no_work, ca
 
 def test_a_folder_named_as_out_never_advises_overwrite(tmp_path):
     """Before: '--out exists; pass --overwrite', and --overwrite then failed at the end of the run."""
-    problem = results.output_problem(tmp_path, overwrite=False)
+    problem = bench_cli.output_problem(tmp_path, overwrite=False)
     assert "is a folder" in problem and "pass --overwrite" not in problem
 
 
@@ -138,22 +131,22 @@ def test_good_options_pass_the_checks(sweep, conversion, tmp_path):
 
 
 @pytest.mark.parametrize(("kind", "text", "value"), [
-    (results.positive_int, "3", 3), (results.non_negative_int, "0", 0), (results.positive_float, "2.5e-3", 2.5e-3),
-    (results.int_at_least(2), "2", 2),
+    (bench_cli.positive_int, "3", 3), (bench_cli.non_negative_int, "0", 0),
+    (bench_cli.positive_float, "2.5e-3", 2.5e-3), (bench_cli.int_at_least(2), "2", 2),
 ])
 def test_validators_accept_what_is_valid(kind, text, value):
     assert kind(text) == value
 
 
 @pytest.mark.parametrize(("kind", "text", "needle"), [
-    (results.positive_int, "0", "0 is not valid: must be a whole number, 1 or more"),
-    (results.positive_int, "-1", "-1 is not valid"),
-    (results.positive_int, "1.5", "'1.5' is not valid: must be a whole number"),
-    (results.non_negative_int, "-3", "-3 is not valid: must be a whole number, 0 or more"),
-    (results.positive_float, "-1", "-1 is not valid: must be a finite number above 0"),
-    (results.positive_float, "nan", "nan is not valid"),
-    (results.positive_float, "1e999", "1e999 is not valid"),
-    (results.int_at_least(2), "1", "1 is not valid: must be a whole number, 2 or more"),
+    (bench_cli.positive_int, "0", "0 is not valid: must be a whole number, 1 or more"),
+    (bench_cli.positive_int, "-1", "-1 is not valid"),
+    (bench_cli.positive_int, "1.5", "'1.5' is not valid: must be a whole number"),
+    (bench_cli.non_negative_int, "-3", "-3 is not valid: must be a whole number, 0 or more"),
+    (bench_cli.positive_float, "-1", "-1 is not valid: must be a finite number above 0"),
+    (bench_cli.positive_float, "nan", "nan is not valid"),
+    (bench_cli.positive_float, "1e999", "1e999 is not valid"),
+    (bench_cli.int_at_least(2), "1", "1 is not valid: must be a whole number, 2 or more"),
 ])
 def test_validators_refuse_with_the_value_and_the_valid_range(kind, text, needle):
     with pytest.raises(argparse.ArgumentTypeError, match=needle.replace("(", r"\(").replace(".", r"\.")):
@@ -162,7 +155,7 @@ def test_validators_refuse_with_the_value_and_the_valid_range(kind, text, needle
 
 def test_a_parser_using_the_validators_names_the_option(capsys):
     p = argparse.ArgumentParser(prog="bench")
-    p.add_argument("--warmup", type=results.non_negative_int, default=3)
+    p.add_argument("--warmup", type=bench_cli.non_negative_int, default=3)
     with pytest.raises(SystemExit):
         p.parse_args(["--warmup", "-3"])
     assert "argument --warmup: -3 is not valid: must be a whole number, 0 or more" in capsys.readouterr().err

@@ -85,7 +85,7 @@ bracketed answers for them are what the old code does with one.
 
 Benchmark options (tests/test_benchmark_options.py): 8 bad options of benchmarks/train_kv_sweep.py,
 13 of benchmarks/convert_smollm.py, 5 bad ``--out`` paths for each of the two commands, 8 bad values
-given to the argparse types of gqa_lib.experiments.results, and ``--warmup -3`` through one: 40 more. Before, the
+given to the argparse types of gqa_lib.experiments.bench_cli, and ``--warmup -3`` through one: 40 more. Before, the
 numbers were checked after parsing by name only where they had to be at least 1 (``--lr -1``,
 ``--window 1``, ``--seed -3`` went on to load the model), and an ``--out`` folder or an ``--out`` under a
 file failed at the end, with a traceback, losing the rows.

@@ -12,6 +12,7 @@ the CSVs record).
 - ``latent_conversion``: SmolLM2 to latent attention (``benchmarks/mla_smollm.py``);
 - ``cache_shrink`` and ``cache_pareto``: every way to shrink SmolLM2's cache, bytes against loss
   (``benchmarks/cache_pareto.py``);
-- shared by them: ``machine`` (the machine's ceilings), ``stats`` (bootstrap, t, Holm), ``results`` (the CSVs and
-  the options every command takes).
+- shared by them: ``machine`` (the machine's ceilings), ``stats`` (bootstrap, t, Holm), ``results`` (the CSVs:
+  written whole or not at all, read back with ``results.load(name)``), ``bench_cli`` (the options, parsing and
+  printing every benchmark command shares).
 """

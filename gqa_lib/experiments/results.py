@@ -9,7 +9,6 @@ never leaves half a file; and a file that already exists is never replaced unles
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
@@ -17,8 +16,10 @@ import os
 import platform
 import sys
 import tempfile
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "data" / "results"
 
@@ -136,6 +137,131 @@ def read_results(path: str | Path):
     return pd.read_csv(path, skiprows=n_header)  # not comment="#": a cell may hold a '#'
 
 
+# Header keys that hold a ceiling the run measured next to its timings: a read bandwidth in GB/s
+# (10^9 bytes per second) or a matrix-multiply rate in GFLOP/s (10^9 FLOP per second). The key
+# names the unit, the data type, the product's rows and the thread count: gemm_peak_GFLOPs_fp32_1t.
+CEILING_PREFIXES = ("read_bandwidth_", "gemm_peak_", "decode_gemm_GFLOPs_")
+
+
+@dataclass(frozen=True, eq=False)  # eq would compare DataFrames, which have no single truth value
+class Results:
+    """One results file of ``data/results/``, read once: its table, its header and the ceilings it measured.
+
+    ``path`` (pathlib.Path): the file. ``meta`` (dict[str, str]): the ``# key: value`` header, values as
+    written. ``rows`` (pandas DataFrame): the table, one row per measured case, as :func:`read_results` reads it.
+    Made by :func:`load`.
+    """
+
+    path: Path
+    meta: dict[str, str]
+    rows: Any  # pandas.DataFrame; pandas is imported only when a file is read
+
+    @property
+    def name(self) -> str:
+        """The file's stem, as :func:`load` takes it: 'decode_attention_cpu'."""
+        return self.path.stem
+
+    @property
+    def ceilings(self) -> dict[str, float]:
+        """Every measured ceiling in the header (keys starting with CEILING_PREFIXES) as a float; {} if none."""
+        return {key: self.ceiling(key) for key in self.meta if key.startswith(CEILING_PREFIXES)}
+
+    def ceiling(self, key: str) -> float:
+        """The ceiling ``key`` of the header as a float, in the unit its name says (GBps: GB/s, GFLOPs: GFLOP/s).
+
+        Raises KeyError naming the ceilings the file has when ``key`` is not one of them, and ValueError when
+        the header's value is not a finite number.
+        """
+        if not key.startswith(CEILING_PREFIXES) or key not in self.meta:
+            have = [k for k in self.meta if k.startswith(CEILING_PREFIXES)]
+            raise KeyError(f"{self.path.name} has no ceiling {key!r}; its ceilings: "
+                           f"{', '.join(have) if have else 'none (this run measured no bandwidth or FLOP rate)'}")
+        try:
+            value = float(self.meta[key])
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise ValueError(f"{self.path.name}: ceiling {key}={self.meta[key]!r} is not a finite number")
+        return value
+
+    def read_GBps(self, threads: int | None = None) -> float:
+        """Read bandwidth in GB/s (10^9 bytes per second) measured by the run.
+
+        ``threads``: the thread count it was measured with, for a file that measured several
+        (header key ``read_bandwidth_GBps_{threads}t``); None for a file with one (``read_bandwidth_GBps``).
+        Raises KeyError as :meth:`ceiling` does.
+        """
+        return self.ceiling("read_bandwidth_GBps" + (f"_{threads}t" if threads is not None else ""))
+
+    def gemm_GFLOPs(self, dtype: str, threads: int, rows: int | None = None) -> float:
+        """Matrix-multiply rate in GFLOP/s (10^9 FLOP per second) measured by the run, for ``dtype`` ('fp32',
+        'bf16') at ``threads`` threads.
+
+        ``rows`` None: the large product's rate, the practical peak (``gemm_peak_GFLOPs_{dtype}_{threads}t``);
+        an int: the rate of the decode step's thin product with that many query rows per KV head
+        (``decode_gemm_GFLOPs_{dtype}_{rows}rows_{threads}t``). Raises KeyError as :meth:`ceiling` does.
+        """
+        if rows is None:
+            return self.ceiling(f"gemm_peak_GFLOPs_{dtype}_{threads}t")
+        return self.ceiling(f"decode_gemm_GFLOPs_{dtype}_{rows}rows_{threads}t")
+
+    def records(self, **where) -> list[dict]:
+        """The rows as a list of dicts (what the ``gqa_lib.pictures`` and analysis functions take).
+
+        ``where``: keep only the rows whose column equals the value, e.g. ``records(threads=1, dtype='fp32')``.
+        Raises KeyError naming the columns when a keyword is not one.
+        """
+        table = self.rows
+        for column, value in where.items():
+            if column not in table.columns:
+                raise KeyError(f"{self.path.name} has no column {column!r}; its columns: {', '.join(table.columns)}")
+            table = table[table[column] == value]
+        return table.to_dict("records")
+
+    @property
+    def provenance(self) -> str:
+        """One line: the file, its row count, the command that made it, when, where, and how long it ran."""
+        m = self.meta
+        where = ", ".join(part for part in (m.get("date_utc", "")[:10], m.get("processor"),
+                                            m.get("cpu_count") and f"{m['cpu_count']} CPUs",
+                                            m.get("torch") and f"torch {m['torch']}",
+                                            m.get("wall_seconds") and f"{m['wall_seconds']} s") if part)
+        return f"{self.path.name} ({len(self.rows)} rows): {m.get('command', 'command not recorded')}; {where}"
+
+    def describe(self, keys: tuple[str, ...] | list[str] = ()) -> None:
+        """Print how the file was made: :attr:`provenance`, then ``key: value`` for each header key in ``keys``.
+
+        Raises KeyError naming the header's keys when one of ``keys`` is not among them (before printing anything).
+        """
+        missing = [k for k in keys if k not in self.meta]
+        if missing:
+            raise KeyError(f"{self.path.name} has no header key {', '.join(map(repr, missing))}; "
+                           f"its keys: {', '.join(self.meta)}")
+        print(self.provenance)
+        for key in keys:
+            print(f"  {key}: {self.meta[key]}")
+
+
+def load(name: str, folder: str | Path = RESULTS_DIR) -> Results:
+    """The results file ``name`` of ``folder`` (default ``data/results/``) as a :class:`Results`.
+
+    ``name``: the file's stem ('decode_attention_cpu') or its name ('decode_attention_cpu.csv'), not a path.
+    Raises FileNotFoundError listing the results files ``folder`` holds when there is no such file, and
+    ValueError when ``name`` holds a folder.
+    """
+    if Path(name).name != name:
+        raise ValueError(f"name={name!r} is a path; pass the file's name, such as {Path(name).stem!r}, "
+                         f"and the folder as folder=")
+    folder = Path(folder)
+    path = folder / (name if name.endswith(".csv") else f"{name}.csv")
+    if not path.is_file():
+        have = sorted(p.stem for p in folder.glob("*.csv"))
+        raise FileNotFoundError(f"no results file {path.name} in {folder}; there are: "
+                                f"{', '.join(have) if have else 'none'} (the commands that make them are in "
+                                "benchmarks/README.md)")
+    return Results(path=path, meta=read_metadata(path), rows=read_results(path))
+
+
 def save_rows(path: str | Path, rows: list[dict], metadata: dict[str, str], overwrite: bool = False) -> Path | None:
     """``write_results``, but if writing ``path`` fails the rows go to a new file in the system's temporary
     folder instead, and stderr says why and where: a long run's measurements are never lost.
@@ -155,122 +281,6 @@ def save_rows(path: str | Path, rows: list[dict], metadata: dict[str, str], over
         return None
     print(f"the {len(rows)} measured rows are saved in {rescue}; move it where it belongs", file=sys.stderr)
     return None
-
-
-# --- options every benchmark command shares (benchmarks/*.py) -----------------------------------
-#
-# A benchmark command checks every option while parsing, before any work, so a typing mistake costs a
-# second, not a run. Use the argparse types below for numbers and check_output_option for --out:
-#
-#     p.add_argument("--reps", type=results.positive_int, default=5)
-#     p.add_argument("--seq-lens", type=results.positive_int, nargs="+")
-#     p.add_argument("--warmup", type=results.non_negative_int, default=3)
-#     p.add_argument("--window", type=results.int_at_least(2), default=256)
-#     p.add_argument("--lr", type=results.positive_float, default=1e-3)
-#     results.add_output_options(p, "name.csv")
-#     args = p.parse_args(argv)
-#     results.check_output_option(p, args)  # stops with a usage error naming the problem with --out
-#
-# A bad value stops the command with argparse's usage error, exit status 2, naming the option as
-# typed, the value, and what is valid:  "argument --lr: -1 is not valid: must be a finite number above 0".
-
-
-def int_at_least(minimum: int):
-    """An argparse ``type`` that accepts whole numbers >= ``minimum`` (written as digits, e.g. '256')."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not valid: must be a whole number, "
-                                             f"{minimum} or more") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} is not valid: must be a whole number, {minimum} or more")
-        return value
-
-    parse.__name__ = f"int_at_least_{minimum}"
-    return parse
-
-
-positive_int = int_at_least(1)
-positive_int.__doc__ = "argparse ``type``: a whole number 1 or more (counts, sizes, repetitions)."
-non_negative_int = int_at_least(0)
-non_negative_int.__doc__ = "argparse ``type``: a whole number 0 or more (seeds, warm-up runs)."
-
-
-def positive_float(text: str) -> float:
-    """argparse ``type``: a finite number above 0 (learning rates, durations); 'nan' and 'inf' are refused."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not valid: must be a finite number above 0, "
-                                         "such as 1e-3") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"{text} is not valid: must be a finite number above 0, such as 1e-3")
-    return value
-
-
-def output_problem(path: str | Path, overwrite: bool, option: str = "--out",
-                   file_name: str = "results.csv") -> str | None:
-    """Why results could not be written to ``path`` at the end of a run, or None if they can.
-
-    Checked: ``path`` is a folder (``--overwrite`` does not help: it replaces files only); a folder
-    above it is a file; the nearest existing folder above it is not writable; it exists and
-    ``overwrite`` is False. Only looks: creates and changes nothing. ``file_name`` is the example a
-    message suggests for a folder.
-    """
-    path = Path(path)
-    if path.is_dir():
-        return (f"{option}={path} is a folder; name a file in it, such as {option} {path / file_name} "
-                "(--overwrite replaces files only)")
-    if path.exists() and not path.is_file():
-        return f"{option}={path} exists and is not a regular file; name a file"
-    if path.exists() and not overwrite:
-        return f"{option}={path} exists; pass --overwrite to replace it, or {option} to write elsewhere"
-    parent = path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if not parent.is_dir():
-        return f"{option}={path} cannot be made: {parent} is a file, not a folder"
-    if not os.access(parent, os.W_OK | os.X_OK):
-        return f"{option}={path} cannot be written: no permission to write in {parent}"
-    return None
-
-
-def add_output_options(parser, default_name: str) -> None:
-    """Add ``--out`` (default ``data/results/<default_name>``) and ``--overwrite`` to an argparse parser."""
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / default_name,
-                        help=f"CSV to write (default data/results/{default_name})")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-
-
-def check_output_option(parser, args) -> None:
-    """Stop with argparse's usage error (exit 2) if ``args.out`` could not be written (see output_problem)."""
-    problem = output_problem(args.out, args.overwrite, file_name=Path(parser.get_default("out") or "results.csv").name)
-    if problem:
-        parser.error(problem)
-
-
-def require_at_least_one(parser, args, names) -> None:
-    """Stop with argparse's usage error if any of ``names`` (attribute names of ``args``) is below 1.
-
-    Prefer ``type=positive_int`` in add_argument, which also refuses '2.5' and names the option.
-    """
-    for name in names:
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')}={getattr(args, name)} must be at least 1")
-
-
-def output_blocked(path: Path, overwrite: bool) -> bool:
-    """True (after saying why on stderr) when results could not be written to ``path``: check before a long run.
-
-    The same checks as output_problem; check_output_option does this as part of parsing.
-    """
-    problem = output_problem(path, overwrite)
-    if problem:
-        print(problem, file=sys.stderr)
-        return True
-    return False
 
 
 # ---- what every SmolLM2 command records and how it ends (one place, so the headers agree) -------------
