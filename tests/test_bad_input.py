@@ -173,3 +173,41 @@ def test_a_dtype_given_by_name_is_called_a_dtype_not_a_device(call):
 
     with pytest.raises(TypeError, match=r"dtype='bf16' must be a torch dtype \(did you mean torch\.bfloat16\?\)"):
         getattr(llama_shapes, call)("Llama-2 7B", dtype="bf16")
+
+
+def _mla():
+    from gqa_lib.core.mla import MultiHeadLatentAttention
+
+    torch.manual_seed(0)
+    return MultiHeadLatentAttention(32, 4, 16, 8, 8, 8).eval()
+
+
+def _latent():
+    from gqa_lib.experiments.latent_conversion import to_latent
+
+    torch.manual_seed(0)
+    return to_latent(GroupedQueryAttention(32, 4, 2, head_dim=8).eval(), rank=16)
+
+
+@pytest.mark.parametrize("build", [_mla, _latent], ids=["mla", "latent"])
+def test_latent_layers_refuse_inputs_as_the_gqa_layer_does(build):
+    """Before: a bf16 x gave torch's bare 'mat1 and mat2 must have the same dtype', and a nan in x spread to
+    every later token's output without a word (GroupedQueryAttention refused both, naming them)."""
+    layer = build()
+    x = torch.randn(1, 6, 32)
+    with pytest.raises(TypeError, match=r"x\.dtype=torch\.bfloat16 must be the layer's dtype torch\.float32"):
+        layer(x.to(torch.bfloat16))
+    x[0, 3, 5] = float("nan")
+    with pytest.raises(ValueError, match=r"x .*position 3"):
+        layer(x)
+
+
+def test_a_latent_layer_names_a_cache_of_another_type():
+    with pytest.raises(TypeError, match=r"cache=object must be a LatentCache"):
+        _latent()(torch.randn(1, 2, 32), cache=object())
+
+
+@pytest.mark.parametrize("digits", [-1, 2.5, 16, True])
+def test_format_bytes_names_a_bad_digits(digits):
+    with pytest.raises(ValueError, match=rf"digits={digits!r} must be a whole number of decimals in 0\.\.15"):
+        format_bytes(1e9, digits=digits)

@@ -1,5 +1,7 @@
 """Cache arithmetic: the formulas of the DeepSeek-V2 paper's Table 1, bytes per dtype, and units."""
 
+import dataclasses
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -120,22 +122,57 @@ def test_format_bytes_refuses_non_finite_numbers(bad):
     (ElementType("fp32"), 128, 512),
     (ElementType("bf16"), 128, 256),
     (ElementType("fp8"), 128, 128),
-    (ElementType("int8"), 128, 128 + 2),  # one fp16 scale for the whole vector
-    (ElementType("int4"), 128, 64 + 2),  # two numbers a byte
-    (ElementType("int4", scale_group=32), 128, 64 + 4 * 2),  # four groups of 32 channels
-    (ElementType("int8", scale_group=64, scale_bytes=4), 128, 128 + 2 * 4),  # fp32 scales
-    (ElementType("int4"), 3, 2 + 2),  # an odd count still takes whole bytes
+    (ElementType("int8"), 64, 64 + 2 + 2),  # the default: a 2-byte scale and a 2-byte minimum per 64 numbers
+    (ElementType("int4"), 64, 32 + 2 + 2),  # two numbers a byte
+    (ElementType("int8"), 128, 128 + 2 * (2 + 2)),  # two groups of 64
+    (ElementType("int8"), 96, 96 + 2 * (2 + 2)),  # a group of 64 and a last group of 32
+    (ElementType("int8", scale_group=None), 128, 128 + 2 + 2),  # one group: the whole vector
+    (ElementType("int8", scale_group=None, minimum=False), 128, 128 + 2),  # symmetric: a scale only
+    (ElementType("int4", scale_group=32), 128, 64 + 4 * (2 + 2)),  # four groups of 32 channels
+    (ElementType("int8", scale_bytes=4, minimum=False), 128, 128 + 2 * 4),  # fp32 scales, no minimum
+    (ElementType("int4"), 3, 2 + 2 + 2),  # an odd count still takes whole bytes
 ])
-def test_vector_bytes_count_the_scales(element, n, expected):
+def test_vector_bytes_count_the_scales_and_minima(element, n, expected):
     assert element.vector_bytes(n) == expected
+
+
+def test_int8_is_asymmetric_with_a_2_byte_scale_and_minimum_per_64_numbers_by_default():
+    e = ElementType("int8")
+    assert (e.scale_group, e.scale_bytes, e.minimum, e.group_bytes) == (64, 2, True, 4)
+    assert e == ElementType("int8", scale_group=64, scale_bytes=2, minimum=True)
+    assert e.describe() == "int8 + one 2-byte scale and one 2-byte minimum per 64 channels"
+    assert ElementType("int4", None, minimum=False).describe() == \
+        "int4 + one 2-byte scale per vector (per token, per KV head, per K and V)"
+    assert ElementType("bf16") == ElementType("bf16") and ElementType("bf16").group_bytes == 0
+    assert ElementType("bf16").describe() == "bf16 (2 bytes a number)"
+
+
+def test_one_64_number_int8_vector_costs_the_same_in_notebooks_01_03_and_08():
+    """The calculator (01), the MQA widget (03) and the shrink experiment (08) price one vector alike."""
+    from gqa_lib import widgets
+    from gqa_lib.experiments.cache_shrink import CachePolicy, layer_cache_bytes
+    from gqa_lib.widgets.mqa_cache import cache_comparison
+
+    for dtype, bits, vector in (("int8", 8, 64 + 2 + 2), ("int4", 4, 32 + 2 + 2), ("bf16", None, 128)):
+        assert ElementType(dtype).vector_bytes(64) == vector
+        # one layer, one KV head of 64: a token caches a K and a V vector
+        calculator = widgets.kv_cache_calculator("custom", n_layers=1, n_heads=1, n_kv_heads=1, head_dim=64,
+                                                 dtype=dtype).readout_values()["bytes_per_token"]
+        mqa_widget = cache_comparison(n_heads=1, head_dim=64, n_layers=1, context=1, dtype=dtype)["mqa_bytes"]
+        shrink = layer_cache_bytes(64, 1, CachePolicy(bits=bits))  # 64 numbers a token: one vector
+        assert (calculator, mqa_widget, shrink) == (2 * vector, 2 * vector, vector), dtype
 
 
 def test_element_type_refuses_what_it_cannot_store():
     assert set(ELEMENT_BITS) == {"fp32", "fp16", "bf16", "fp8", "int8", "int4"}
     with pytest.raises(ValueError, match=r"element='int2' is not known \(valid: fp32, fp16, bf16, fp8, int8, int4\)"):
         ElementType("int2")
-    with pytest.raises(ValueError, match=r"element='bf16' stores no scales"):
+    with pytest.raises(ValueError, match=r"element='bf16' stores no scales; scale_group applies only to int8"):
         ElementType("bf16", scale_group=32)
+    with pytest.raises(ValueError, match=r"element='fp8' stores no scales; minimum applies only to int8"):
+        ElementType("fp8", minimum=True)
+    with pytest.raises(TypeError, match=r"minimum=1 must be True \(asymmetric"):
+        ElementType("int8", minimum=1)
     with pytest.raises(ValueError, match=r"scale_group=0 must be a positive integer"):
         ElementType("int8", scale_group=0)
 
@@ -184,21 +221,19 @@ def test_cross_layer_sharing_stores_one_layer_in_each_group():
     assert CacheRecipe(32, 8, 128, share_every=2).cache_bytes(8192) == 1_073_741_824 // 2
     assert CacheRecipe(30, 3, 64, share_every=4).tokens_per_layer(10)[:5] == [10, 0, 0, 0, 10]  # 8 of 30 store
     assert CacheRecipe(30, 3, 64, share_every=4).cache_bytes(10) == 8 * 10 * 2 * 3 * 64 * 2
-    # sharing pairs in Gemma 3 1B: layers 0, 2, ..., 24 store; the global layers (5, 11, 17, 23) are all odd
-    gemma_shared = CacheRecipe(26, 1, 256, pattern="LLLLLG", window=512, share_every=2)
-    assert gemma_shared.cache_bytes(32768) == 13 * 512 * 1024
+    # a group mixing local and global layers: test_a_sharing_group_keeps_what_its_most_demanding_layer_reads
 
 
 def test_quantized_llama_and_mla_latent():
-    llama_int8 = CacheRecipe(32, 8, 128, ElementType("int8"))  # one fp16 scale per token, KV head, K and V
-    assert llama_int8.bytes_per_token_per_layer() == 2 * 8 * (128 + 2) == 2080
-    assert llama_int8.cache_bytes(8192) == 32 * 2080 * 8192 == 545_259_520
+    llama_int8 = CacheRecipe(32, 8, 128, ElementType("int8"))  # a scale and a minimum per 64 numbers: 2 per vector
+    assert llama_int8.bytes_per_token_per_layer() == 2 * 8 * (128 + 2 * 4) == 2176
+    assert llama_int8.cache_bytes(8192) == 32 * 2176 * 8192 == 570_425_344
     llama_int4 = CacheRecipe(32, 8, 128, ElementType("int4", scale_group=32))
-    assert llama_int4.cache_bytes(1) == 32 * 2 * 8 * (64 + 4 * 2) == 36_864
+    assert llama_int4.cache_bytes(1) == 32 * 2 * 8 * (64 + 4 * 4) == 40_960
     v3 = CacheRecipe(61, element="bf16", d_c=512, d_rope=64)  # DeepSeek-V3: latent + RoPE key, no K/V heads
     assert v3.cache_bytes(100_000) == mla_cache_bytes(61, 512, 64, 100_000) == 7_027_200_000
-    v3_int8 = CacheRecipe(61, element=ElementType("int8"), d_c=512, d_rope=64)  # a scale for each of the two
-    assert v3_int8.cache_bytes(1) == 61 * (512 + 2 + 64 + 2)
+    v3_int8 = CacheRecipe(61, element=ElementType("int8"), d_c=512, d_rope=64)  # 8 groups + 1 group of 64
+    assert v3_int8.cache_bytes(1) == 61 * (512 + 8 * 4 + 64 + 4)
 
 
 def test_recipe_refuses_inconsistent_settings():
@@ -210,3 +245,20 @@ def test_recipe_refuses_inconsistent_settings():
         CacheRecipe(4)
     with pytest.raises(TypeError, match=r"element=2 must be a name"):
         CacheRecipe(4, 1, 64, element=2)
+
+
+def test_a_sharing_group_keeps_what_its_most_demanding_layer_reads():
+    """Gemma 3 1B (26 layers, 5 local to 1 global, window 512) with pairs sharing: the storing layer of pairs
+    (4, 5), (10, 11), (16, 17) and (22, 23) is local, but the global layer beside it reads the whole context.
+    Letting the storing layer's kind decide priced the cache at 6,815,744 bytes for 32,768 tokens, below what
+    the 4 global layers alone need (4 x 32,768 tokens x 2 x 256 numbers x 2 bytes = 134,217,728)."""
+    from gqa_lib.models.catalog import get_model
+
+    recipe = dataclasses.replace(get_model("Gemma 3 1B").cache_recipe(), share_every=2)
+    globals_alone = 4 * 32_768 * 2 * 256 * 2
+    kept = recipe.tokens_per_layer(32_768)
+    assert [kept[i] for i in (4, 10, 16, 22)] == [32_768] * 4 and kept[5] == kept[11] == 0
+    assert recipe.cache_bytes(32_768) == globals_alone + 9 * 512 * 2 * 256 * 2  # 9 all-local pairs keep 512
+    # sharing never costs more than not sharing, and never less than the layers that must see everything
+    unshared = dataclasses.replace(recipe, share_every=1)
+    assert globals_alone <= recipe.cache_bytes(32_768) <= unshared.cache_bytes(32_768)

@@ -113,20 +113,8 @@ def test_absorbed_step_builds_no_per_head_key_or_value():
 
 
 # --- cached decoding ----------------------------------------------------------------------------
-
-@pytest.mark.parametrize("mode", ["explicit", "absorbed"])
-@pytest.mark.parametrize("d_q", [None, 24])
-def test_token_by_token_decoding_equals_full_forward(mode, d_q):
-    layer = make_layer(d_q=d_q)
-    x = torch.randn(2, 10, 32)
-    with torch.no_grad():
-        full = layer(x)
-        cache = layer.new_cache(2, 10)
-        steps = [layer(x[:, :4], cache=cache, mode=mode)]  # prefill 4, then one token at a time
-        steps += [layer(x[:, t:t + 1], cache=cache, mode=mode) for t in range(4, 10)]
-    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=1e-5, rtol=1e-5)
-    assert cache.length == 10
-
+# Decoding token by token (explicit and absorbed, with and without a query latent) equals the full pass, and bad
+# arguments, modes and input shapes are named: the attention contract, tests/test_attention_contract.py.
 
 @pytest.mark.parametrize("mode", ["explicit", "absorbed"])
 def test_a_bf16_cache_serves_an_fp32_layer(mode):
@@ -165,30 +153,6 @@ def test_cached_latent_is_what_compress_kv_makes():
 
 
 # --- bad input ----------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("kwargs, message", [
-    ({"d_rope": 7}, "d_rope=7 must be even"),
-    ({"d_rope": 0}, "d_rope=0 must be a positive integer"),
-    ({"d_c": 0}, "d_c=0 must be a positive integer"),
-    ({"n_heads": -2}, "n_heads=-2 must be a positive integer"),
-    ({"d_q": 0}, "d_q=0 must be a positive integer"),
-    ({"v_head_dim": 0}, "v_head_dim=0 must be a positive integer"),
-])
-def test_bad_arguments_name_themselves(kwargs, message):
-    args = {"d_model": 32, "n_heads": 4, "d_c": 16, "d_rope": 8, "head_dim": 12} | kwargs
-    with pytest.raises(ValueError, match=message):
-        MultiHeadLatentAttention(**args)
-
-
-def test_bad_mode_lists_the_valid_ones():
-    with pytest.raises(ValueError, match="mode='fast' is not known \\(valid: explicit, absorbed\\)"):
-        make_layer()(torch.randn(1, 2, 32), mode="fast")
-
-
-def test_bad_input_shape_says_what_is_expected():
-    with pytest.raises(ValueError, match=r"x.shape=\(1, 2, 31\) must be \(batch, seq, d_model=32\)"):
-        make_layer()(torch.randn(1, 2, 31))
-
 
 def test_full_cache_and_wrong_cache_fail_clearly():
     layer = make_layer()

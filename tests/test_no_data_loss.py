@@ -80,13 +80,19 @@ def test_refuses_staged_but_uncommitted_edits(repo):
     assert path.read_bytes() == edited
 
 
-def test_force_overwrites_and_keeps_the_edited_source(repo):
+def _forced_run(repo: Path, flag: str, text: str) -> nbformat.NotebookNode:
+    """Edit notebooks/a.ipynb to print ``text``, run it with ``flag``; it must succeed. Returns its cell."""
     path = repo / "notebooks" / "a.ipynb"
-    _edit(path, "print('my work, run')")
-    result = _run_notebooks(repo, "--force", "notebooks/a.ipynb")
+    _edit(path, f"print({text!r})")
+    result = _run_notebooks(repo, flag, "notebooks/a.ipynb")
     assert result.returncode == 0, result.stderr
     cell = nbformat.read(path, as_version=4).cells[0]
-    assert cell.source == "print('my work, run')" and cell.outputs[0]["text"] == "my work, run\n"
+    assert cell.outputs[0]["text"] == text + "\n"
+    return cell
+
+
+def test_force_overwrites_and_keeps_the_edited_source(repo):
+    assert _forced_run(repo, "--force", "my work, run").source == "print('my work, run')"
 
 
 def test_a_committed_notebook_is_executed_in_place(repo):
@@ -141,11 +147,7 @@ def test_force_must_be_a_clear_yes(repo, value):
 
 def test_a_clear_yes_forces(repo):
     """`FORCE=yes` runs the edited notebook end to end; every spelling of yes is the same yes to the check."""
-    path = repo / "notebooks" / "a.ipynb"
-    _edit(path, "print('forced')")
-    result = _run_notebooks(repo, "--force-value=yes", "notebooks/a.ipynb")
-    assert result.returncode == 0, result.stderr
-    assert nbformat.read(path, as_version=4).cells[0].outputs[0]["text"] == "forced\n"
+    _forced_run(repo, "--force-value=yes", "forced")
     from run_notebooks import check_force_value
 
     assert all(check_force_value(v) for v in ("1", "yes", "TRUE", "True", " true "))  # no kernel needed to check

@@ -179,11 +179,12 @@ def test_sliding_window_models_show_the_windowed_cache_beside_the_all_global_one
 
 def test_number_formats_sharing_and_mla_compose():
     w = widgets.kv_cache_calculator("Llama-3 8B", dtype="int4", scale_group=32, share_every=2)
-    # 16 of 32 layers store; each stores 2 x 8 vectors of 128 int4 numbers (64 bytes) + 4 fp16 scales (8 bytes)
-    assert w.readout_values()["bytes"] == 16 * 2 * 8 * (64 + 8) * 8192 == 150_994_944
+    # 16 of 32 layers store; each stores 2 x 8 vectors of 128 int4 numbers (64 bytes) + 4 groups of 32, each with
+    # a 2-byte scale and a 2-byte minimum (16 bytes)
+    assert w.readout_values()["bytes"] == 16 * 2 * 8 * (64 + 16) * 8192 == 167_772_160
     assert w.readout_values()["bytes"] == CacheRecipe(32, 8, 128, ElementType("int4", 32), share_every=2).cache_bytes(
         8192)
-    assert "int4 = 0.5 bytes per number + one 2-byte scale per 32 channels" in readout_text(w)
+    assert "int4 = 0.5 bytes per number + one 2-byte scale and one 2-byte minimum per 32 channels" in readout_text(w)
     assert "16 of 32 layers store K/V (2 adjacent layers share one)" in readout_text(w)
     assert w.preset.value == CUSTOM and not w.scale_group.disabled  # sharing changes the model; the format does not
     w = widgets.kv_cache_calculator("DeepSeek-V3 671B", context=131072)
@@ -191,8 +192,12 @@ def test_number_formats_sharing_and_mla_compose():
     assert readout_text(w).splitlines()[0] == ("Kind: MLA (128 query heads; a latent of 512 + a RoPE key of 64 "
                                                "numbers per token and layer)")
     assert w.n_kv_heads.disabled and not w.d_c.disabled
-    w.dtype.value = "int8"  # one fp16 scale for the latent and one for the RoPE key
-    assert w.readout_values()["bytes"] == 61 * (512 + 2 + 64 + 2) * 131072
+    w.dtype.value = "int8"  # a scale and a minimum per 64 numbers: 8 groups in the latent, 1 in the RoPE key
+    assert w.readout_values()["bytes"] == 61 * (512 + 8 * 4 + 64 + 4) * 131072
+    assert "int8 = 1 byte per number + one 2-byte scale and one 2-byte minimum per 64 channels" in readout_text(w)
+    w.scale_group.value = 0  # one group per vector: one scale and one minimum for the latent, one for the RoPE key
+    assert w.readout_values()["bytes"] == 61 * (512 + 4 + 64 + 4) * 131072
+    assert "minimum per vector (per token, per KV head, per K and V)" in readout_text(w)
     assert w.preset.value == "DeepSeek-V3 671B"
 
 

@@ -2,8 +2,9 @@
 
 The expected bytes are recomputed here from the controls with the plain formula (not with the
 widget's CacheRecipe): per storing layer and token, 2 * n_kv_heads vectors of head_dim numbers (or the
-MLA latent and RoPE key), each at its number format's bytes plus its fp16 scales; local layers keep
-at most the window. ``oracle`` is also the check tests/test_widget_properties.py can use.
+MLA latent and RoPE key), each at its number format's bytes plus, for int8/int4, a 2-byte scale and a
+2-byte minimum per group of channels; local layers keep at most the window. ``oracle`` is also the check
+tests/test_widget_properties.py can use.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def vector_bytes(n: int, dtype: str, scale_group: int) -> int:
     if dtype not in ("int8", "int4"):
         return data
     group = min(scale_group or n, n)
-    return data + math.ceil(n / group) * 2
+    return data + math.ceil(n / group) * (2 + 2)  # a scale and a minimum per group
 
 
 def expected_bytes(w) -> int:

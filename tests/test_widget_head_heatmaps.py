@@ -1,10 +1,10 @@
 """Notebook 02's widget, headless, on the real SmolLM2: the maps and the diversity it shows are the model's."""
 
-import resource
 import statistics
 
 import pytest
 import torch
+from widget_checks import not_offered, one_token_is_explained, paste_long_pages, refused_not_clamped
 
 from gqa_lib.core.diversity import head_diversity
 from gqa_lib.models import smollm
@@ -126,11 +126,7 @@ def test_update_latency(widget):
 
 
 def test_one_token_says_two_are_needed_instead_of_nan(widget):
-    widget.text.value = "Hello"
-    text = widget.readout.value
-    assert "needs at least two tokens (this text has 1)" in text and "1 token" in text
-    assert "nan" not in text.lower() and "1 tokens" not in text
-    assert widget.readout_values()["diversity"] is None
+    one_token_is_explained(widget, "needs at least two tokens (this text has 1)", "diversity")
     widget.text.value = DEFAULT_TEXT
     assert widget.readout_values()["diversity"] > 0
 
@@ -139,27 +135,11 @@ def test_a_pasted_page_is_cut_before_the_model_and_memory_stays_bounded(widget, 
     """Memory at the cap: the model sees at most MAX_TOKENS tokens, the widget keeps at most 4 texts' maps
     (1.1 MB each: 30 layers x 9 heads x 32 x 32 float32), and the process's peak resident memory grows by
     less than 200 MB while a 1,500-token text is shown (uncapped, that text would need a few GB)."""
-    seen = []
-    real = smollm.capture_layers
-
-    def spy(text, layers=None):
-        seen.append(len(smollm.load_smollm()[1](text)["input_ids"]))
-        return real(text, layers)
-
-    monkeypatch.setattr(smollm, "capture_layers", spy)
-    peak_before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for k in range(6):
-        widget.text.value = f"Page {k}: " + "the cat sat on the mat and looked at the door. " * 125  # ~1,500 tokens
-    growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before_kib) / 1024
-    assert seen and max(seen) <= MAX_TOKENS, f"the model was run on {max(seen)} tokens"
-    assert widget.readout_values()["n_tokens_in_text"] > 1000
+    paste_long_pages(widget, monkeypatch, MAX_TOKENS, max_growth_mb=200)
     assert widget.kept_bytes() <= 4 * 30 * 9 * MAX_TOKENS * MAX_TOKENS * 4
-    assert growth_mb < 200, f"peak resident memory grew by {growth_mb:.0f} MB"
     widget.text.value = DEFAULT_TEXT
 
 
 def test_sliders_refuse_values_outside_their_range(widget):
-    with pytest.raises(ValueError, match=r"layer=30 is outside the slider \(valid: 0\.\.29\)"):
-        widget.layer.value = 30
-    with pytest.raises(ValueError, match=r"head=-1 is outside the slider \(valid: 0\.\.8\)"):
-        widget.head.value = -1
+    for control, value, message in not_offered(sliders={"layer": (0, 29), "head": (0, 8)}):
+        refused_not_clamped(widget, control, value, message)

@@ -3,16 +3,14 @@
 import random
 
 import pytest
+from widget_checks import module_widget
 
 from gqa_lib import widgets
 from gqa_lib.core.cache_math import kv_cache_bytes, mla_cache_bytes
 from gqa_lib.core.checks import closest_divisor, divisors
 from gqa_lib.models.catalog import get_model
 
-
-@pytest.fixture(scope="module")
-def widget():
-    return widgets.mla_cache_comparison()
+widget = module_widget(widgets.mla_cache_comparison)
 
 
 def test_defaults_are_deepseek_v3_from_data(widget):

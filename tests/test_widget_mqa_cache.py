@@ -4,6 +4,7 @@ import random
 import statistics
 
 import pytest
+from widget_checks import not_offered, refused_not_clamped
 
 from gqa_lib import auto_format_bytes, get_model, load_models
 from gqa_lib.widgets import mqa_cache_comparison
@@ -18,10 +19,18 @@ def widget():
     return mqa_cache_comparison()
 
 
-def by_hand(n_heads, head_dim, n_layers, context, batch=1, bytes_per_elem=2):
-    """Cache bytes written out: K and V, per KV head, head_dim numbers, per layer, token and sequence."""
-    mha = 2 * n_heads * head_dim * n_layers * context * batch * bytes_per_elem
-    mqa = 2 * 1 * head_dim * n_layers * context * batch * bytes_per_elem
+# Bytes of one cached vector of 64 and of 128 numbers, written out: int8/int4 add a 2-byte scale and a 2-byte
+# minimum per group of 64 numbers (int4: two numbers a byte).
+VECTOR_BYTES = {"fp32": {64: 256, 128: 512}, "fp16": {64: 128, 128: 256}, "bf16": {64: 128, 128: 256},
+                "fp8": {64: 64, 128: 128}, "int8": {64: 64 + 4, 128: 128 + 2 * 4},
+                "int4": {64: 32 + 4, 128: 64 + 2 * 4}}
+
+
+def by_hand(n_heads, head_dim, n_layers, context, batch=1, bytes_per_number=2, bytes_per_vector=None):
+    """Cache bytes written out: K and V, per KV head, a vector of head_dim numbers, per layer, token and sequence."""
+    vector = head_dim * bytes_per_number if bytes_per_vector is None else bytes_per_vector
+    mha = 2 * n_heads * vector * n_layers * context * batch
+    mqa = 2 * 1 * vector * n_layers * context * batch
     return mha, mqa
 
 
@@ -68,7 +77,7 @@ def test_readout_shows_the_numbers_and_assumptions(widget):
     widget.dtype.value = "fp32"
     widget.batch.value = 2
     v = widget.readout_values()
-    assert (v["mha_bytes"], v["mqa_bytes"]) == by_hand(48, 128, 40, 8192, batch=2, bytes_per_elem=4)
+    assert (v["mha_bytes"], v["mqa_bytes"]) == by_hand(48, 128, 40, 8192, batch=2, bytes_per_number=4)
     text = widget.readout.value
     for expected in (auto_format_bytes(v["mha_bytes"]), auto_format_bytes(v["mha_bytes"], binary=True),
                      auto_format_bytes(v["mqa_bytes"]), "48x", "8,192 tokens", "batch 2", "4 bytes per number (fp32)",
@@ -108,7 +117,20 @@ def test_random_changes_keep_the_arithmetic(widget):
         v = widget.readout_values()
         assert v["mha_bytes"] == v["n_heads"] * v["mqa_bytes"]
         assert (v["mha_bytes"], v["mqa_bytes"]) == by_hand(v["n_heads"], v["head_dim"], v["n_layers"], v["context"],
-                                                           v["batch"], v["bytes_per_elem"])
+                                                           v["batch"], bytes_per_vector=v["bytes_per_vector"])
+        if v["head_dim"] in (64, 128):
+            assert v["bytes_per_vector"] == VECTOR_BYTES[v["dtype"]][v["head_dim"]]
+
+
+def test_int8_and_int4_count_a_scale_and_a_minimum_per_64_numbers(widget):
+    widget.preset.value = "Falcon-7B"  # head_dim 64: one group per K or V vector
+    for dtype, vector in (("int8", 64 + 2 + 2), ("int4", 32 + 2 + 2)):
+        widget.dtype.value = dtype
+        v = widget.readout_values()
+        assert v["bytes_per_vector"] == vector and v["mqa_bytes_per_token"] == 2 * 32 * vector
+        assert (v["mha_bytes"], v["mqa_bytes"]) == by_hand(71, 64, 32, 2048, bytes_per_vector=vector)
+        assert (f"{dtype}: {'1 byte' if dtype == 'int8' else '0.5 bytes'} per number + one 2-byte scale and one "
+                f"2-byte minimum per 64 channels ({vector} bytes per K or V vector of 64)") in widget.readout.value
 
 
 def test_update_latency(widget):
@@ -130,7 +152,7 @@ def test_bad_preset_lists_valid_names():
     ({"n_heads": 0}, ValueError, "n_heads=0 must be a positive integer"),
     ({"n_heads": 2.5}, TypeError, "n_heads=2.5 must be a positive integer"),
     ({"dtype": "fp64"}, ValueError, "dtype='fp64' is not known"),
-    ({"context": 0}, ValueError, "seq_len=0 must be a positive integer"),
+    ({"context": 0}, ValueError, "context=0 must be a positive integer"),
 ])
 def test_cache_comparison_bad_input(kwargs, error, message):
     args = {"n_heads": 8, "head_dim": 64, "n_layers": 2, "context": 16} | kwargs
@@ -170,16 +192,9 @@ def test_one_query_head_says_mha_and_mqa_are_the_same_shape(widget):
     assert widget.readout_values()["mha_bytes"] == widget.readout_values()["mqa_bytes"]
 
 
-@pytest.mark.parametrize("control,value,message", [
-    ("n_heads", 129, r"n_heads=129 is outside the slider \(valid: 1\.\.128\)"),
-    ("n_layers", 0, r"n_layers=0 is outside the slider \(valid: 1\.\.128\)"),
-    ("batch", 65, r"batch=65 is outside the slider \(valid: 1\.\.64\)"),
-    ("head_dim", 100, r"head_dim=100 is not offered \(valid: 32, 64, 80, 96, 128, 160, 192, 256\)"),
-    ("preset", "(custom)", r"preset='\(custom\)' is not offered \(valid: .*custom\)"),
-    ("dtype", "fp64", r"dtype='fp64' is not offered \(valid: .*bf16"),
-])
+@pytest.mark.parametrize("control,value,message", not_offered(
+    sliders={"n_heads": (1, 128), "n_layers": (1, 128), "batch": (1, 64)},
+    choices={"head_dim": (100, "32, 64, 80, 96, 128, 160, 192, 256"), "preset": ("(custom)", ".*custom"),
+             "dtype": ("fp64", ".*bf16.*")}))
 def test_a_control_set_outside_what_it_offers_is_refused_not_clamped(widget, control, value, message):
-    before = getattr(widget, control).value
-    with pytest.raises(ValueError, match=message):
-        getattr(widget, control).value = value
-    assert getattr(widget, control).value == before
+    refused_not_clamped(widget, control, value, message)

@@ -26,7 +26,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gqa_lib import widgets
-from gqa_lib.core.cache_math import auto_format_bytes, dtype_bytes, kv_cache_bytes, mla_cache_bytes, reduction_vs_mha
+from gqa_lib.core.cache_math import (
+    ElementType,
+    auto_format_bytes,
+    dtype_bytes,
+    kv_cache_bytes,
+    mla_cache_bytes,
+    reduction_vs_mha,
+)
 from gqa_lib.core.checks import divisors
 from gqa_lib.core.layout import attention_kind
 
@@ -89,10 +96,9 @@ def oracle_group_explorer(w) -> None:
 
 
 def oracle_mqa(w) -> None:
-    b = dtype_bytes(w.dtype.value)
-    args = (w.head_dim.value, w.context.value, w.batch.value, b)
-    mha = kv_cache_bytes(w.n_layers.value, w.n_heads.value, *args)
-    mqa = kv_cache_bytes(w.n_layers.value, 1, *args)
+    vector = ElementType(w.dtype.value).vector_bytes(w.head_dim.value)  # int8/int4: scales and minima included
+    mqa = 2 * vector * w.n_layers.value * w.context.value * w.batch.value  # one KV head: K and V, every layer
+    mha = w.n_heads.value * mqa
     reduction = "Reduction: none (1x)" if w.n_heads.value == 1 else f"Reduction: {w.n_heads.value}x"
     expect_in(w.readout.value, f"{auto_format_bytes(mha)} = {auto_format_bytes(mha, binary=True)}",
               f"{auto_format_bytes(mqa)} = {auto_format_bytes(mqa, binary=True)}", reduction,

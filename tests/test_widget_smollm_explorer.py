@@ -1,8 +1,7 @@
 """Notebook 05's widget, driven headlessly: set the controls' values, read what the reader would see."""
 
-import resource
-
 import pytest
+from widget_checks import not_offered, one_token_is_explained, paste_long_pages, refused_not_clamped
 
 from gqa_lib import widgets
 from gqa_lib.core.diversity import within_across_diversity
@@ -77,11 +76,7 @@ def test_builder_rejects_bad_arguments(kwargs, message):
 
 
 def test_one_token_says_two_are_needed_instead_of_nan(explorer):
-    explorer.text.value = "Hello"
-    text = explorer.readout.value
-    assert "Head diversity needs at least two tokens (this text has 1)" in text and "1 token" in text
-    assert "nan" not in text.lower() and "1 tokens" not in text
-    assert explorer.readout_values()["within"] is None
+    one_token_is_explained(explorer, "Head diversity needs at least two tokens (this text has 1)", "within")
     explorer.text.value = SENTENCE
 
 
@@ -90,28 +85,12 @@ def test_a_pasted_page_is_cut_before_the_model_and_memory_stays_bounded(explorer
     captures without the layers' inputs and outputs (4.8 MB each at the cap: 30 layers of q, k, v and
     weights in float32) and their distance matrices, and the process's peak resident memory grows by less
     than 200 MB while 1,500-token texts are shown (uncapped, one such text needs a few GB)."""
-    seen = []
-    real = smollm.capture_layers
-
-    def spy(text, layers=None):
-        seen.append(len(smollm.load_smollm()[1](text)["input_ids"]))
-        return real(text, layers)
-
-    monkeypatch.setattr(smollm, "capture_layers", spy)
-    peak_before_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    for k in range(6):
-        explorer.text.value = f"Page {k}: " + "the cat sat on the mat and looked at the door. " * 125
-    growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before_kib) / 1024
-    assert seen and max(seen) <= MAX_TOKENS, f"the model was run on {max(seen)} tokens"
-    assert explorer.readout_values()["n_tokens_in_text"] > 1000
+    paste_long_pages(explorer, monkeypatch, MAX_TOKENS, max_growth_mb=200)
     per_layer = (9 * MAX_TOKENS * 64 + 2 * 3 * MAX_TOKENS * 64 + 9 * MAX_TOKENS * MAX_TOKENS) * 4 + 9 * 9 * 8
     assert explorer.kept_bytes() <= 4 * 30 * per_layer
-    assert growth_mb < 200, f"peak resident memory grew by {growth_mb:.0f} MB"
     explorer.text.value = SENTENCE
 
 
 def test_controls_refuse_values_they_do_not_offer(explorer):
-    with pytest.raises(ValueError, match=r"layer=30 is outside the slider \(valid: 0\.\.29\)"):
-        explorer.layer.value = 30
-    with pytest.raises(ValueError, match=r"group=3 is not offered \(valid: 0, 1, 2\)"):
-        explorer.group.value = 3
+    for control, value, message in not_offered(sliders={"layer": (0, 29)}, choices={"group": (3, "0, 1, 2")}):
+        refused_not_clamped(explorer, control, value, message)

@@ -13,9 +13,9 @@ A real model's cache is built from more than heads (see :class:`CacheRecipe`):
 - **Cross-layer sharing** (Brandon et al. 2024, "Reducing Transformer Key-Value Cache Size with
   Cross-Layer Attention"): groups of ``share_every`` adjacent layers reuse the K/V of the group's
   first layer, so only one layer in ``share_every`` stores anything.
-- **The element type** (:class:`ElementType`): fp32, fp16, bf16, fp8, or int8/int4 with their
-  scales counted: one ``scale_bytes`` scale for every ``scale_group`` channels of every cached
-  vector (default: one fp16 scale per vector, i.e. per token, per KV head, per K and per V).
+- **The element type** (:class:`ElementType`): fp32, fp16, bf16, fp8, or int8/int4 with what they
+  store beside the integers counted: by default, per group of 64 numbers of a cached vector, one
+  2-byte scale and one 2-byte minimum (asymmetric, the format notebook 08 measures).
 - **MLA's latent** in place of K and V.
 """
 
@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from gqa_lib.core.checks import check_positive_int
 from gqa_lib.core.layout import AttentionLayout
 
-# Bytes per cached number.
+# Bytes per cached number, flat. 'int8' here is the integers alone (1 byte a number, no scales): the
+# assumption behind published figures that ignore scales. A cache's int8 with what it stores beside
+# the integers is ElementType("int8").
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2, "fp8": 1, "int8": 1}
 
 GB = 10**9  # what disk makers and most papers mean
@@ -107,6 +109,8 @@ def format_bytes(n_bytes: float, unit: str = "GB", digits: int = 2) -> str:
              "KiB": 2**10, "MiB": 2**20, "GiB": GIB, "TiB": 2**40}
     if unit not in units:
         raise ValueError(f"unit={unit!r} is not known (valid: {', '.join(units)})")
+    if isinstance(digits, bool) or not isinstance(digits, int) or not 0 <= digits <= 15:
+        raise ValueError(f"digits={digits!r} must be a whole number of decimals in 0..15 (a float holds about 15)")
     _check_byte_count(n_bytes)
     return f"{n_bytes / units[unit]:,.{digits}f} {unit}"
 
@@ -134,60 +138,110 @@ def auto_format_bytes(n_bytes: float, binary: bool = False, digits: int = 2) -> 
 # A cache as a real model builds it: element types with scales, local layers, sharing, MLA
 # --------------------------------------------------------------------------------------------
 
-# Bits per stored number. int8/int4 also store scales (ElementType); the others store none.
+# Bits per stored number. int8/int4 also store a scale and a minimum per group (ElementType); the others store none.
 ELEMENT_BITS = {"fp32": 32, "fp16": 16, "bf16": 16, "fp8": 8, "int8": 8, "int4": 4}
 QUANTIZED = ("int8", "int4")
+QUANT_GROUP = 64  # numbers of a cached vector that share one scale and one minimum, by default
 LOCAL, GLOBAL = "L", "G"  # the letters of a layer pattern
+
+
+class _Unset:
+    """Marks a quantization setting the caller did not give: the format's own default applies."""
+
+    def __repr__(self) -> str:
+        return "<format default>"
+
+
+_UNSET = _Unset()
 
 
 @dataclass(frozen=True)
 class ElementType:
-    """How each cached number is stored, with the scales that integer formats need.
+    """How each cached number is stored, with what integer formats store beside the integers.
 
     ``name``: one of ``ELEMENT_BITS`` (fp32 4 bytes, fp16/bf16 2, fp8 1, int8 1, int4 half a byte).
-    For int8 and int4 the cache also stores scales (symmetric quantization: no zero points):
-    one scale of ``scale_bytes`` bytes (default 2, an fp16 number) for every ``scale_group``
-    channels of every cached vector. ``scale_group=None`` means one scale per vector, i.e. per
-    token, per KV head, per K and per V (or per latent, for MLA). A vector of ``n`` numbers
-    therefore takes ``ceil(n * bits / 8) + ceil(n / scale_group) * scale_bytes`` bytes.
-    Float formats take no scale settings; passing any raises ``ValueError``.
+    An int8 or int4 cache cuts every cached vector into groups of ``scale_group`` numbers (default
+    ``QUANT_GROUP`` = 64; ``None``: the whole vector is one group, i.e. one group per token, per KV
+    head, per K and per V, or per latent for MLA; a last, shorter group takes what is left). Each group
+    stores a scale of ``scale_bytes`` bytes (default 2: fp16 or bf16) and, with ``minimum=True``
+    (default), its minimum in the same format: asymmetric quantization, ``x = q * scale + minimum``
+    with ``q`` in 0 .. 2**bits - 1. ``minimum=False`` is symmetric quantization, ``x = q * scale``
+    with signed ``q``: the scale alone. A vector of ``n`` numbers therefore takes
+    ``ceil(n * bits / 8) + ceil(n / scale_group) * scale_bytes * (2 if minimum else 1)`` bytes:
+    ``ElementType("int8").vector_bytes(64) == 64 + 2 + 2 == 68``.
+
+    The default is the format notebook 08 measures (``gqa_lib.experiments.cache_shrink``): a bf16 scale
+    and a bf16 minimum per group of 64 numbers. KIVI (Liu et al. 2024, arXiv 2402.02750) is asymmetric
+    too, a scale and a zero point per group, with keys grouped per channel over tokens and values per
+    token; ``cache_shrink.layer_cache_bytes`` prices its key blocks with ``scale_group`` set to the block.
+    Float formats store neither; giving them ``scale_group``, ``scale_bytes`` or ``minimum`` raises
+    ``ValueError``, and they read back as ``scale_group=None, scale_bytes=0, minimum=False``.
     """
 
     name: str = "bf16"
-    scale_group: int | None = None  # channels that share one scale; None: the whole vector
-    scale_bytes: int = 2  # bytes of one scale (fp16)
+    scale_group: int | None = _UNSET  # numbers that share one scale (and minimum); None: the whole vector
+    scale_bytes: int = _UNSET  # bytes of one scale, and of one minimum (2: fp16 or bf16)
+    minimum: bool = _UNSET  # True: asymmetric, a minimum (zero point) per group as well as the scale
 
     def __post_init__(self):
         if self.name not in ELEMENT_BITS:
             raise ValueError(f"element={self.name!r} is not known (valid: {', '.join(ELEMENT_BITS)})")
-        if self.scale_group is not None:
-            check_positive_int("scale_group", self.scale_group)
-        check_positive_int("scale_bytes", self.scale_bytes)
-        if self.name not in QUANTIZED and (self.scale_group is not None or self.scale_bytes != 2):
-            raise ValueError(f"element={self.name!r} stores no scales; scale_group and scale_bytes apply only "
-                             f"to {' and '.join(QUANTIZED)}")
+        given = [k for k in ("scale_group", "scale_bytes", "minimum") if getattr(self, k) is not _UNSET]
+        if self.name not in QUANTIZED:
+            if given:
+                raise ValueError(f"element={self.name!r} stores no scales; {' and '.join(given)} "
+                                 f"appl{'ies' if len(given) == 1 else 'y'} only to {' and '.join(QUANTIZED)}")
+            defaults = {"scale_group": None, "scale_bytes": 0, "minimum": False}
+        else:
+            defaults = {"scale_group": QUANT_GROUP, "scale_bytes": 2, "minimum": True}
+        for key, value in defaults.items():
+            if getattr(self, key) is _UNSET:
+                object.__setattr__(self, key, value)
+        if self.name in QUANTIZED:
+            if self.scale_group is not None:
+                check_positive_int("scale_group", self.scale_group)
+            check_positive_int("scale_bytes", self.scale_bytes)
+            if not isinstance(self.minimum, bool):
+                raise TypeError(f"minimum={self.minimum!r} must be True (asymmetric: a scale and a minimum per "
+                                f"group) or False (symmetric: a scale only)")
 
     @property
     def bits(self) -> int:
         return ELEMENT_BITS[self.name]
 
-    def vector_bytes(self, n: int) -> int:
-        """Bytes to store one cached vector of ``n`` numbers, scales included (int4 packs two a byte)."""
-        check_positive_int("n", n)
-        data = math.ceil(n * self.bits / 8)
-        if self.name not in QUANTIZED:
-            return data
-        group = n if self.scale_group is None else min(self.scale_group, n)
-        return data + math.ceil(n / group) * self.scale_bytes
+    @property
+    def group_bytes(self) -> int:
+        """Bytes each group stores beside its integers: the scale, plus the minimum if asymmetric (0 for floats)."""
+        return self.scale_bytes * (2 if self.minimum else 1)
 
-    def describe(self) -> str:
-        """E.g. 'bf16 (2 bytes a number)' or 'int4 + one 2-byte scale per 32 channels'."""
+    def groups(self, n: int) -> int:
+        """How many groups a vector of ``n`` numbers is cut into (0 for floats)."""
+        check_positive_int("n", n)
+        if self.name not in QUANTIZED:
+            return 0
+        return math.ceil(n / (n if self.scale_group is None else min(self.scale_group, n)))
+
+    def vector_bytes(self, n: int) -> int:
+        """Bytes to store one cached vector of ``n`` numbers, scales and minima included (int4 packs two a byte)."""
+        check_positive_int("n", n)
+        return math.ceil(n * self.bits / 8) + self.groups(n) * self.group_bytes
+
+    def describe(self, unit: str = "channels") -> str:
+        """E.g. 'bf16 (2 bytes a number)' or 'int8 + one 2-byte scale and one 2-byte minimum per 64 channels'."""
         if self.name not in QUANTIZED:
             b = self.bits // 8
             return f"{self.name} ({b} byte{'s' if b > 1 else ''} a number)"
+        return f"{self.name} + {self.stored(unit)}"
+
+    def stored(self, unit: str = "channels") -> str:
+        """What an integer format stores beside its integers, e.g. 'one 2-byte scale and one 2-byte minimum per 64
+        channels'; 'no scales' for a float format."""
+        if self.name not in QUANTIZED:
+            return "no scales"
         per = "vector (per token, per KV head, per K and V)" if self.scale_group is None else \
-            f"{self.scale_group} channels"
-        return f"{self.name} + one {self.scale_bytes}-byte scale per {per}"
+            f"{self.scale_group} {unit}"
+        minimum = f" and one {self.scale_bytes}-byte minimum" if self.minimum else ""
+        return f"one {self.scale_bytes}-byte scale{minimum} per {per}"
 
 
 def as_element(element) -> ElementType:
@@ -239,7 +293,9 @@ class CacheRecipe:
     (MHA/GQA/MQA), or, with ``d_c`` set, MLA's latent of ``d_c`` plus a RoPE key of ``d_rope``
     numbers (``n_kv_heads``/``head_dim`` then unused). ``pattern`` repeats over the layers ('L' local,
     'G' global); local layers keep ``window`` tokens at most. ``share_every`` adjacent layers share
-    one layer's K/V (the first of each group stores; its kind decides the tokens kept). Units: bytes.
+    one layer's K/V: the first of each group stores it, as many tokens as the group's most demanding layer
+    reads (a group with a global layer keeps the whole context, though its local layers read only the last
+    ``window`` of it). Units: bytes.
     """
 
     n_layers: int
@@ -280,12 +336,18 @@ class CacheRecipe:
         return 2 * self.n_kv_heads * e.vector_bytes(self.head_dim)
 
     def tokens_per_layer(self, tokens: int, windowed: bool = True) -> list[int]:
-        """Tokens each layer keeps (0 for a layer that reuses another's K/V)."""
+        """Tokens each layer keeps (0 for a layer that reuses another's K/V).
+
+        A storing layer keeps what every layer of its sharing group reads, each by its own kind: letting the
+        storing layer's kind decide once priced Gemma 3 1B with pairs sharing at 6,815,744 bytes for 32,768
+        tokens, less than its 4 global layers alone need.
+        """
         kinds = layer_kinds(self.n_layers, self.pattern)
-        storing = set(storing_layers(self.n_layers, self.share_every))
-        return [0 if i not in storing else
-                cached_tokens(tokens, self.window if (windowed and kinds[i] == LOCAL) else None)
-                for i in range(self.n_layers)]
+        needs = [cached_tokens(tokens, self.window if (windowed and kind == LOCAL) else None) for kind in kinds]
+        kept = [0] * self.n_layers
+        for first in storing_layers(self.n_layers, self.share_every):
+            kept[first] = max(needs[first:first + self.share_every])
+        return kept
 
     def cache_bytes(self, tokens: int, batch: int = 1, windowed: bool = True) -> int:
         """Bytes of the whole cache for ``batch`` sequences of ``tokens`` tokens.

@@ -227,3 +227,16 @@ def check_qkv(q, k, v, causal: bool = True) -> None:
     if causal and s_q > s_k:
         # Every query must be one of the keys' tokens; otherwise the first rows see nothing and turn into NaN.
         raise ValueError(f"causal attention needs s_q <= s_k, got q.shape[2]={s_q} queries for k.shape[2]={s_k} keys")
+
+
+def check_layer_input(x, d_model: int, dtype: torch.dtype) -> None:
+    """Raise unless ``x`` is a finite (batch, seq, ``d_model``) tensor in the layer's ``dtype``: ValueError naming
+    the shape or the first non-finite position, TypeError naming the dtype (torch's own error names neither)."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x={type(x).__name__} must be a tensor of shape (batch, seq, d_model={d_model})")
+    if x.ndim != 3 or x.shape[-1] != d_model:
+        raise ValueError(f"x.shape={tuple(x.shape)} must be (batch, seq, d_model={d_model})")
+    if x.dtype != dtype:
+        raise TypeError(f"x.dtype={x.dtype} must be the layer's dtype {dtype}: convert one of them "
+                        f"(x.to({dtype}) or layer.to({x.dtype}))")
+    check_finite("x", x, 1, NON_FINITE_WHY)

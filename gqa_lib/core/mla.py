@@ -40,7 +40,7 @@ from torch import nn
 
 from gqa_lib.core.attention import causal_mask
 from gqa_lib.core.cache_math import mla_cache_bytes
-from gqa_lib.core.checks import check_even_positive, check_positive_int
+from gqa_lib.core.checks import check_even_positive, check_layer_input, check_positive_int
 from gqa_lib.core.rope import RotaryEmbedding
 
 MODES = ("explicit", "absorbed")
@@ -146,8 +146,9 @@ class MultiHeadLatentAttention(nn.Module):
         return MLACache(batch, self.d_c, self.d_rope, max_len, dtype or w.dtype, device or w.device)
 
     def _check_x(self, x: torch.Tensor) -> None:
-        if x.ndim != 3 or x.shape[-1] != self.d_model:
-            raise ValueError(f"x.shape={tuple(x.shape)} must be (batch, seq, d_model={self.d_model})")
+        """A finite (batch, seq, d_model) tensor in the weights' dtype, as GroupedQueryAttention asks: one nan
+        would reach every later token's output through the causal product."""
+        check_layer_input(x, self.d_model, self.kv_down.weight.dtype)
 
     def compress_kv(self, x: torch.Tensor, start_pos: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """What gets cached: latent (batch, seq, d_c) and rotated RoPE key (batch, seq, d_rope)."""

@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gqa_lib.core.attention import GroupedQueryAttention, grouped_attention
-from gqa_lib.core.checks import check_positive_int
+from gqa_lib.core.checks import check_layer_input, check_positive_int
 from gqa_lib.core.layout import AttentionLayout
 from gqa_lib.core.rope import RopeScaling, RotaryEmbedding
 
@@ -106,8 +106,11 @@ class LatentKVAttention(nn.Module):
         return self.rope(k), v  # RoPE after the up-projection: the reason U_k cannot move into the query
 
     def forward(self, x: torch.Tensor, cache: LatentCache | None = None) -> torch.Tensor:
-        if x.ndim != 3 or x.shape[-1] != self.d_model:
-            raise ValueError(f"x.shape={tuple(x.shape)} must be (batch, seq, d_model={self.d_model})")
+        """(batch, seq, d_model) -> (batch, seq, d_model); with ``cache``, ``x`` holds the new tokens only.
+        Raises ValueError/TypeError naming a bad ``x`` (shape, dtype, nan or inf) or a ``cache`` of another type."""
+        check_layer_input(x, self.d_model, self.q_proj.weight.dtype)
+        if cache is not None and not isinstance(cache, LatentCache):
+            raise TypeError(f"cache={type(cache).__name__} must be a LatentCache (make one with .new_cache) or None")
         b, s, _ = x.shape
         start = 0 if cache is None else cache.length
         q = self.rope(self.q_proj(x).view(b, s, self.n_heads, self.head_dim).transpose(1, 2), start)

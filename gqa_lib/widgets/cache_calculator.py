@@ -18,8 +18,9 @@ a control does not offer is refused with the valid range or values (nothing is c
 - ``.context``: SelectionSlider of tokens, powers of 2 from 128 to 1,048,576 (plus a preset's
   context if that is not a power of 2). ``.batch``: IntSlider.
 - ``.dtype``: Dropdown of number formats (``gqa_lib.core.cache_math.ELEMENT_BITS``); int8 and int4 count
-  their fp16 scales, one per ``.scale_group`` channels (0: one per vector, i.e. per token, per KV head,
-  per K and per V).
+  what they store beside the integers (``gqa_lib.core.cache_math.ElementType``, the same model notebooks 03
+  and 08 price them with): one 2-byte scale and one 2-byte minimum per ``.scale_group`` channels (default
+  64; 0: one per vector, i.e. per token, per KV head, per K and per V).
 - ``.window``: Dropdown, 0 (no local layers) or the tokens a local layer keeps; ``.pattern``:
   which layers are local, a string of 'L'/'G' repeated from layer 0 (Gemma 3: "LLLLLG").
 - ``.share_every``: Dropdown, adjacent layers that share one layer's K/V (1: no sharing).
@@ -49,9 +50,9 @@ cache as built)`` and line 4 ``Layers: 4 global, 22 local keeping the last 512 t
 sharing, line 4 ends ``13 of 26 layers store K/V (2 adjacent layers share one)`` (MLA: ``store a
 latent``). "Per token" is what one more token adds before any window fills, over the storing layers.
 MHA of the same shape has every query head's own K and V in every layer, all global, no sharing, in
-the same number format. For int8/int4 the assumptions read ``int4 = 0.5 bytes per number + one
-2-byte scale per ...``. For MLA line 1 reads ``Kind: MLA (128 query heads; a latent of 512 + a RoPE
-key of 64 numbers per token and layer)``.
+the same number format. For int8/int4 the assumptions read ``int8 = 1 byte per number + one 2-byte
+scale and one 2-byte minimum per 64 channels`` (or ``per vector (...)``). For MLA line 1 reads
+``Kind: MLA (128 query heads; a latent of 512 + a RoPE key of 64 numbers per token and layer)``.
 
 Sizes: the first on a "Cache:" line is in the largest decimal unit (B, KB, MB, GB, TB; powers of
 1000) that keeps the number at or above 1, the second in the binary unit (B, KiB, MiB, GiB, TiB;
@@ -72,6 +73,7 @@ import numpy as np
 from gqa_lib.core.cache_math import (
     ELEMENT_BITS,
     GIB,
+    QUANT_GROUP,
     QUANTIZED,
     CacheRecipe,
     ElementType,
@@ -91,6 +93,7 @@ WINDOWS = [2**k for k in range(7, 18)]  # 128 .. 131,072 tokens
 PATTERNS = {"L": "every layer local", "LLLLLG": "5 local : 1 global", "LLLG": "3 local : 1 global",
             "LG": "1 local : 1 global"}
 SHARING = {1: "none (each layer)", 2: "pairs of layers", 3: "3 adjacent layers", 4: "4 adjacent layers"}
+# Channels that share one scale and one minimum (0: the whole vector); QUANT_GROUP (64) is ElementType's default.
 SCALE_GROUPS = {0: "1 per vector", 128: "1 per 128 channels", 64: "1 per 64 channels", 32: "1 per 32 channels"}
 SETTINGS = ("n_layers", "n_heads", "n_kv_heads", "head_dim", "cache_kind", "d_c", "d_rope", "context", "batch",
             "dtype", "scale_group", "window", "pattern", "share_every")
@@ -193,7 +196,7 @@ class KVCacheCalculator(widgets.VBox):
         self.dtype = StrictDropdown(name="dtype", options=[(_dtype_label(n), n) for n in ELEMENT_BITS], value="bf16",
                                     description="dtype", **dd)
         self.scale_group = StrictDropdown(name="scale_group", options=[(t, g) for g, t in SCALE_GROUPS.items()],
-                                          value=0, description="fp16 scales", **dd)
+                                          value=QUANT_GROUP, description="fp16 scales", **dd)
         self.window = StrictDropdown(name="window", options=window_options(), value=0,
                                      description="sliding window", **dd)
         self.pattern = StrictDropdown(name="pattern", options=[(t, p) for p, t in PATTERNS.items()], value="L",
@@ -429,8 +432,8 @@ class KVCacheCalculator(widgets.VBox):
         versus = f"{r:.2f}x" if r >= 1 else f"{1 / r:.2f}x larger,"
         e = v["element"]
         if v["dtype"] in QUANTIZED:
-            per = "vector" if e.scale_group is None else f"{e.scale_group} channels"
-            number = f"{v['dtype']} = {e.bits / 8:g} bytes per number + one 2-byte scale per {per}"
+            per_number = "1 byte" if e.bits == 8 else f"{e.bits / 8:g} bytes"
+            number = f"{v['dtype']} = {per_number} per number + {e.stored()}"
         else:
             b = e.bits // 8
             number = f"{v['dtype']} = {b} byte{'s' if b > 1 else ''} per number"

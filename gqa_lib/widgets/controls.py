@@ -120,3 +120,25 @@ class KVHeadsSlider(StrictSelectionSlider):
             self.why = _only_divisors(n_heads)
             self.value = value
         return value
+
+
+class Syncing:
+    """Set while a widget writes into its own controls (a preset filling sliders, KV heads following query
+    heads), so that the controls' observers let those writes pass instead of reacting to each one.
+
+    ``with self._syncing:`` sets it for the block, however the block ends; ``if self._syncing:``
+    reads it. Blocks may nest: it stays set until the outermost one ends.
+    """
+
+    def __init__(self):
+        self._depth = 0  # blocks now inside one another
+
+    def __bool__(self) -> bool:
+        return self._depth > 0
+
+    def __enter__(self) -> Syncing:
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._depth -= 1

@@ -15,19 +15,17 @@ inside a group, different rows across groups, and the matrix of ``max |K_i - K_j
   ``repeat`` order (``i % n_kv_heads``), so the strided pattern of ``.repeat`` shows in the diagram,
   the K/V panels and the difference matrix.
 
-Why one module of about 540 lines: the widget's controls interlock (preset, query heads, KV heads that
+Why one module of about 490 lines: the widget's controls interlock (preset, query heads, KV heads that
 follow them, order), and its three pictures are drawn from one shared state and redrawn together; the
 parts other widgets share live in ``controls``, ``blit`` and ``gqa_lib.core.checks``.
 """
 
 from __future__ import annotations
 
-import io
+import functools
 import time
-from collections import OrderedDict
 
 import ipywidgets as widgets
-import matplotlib as mpl
 import numpy as np
 import torch
 from matplotlib.cm import ScalarMappable
@@ -42,6 +40,7 @@ from gqa_lib.core.layout import AttentionLayout
 from gqa_lib.models.catalog import get_model, load_models
 from gqa_lib.pictures.group_map import ORDERS, _tick_step, group_color, kv_head_map, max_abs_diff_matrix, per_query_head
 from gqa_lib.pictures.style import DIVERGING_CMAP, HEATMAP_CMAP
+from gqa_lib.widgets.blit import BlitFigure
 from gqa_lib.widgets.controls import (
     CUSTOM,
     KVHeadsSlider,
@@ -50,6 +49,7 @@ from gqa_lib.widgets.controls import (
     StrictIntSlider,
     StrictSelectionSlider,
     StrictToggleButtons,
+    Syncing,
 )
 from gqa_lib.widgets.text import context_label, plural
 
@@ -109,6 +109,16 @@ def random_kv(n_heads: int, n_kv_heads: int, head_dim: int, seq_len: int = SEQ_L
     return k[0], v[0]
 
 
+def shape_pictures(n_heads: int, n_kv_heads: int, head_dim: int, order: str, seed: int = 0) -> dict:
+    """What the explorer shows of one shape's random layer (``random_kv``): K and V per query head
+    (n_heads, seq, head_dim), their max-difference matrices (n_heads, n_heads) and each query head's KV head."""
+    k, v = random_kv(n_heads, n_kv_heads, head_dim, SEQ_LEN, seed)
+    k_heads, v_heads = per_query_head(k, n_heads, order), per_query_head(v, n_heads, order)
+    return {"k_per_head": k_heads, "v_per_head": v_heads,
+            "max_diff": max_abs_diff_matrix(k_heads), "max_diff_v": max_abs_diff_matrix(v_heads),
+            "kv_head_of": kv_head_map(n_heads, n_kv_heads, order)}
+
+
 def _head_ticks(n_heads: int, group_size: int, order: str) -> list[int]:
     """Query-head ticks: the first head of each group when groups are contiguous and few, else every k-th head."""
     if order == "contiguous" and 1 < group_size and n_heads // group_size <= 4:
@@ -122,14 +132,11 @@ class _Canvas:
     Text is most of matplotlib's drawing time, and most of the text here (colour bars, panel titles,
     token ticks) never changes. So the figure is drawn in full once and kept as a background; an update
     moves the artists that change (diagram marks and labels, images, group lines, head ticks) in place,
-    pastes the background and draws only those on top (matplotlib's "blitting").
+    pastes the background and draws only those on top (matplotlib's "blitting", ``blit.BlitFigure``).
     """
 
     def __init__(self):
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-
         self.fig = fig = Figure(figsize=(12, 6.4), dpi=72)
-        self.canvas = FigureCanvasAgg(fig)
         self.ax_diagram = fig.add_axes((0.1, 0.7, 0.87, 0.22))
         self.ax_k = fig.add_axes((0.06, 0.1, 0.25, 0.5))
         self.ax_v = fig.add_axes((0.33, 0.1, 0.25, 0.5))
@@ -204,17 +211,12 @@ class _Canvas:
         dynamic += [self.diff_image, self.diff_lines]
         layout += [a for marks, labels in self.head_ticks for a in (marks, *labels)]
         dynamic += layout[-len(self.head_ticks) * 9:]
-        for artist in dynamic:
-            artist.set_animated(True)  # left out of the background; drawn on top of it at every update
         # Two layers over the background. The layout's artists (the diagram, head numbers, title: mostly text,
-        # the slow part) depend only on the layout, so they are drawn once per layout and kept, like the
-        # background, for the last few layouts; the images and group lines are drawn at every update.
-        self.layout_artists = layout
-        self.update_artists = [a for a in dynamic if not any(a is b for b in layout)]
-        self.layout_backgrounds: OrderedDict = OrderedDict()
-        with mpl.rc_context({"text.hinting": "none"}):
-            self.canvas.draw()
-        self.background = self.canvas.copy_from_bbox(fig.bbox)
+        # the slow part) depend only on the layout, so they are drawn once per layout and kept, with the
+        # background, for the last LAYOUTS_KEPT layouts; the images and group lines are drawn at every update.
+        # Unhinted glyphs render faster and look the same at this size.
+        update = [a for a in dynamic if not any(a is b for b in layout)]
+        self.blit = BlitFigure(fig, update, keyed=layout, kept=LAYOUTS_KEPT, rc={"text.hinting": "none"})
 
     @staticmethod
     def _ticks(ax, which: str, n: int = 8):
@@ -278,8 +280,6 @@ class _Canvas:
 
     def draw(self, v: dict) -> bytes:
         """Show the values of ``GroupExplorer._compute``; return the PNG bytes."""
-        from PIL import Image
-
         h, kv, group_size, order = v["n_heads"], v["n_kv_heads"], v["group_size"], v["order"]
         self._diagram(h, kv, order, v["head_dim"])
         # Contiguous order: a line between groups (blocks of group_size rows). Repeat order: a line after every
@@ -301,25 +301,7 @@ class _Canvas:
         self.ax_diff.set_ylim(h - 0.5, -0.5)
         self.diff_lines.set_segments([[(-0.5, e), (h - 0.5, e)] for e in edges]
                                      + [[(e, -0.5), (e, h - 0.5)] for e in edges])
-        key = (h, kv, order, v["head_dim"])
-        # Unhinted glyphs render faster and look the same at this size.
-        with mpl.rc_context({"text.hinting": "none"}):
-            if key in self.layout_backgrounds:
-                self.layout_backgrounds.move_to_end(key)
-                self.canvas.restore_region(self.layout_backgrounds[key])
-            else:
-                self.canvas.restore_region(self.background)
-                for artist in self.layout_artists:
-                    self.fig.draw_artist(artist)
-                self.layout_backgrounds[key] = self.canvas.copy_from_bbox(self.fig.bbox)
-                while len(self.layout_backgrounds) > LAYOUTS_KEPT:
-                    self.layout_backgrounds.popitem(last=False)
-            for artist in self.update_artists:
-                self.fig.draw_artist(artist)
-        buf = io.BytesIO()
-        rgb = np.asarray(self.canvas.buffer_rgba())[..., :3]  # (height, width, 3)
-        Image.fromarray(rgb).save(buf, format="png", compress_level=1)  # fast to write, still small
-        return buf.getvalue()
+        return self.blit.render((h, kv, order, v["head_dim"]))  # the layout: what the diagram and head numbers show
 
 
 class GroupExplorer(widgets.VBox):
@@ -369,8 +351,11 @@ class GroupExplorer(widgets.VBox):
         self.image = widgets.Image(format="png", layout=widgets.Layout(align_self="flex-start"))  # natural size
         self.last_update_s = float("nan")
         self._values: dict = {}
-        self._pictures: OrderedDict[tuple, dict] = OrderedDict()  # (h, kv, head_dim, order) -> tensors, a few kept
-        self._syncing = False  # True while a preset or the head count rewrites other controls
+        # The same shape always gives the same random layer, so its pictures are computed once and kept for the
+        # last PICTURES_KEPT shapes: (h, kv, head_dim, order) -> shape_pictures. A well-kept standard-library
+        # cache instead of our own LRU, made per widget (with its seed), so it goes with the widget.
+        self._pictures = functools.lru_cache(maxsize=PICTURES_KEPT)(functools.partial(shape_pictures, seed=seed))
+        self._syncing = Syncing()  # set while a preset or the head count rewrites other controls
         self._canvas = _Canvas()
         self.fig = self._canvas.fig
         self.model.observe(self._on_model, names="value")
@@ -390,34 +375,25 @@ class GroupExplorer(widgets.VBox):
         name = self.model.value
         shape = (self.n_heads.value, self.n_kv_heads.value, self.head_dim.value, self.n_layers.value)
         if name != CUSTOM and _preset_shape(name) != shape:
-            self._syncing = True
-            try:
+            with self._syncing:
                 self.model.value = CUSTOM
-            finally:
-                self._syncing = False
 
     def _on_model(self, change) -> None:
         if self._syncing or change["new"] == CUSTOM:
             return
         h, kv, d, layers = _preset_shape(change["new"])
-        self._syncing = True
-        try:
+        with self._syncing:
             self.n_heads.value = h
             self.n_kv_heads.follow(h, kv)
             self.head_dim.value, self.n_layers.value = d, layers
-        finally:
-            self._syncing = False
         self.update()
 
     def _on_n_heads(self, change) -> None:
         """Offer only the divisors of the new head count; keep the KV heads if they still divide, else the closest."""
         if self._syncing:
             return
-        self._syncing = True
-        try:
+        with self._syncing:
             self.n_kv_heads.follow(change["new"])
-        finally:
-            self._syncing = False
         self._leave_preset_if_changed()
         self.update()
 
@@ -456,18 +432,7 @@ class GroupExplorer(widgets.VBox):
 
     def _compute(self) -> dict:
         v = self._cache_numbers()
-        key = (v["n_heads"], v["n_kv_heads"], v["head_dim"], v["order"])
-        if key not in self._pictures:  # the same shape always gives the same random layer: compute it once
-            h, kv, d, order = key
-            k, val = random_kv(h, kv, d, SEQ_LEN, self.seed)
-            k_heads, v_heads = per_query_head(k, h, order), per_query_head(val, h, order)  # (n_heads, seq, head_dim)
-            self._pictures[key] = {"k_per_head": k_heads, "v_per_head": v_heads,
-                                   "max_diff": max_abs_diff_matrix(k_heads), "max_diff_v": max_abs_diff_matrix(v_heads),
-                                   "kv_head_of": kv_head_map(h, kv, order)}
-            while len(self._pictures) > PICTURES_KEPT:
-                self._pictures.popitem(last=False)
-        self._pictures.move_to_end(key)
-        v.update(self._pictures[key])
+        v.update(self._pictures(v["n_heads"], v["n_kv_heads"], v["head_dim"], v["order"]))
         return v
 
     def _readout_html(self, v: dict) -> str:

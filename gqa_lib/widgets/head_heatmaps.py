@@ -11,8 +11,8 @@ square of the tokens, and those are all the picture shows. The readout says when
 
 from __future__ import annotations
 
+import dataclasses
 import time
-from collections import OrderedDict
 
 import ipywidgets as widgets
 import torch
@@ -26,7 +26,7 @@ from gqa_lib.pictures.heatmaps import token_labels
 from gqa_lib.pictures.style import HEATMAP_CMAP
 from gqa_lib.widgets.blit import BlitFigure
 from gqa_lib.widgets.controls import StrictIntSlider
-from gqa_lib.widgets.token_cap import MAX_TOKENS, CappedText, cap_text, cut_note
+from gqa_lib.widgets.token_cap import MAX_TOKENS, CappedText, KeptTexts, cap_text, cut_note, sentence_and_layer
 
 DEFAULT_TEXT = "Alice gave Bob the book, and then he thanked her for it."
 MAPS_KEPT = 4  # sentences whose maps are kept: 30 x 9 x 32 x 32 float32 = 1.1 MB each at most
@@ -50,6 +50,16 @@ def _maps_of(capped: CappedText):
     n = min(len(captures[0].tokens), capped.n_kept)
     weights = torch.stack([c.weights[:, :n, :n] for c in captures])  # (n_layers, n_heads, seq, seq), a copy
     return captures[0].tokens[:n], weights, capped
+
+
+@dataclasses.dataclass(eq=False)
+class _Sentence:
+    """What the explorer keeps of one text between updates."""
+
+    tokens: list  # its first tokens (at most MAX_TOKENS)
+    weights: torch.Tensor  # (n_layers, n_heads, seq, seq) attention maps
+    capped: CappedText  # the text as cut for the model
+    diversity: dict = dataclasses.field(default_factory=dict)  # layer -> head diversity, once asked for
 
 
 class MapCanvas:
@@ -114,17 +124,11 @@ class HeadHeatmapExplorer(widgets.VBox):
     """Controls ``.text``, ``.layer``, ``.head``, ``.all_heads``; readout ``.readout``; picture ``.image``."""
 
     def __init__(self, text: str = DEFAULT_TEXT, layer: int = 0, head: int = 0, all_heads: bool = False):
-        n_layers, n_heads = _SPEC.n_layers, _SPEC.n_heads
-        check_text(text)
-        check_index("layer", layer, n_layers)
+        n_heads = _SPEC.n_heads
+        self.text, self.layer = sentence_and_layer(text, layer, _SPEC.n_layers)
         check_index("head", head, n_heads)
         self.group_size = _SPEC.group_size
-        self._maps: OrderedDict[str, tuple] = OrderedDict()  # text -> (tokens, weights), a few kept
-        self._diversity: dict[tuple[str, int], float] = {}
-        self.text = widgets.Text(value=text, description="sentence", continuous_update=False,
-                                 layout=widgets.Layout(width="95%"))
-        self.layer = StrictIntSlider(value=layer, min=0, max=n_layers - 1, description="layer", name="layer",
-                                     continuous_update=False)
+        self._sentence = KeptTexts(self._read, MAPS_KEPT)  # text -> _Sentence: no forward pass for a layer or head
         self.head = StrictIntSlider(value=head, min=0, max=n_heads - 1, description="query head", name="head",
                                     continuous_update=False)
         self.all_heads = widgets.Checkbox(value=all_heads, description=f"show all {n_heads} heads")
@@ -140,27 +144,26 @@ class HeadHeatmapExplorer(widgets.VBox):
         super().__init__([self.text, controls, self.readout, self.image])
         self.update()
 
+    def _read(self, text: str) -> _Sentence:
+        """One forward pass on ``text``'s first tokens (called through ``self._sentence``, which keeps the result)."""
+        return _Sentence(*_maps_of(cap_text(text)))
+
     def _layer_maps(self, text: str):
         """(tokens, weights, capped text) for ``text``: one forward pass on its first tokens, kept for a few texts."""
-        if text not in self._maps:
-            self._maps[text] = _maps_of(cap_text(text))
-            while len(self._maps) > MAPS_KEPT:
-                evicted, _ = self._maps.popitem(last=False)
-                self._diversity = {k: d for k, d in self._diversity.items() if k[0] != evicted}
-        self._maps.move_to_end(text)
-        return self._maps[text]
+        sentence = self._sentence(text)
+        return sentence.tokens, sentence.weights, sentence.capped
 
     def diversity(self, text: str, layer: int) -> float | None:
-        """Head diversity of ``layer`` for ``text`` (computed once, then remembered); None under two tokens.
+        """Head diversity of ``layer`` for ``text`` (computed once, kept with the text's maps); None under two tokens.
 
         The measure skips the first query position (it can only attend to itself, in every head), so a
         one-token text has no position left to compare.
         """
-        key = (text, layer)
-        if key not in self._diversity:
-            weights = self._layer_maps(text)[1][layer]
-            self._diversity[key] = head_diversity(weights) if weights.shape[-1] >= 2 else None
-        return self._diversity[key]
+        sentence = self._sentence(text)
+        if layer not in sentence.diversity:
+            weights = sentence.weights[layer]
+            sentence.diversity[layer] = head_diversity(weights) if weights.shape[-1] >= 2 else None
+        return sentence.diversity[layer]
 
     def readout_values(self) -> dict:
         """What the readout says, as numbers (for tests)."""
@@ -172,7 +175,7 @@ class HeadHeatmapExplorer(widgets.VBox):
 
     def kept_bytes(self) -> int:
         """Bytes of the tensors the widget keeps between updates (the maps of the last few texts)."""
-        return sum(w.numel() * w.element_size() for _, w, _ in self._maps.values())
+        return sum(s.weights.numel() * s.weights.element_size() for s in self._sentence.values())
 
     def _draw(self, tokens, maps, layer: int, head: int) -> bytes:
         if self.all_heads.value:

@@ -18,7 +18,7 @@ from gqa_lib.core.cache_math import DTYPE_BYTES, auto_format_bytes, dtype_bytes,
 from gqa_lib.core.checks import check_kv_heads, check_positive_int
 from gqa_lib.pictures.style import PALETTE
 from gqa_lib.widgets.blit import BlitFigure
-from gqa_lib.widgets.controls import KVHeadsSlider, StrictDropdown, StrictIntSlider
+from gqa_lib.widgets.controls import KVHeadsSlider, StrictDropdown, StrictIntSlider, Syncing
 from gqa_lib.widgets.text import plural
 
 KINDS = ("MHA", "GQA", "MQA", "MLA")
@@ -70,7 +70,7 @@ class MLACacheComparison(widgets.VBox):
         dtype_bytes(v["dtype"])
         if v["seq_len"] not in TOKEN_CHOICES:
             raise ValueError(f"seq_len={v['seq_len']!r} is not offered (valid: {', '.join(map(str, TOKEN_CHOICES))})")
-        self._syncing = False
+        self._syncing = Syncing()  # set while the KV heads follow the query heads
         slider = dict(continuous_update=False, style={"description_width": "185px"},  # labels in full
                       layout=widgets.Layout(width="455px"))
         r = SLIDER_RANGES
@@ -107,11 +107,8 @@ class MLACacheComparison(widgets.VBox):
 
     def _on_heads(self, change) -> None:
         """Offer only divisors of the new head count; keep the KV-head count as close as possible."""
-        self._syncing = True
-        try:
+        with self._syncing:
             self.n_kv_heads.follow(change["new"])
-        finally:
-            self._syncing = False
         self.update()
 
     def _changed(self) -> None:

@@ -1,6 +1,8 @@
 """Notebook 03's widget: the KV cache of one model shape as MHA (a K/V head per query head) and as MQA (one).
 
-All numbers come from ``gqa_lib.core.cache_math.kv_cache_bytes``; the reduction is ``n_heads / 1``. A preset
+All numbers come from ``gqa_lib.core.cache_math.CacheRecipe``, each number format priced by
+``ElementType`` (int8/int4 with a 2-byte scale and a 2-byte minimum per 64 numbers, as notebooks 01 and 08
+count them); the reduction is ``n_heads / 1``. A preset
 fills the sliders with a real model's shape from ``data/models.json``; moving any slider away from
 the preset's value switches the preset back to ``"custom"``. For a GQA preset the model as released
 is drawn between the two (MHA -> GQA -> MQA), as long as the sliders still show its shape.
@@ -16,12 +18,20 @@ import ipywidgets as widgets
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, NullLocator
 
-from gqa_lib.core.cache_math import DTYPE_BYTES, GIB, auto_format_bytes, dtype_bytes, kv_cache_bytes, reduction_vs_mha
+from gqa_lib.core.cache_math import (
+    ELEMENT_BITS,
+    GIB,
+    QUANTIZED,
+    CacheRecipe,
+    ElementType,
+    auto_format_bytes,
+    reduction_vs_mha,
+)
 from gqa_lib.core.checks import check_positive_int
 from gqa_lib.models.catalog import get_model, load_models
 from gqa_lib.pictures.style import GPU_MEMORY_GIB, NEUTRAL, PALETTE
 from gqa_lib.widgets.blit import BlitFigure
-from gqa_lib.widgets.controls import CUSTOM, StrictDropdown, StrictIntSlider, StrictSelectionSlider
+from gqa_lib.widgets.controls import CUSTOM, StrictDropdown, StrictIntSlider, StrictSelectionSlider, Syncing
 from gqa_lib.widgets.text import context_label
 
 ROWS_WITH_GQA = {"MHA": 2.0, "GQA": 1.0, "MQA": 0.0}  # bar positions (y) with the released GQA model drawn
@@ -39,18 +49,43 @@ def preset_names() -> list[str]:
     return mqa + [s.name for s in specs if s.attention != "MQA"] + [CUSTOM]
 
 
+def element_of(dtype: str) -> ElementType:
+    """The number format a dtype name stands for, as ``core.cache_math`` prices it (int8/int4: scales and minima)."""
+    if dtype not in ELEMENT_BITS:
+        raise ValueError(f"dtype={dtype!r} is not known (valid: {', '.join(ELEMENT_BITS)})")
+    return ElementType(dtype)
+
+
+def kv_bytes(n_layers: int, n_kv_heads: int, head_dim: int, context: int, batch: int = 1, dtype: str = "bf16") -> int:
+    """Cache bytes of ``n_kv_heads`` K/V heads a layer: ``2 x n_kv_heads`` vectors of ``head_dim`` numbers per token,
+    layer and sequence, each ``element_of(dtype).vector_bytes(head_dim)`` bytes (``CacheRecipe``, all layers global)."""
+    check_positive_int("context", context)
+    check_positive_int("batch", batch)
+    return CacheRecipe(n_layers, n_kv_heads, head_dim, element_of(dtype)).cache_bytes(context, batch)
+
+
 def cache_comparison(n_heads: int, head_dim: int, n_layers: int, context: int, batch: int = 1,
                      dtype: str = "bf16") -> dict:
     """MHA and MQA cache bytes for one shape; the MQA cache is ``n_heads`` times smaller."""
     check_positive_int("n_heads", n_heads)
-    b = dtype_bytes(dtype)
-    mha = kv_cache_bytes(n_layers, n_heads, head_dim, context, batch, b)
-    mqa = kv_cache_bytes(n_layers, 1, head_dim, context, batch, b)
+    e = element_of(dtype)
     return {"n_heads": n_heads, "head_dim": head_dim, "n_layers": n_layers, "context": context, "batch": batch,
-            "dtype": dtype, "bytes_per_elem": b, "mha_bytes": mha, "mqa_bytes": mqa,
-            "mha_bytes_per_token": kv_cache_bytes(n_layers, n_heads, head_dim, 1, 1, b),
-            "mqa_bytes_per_token": kv_cache_bytes(n_layers, 1, head_dim, 1, 1, b),
+            "dtype": dtype, "element": e, "bytes_per_vector": e.vector_bytes(head_dim),
+            "mha_bytes": kv_bytes(n_layers, n_heads, head_dim, context, batch, dtype),
+            "mqa_bytes": kv_bytes(n_layers, 1, head_dim, context, batch, dtype),
+            "mha_bytes_per_token": kv_bytes(n_layers, n_heads, head_dim, 1, 1, dtype),
+            "mqa_bytes_per_token": kv_bytes(n_layers, 1, head_dim, 1, 1, dtype),
             "reduction": reduction_vs_mha(n_heads, 1)}
+
+
+def number_format(v: dict) -> str:
+    """The readout's words for the number format: '2 bytes per number (bf16)', or for int8/int4 what they store."""
+    e = v["element"]
+    if v["dtype"] in QUANTIZED:
+        return (f"{v['dtype']}: {e.bits / 8:g} byte{'s' if e.bits != 8 else ''} per number + {e.stored()} "
+                f"({v['bytes_per_vector']:,} bytes per K or V vector of {v['head_dim']})")
+    b = e.bits // 8
+    return f"{b} byte{'s' if b > 1 else ''} per number ({v['dtype']})"
 
 
 class MQACacheComparison(widgets.VBox):
@@ -74,13 +109,13 @@ class MQACacheComparison(widgets.VBox):
         self.context = StrictSelectionSlider(options=[(context_label(c), c) for c in CONTEXTS], value=4096,
                                              description="context (tokens)", name="context", **slide)
         self.batch = StrictIntSlider(value=1, min=1, max=MAX_BATCH, description="batch", name="batch", **slide)
-        self.dtype = StrictDropdown(options=list(DTYPE_BYTES), value="bf16", description="dtype", style=style,
+        self.dtype = StrictDropdown(options=list(ELEMENT_BITS), value="bf16", description="dtype", style=style,
                                     name="dtype")
         self.readout = widgets.HTML()
         # flex-start: keep the picture at its own size; a VBox would otherwise stretch it to the full width
         self.image = widgets.Image(format="png", layout=widgets.Layout(align_self="flex-start"))
         self.last_update_s = float("nan")
-        self._filling = False  # True while a preset writes into the sliders
+        self._filling = Syncing()  # set while a preset writes into the sliders
         self._build_figure()
         self.preset.observe(self._on_preset, names="value")
         for c in self._shape_controls():
@@ -99,12 +134,9 @@ class MQACacheComparison(widgets.VBox):
         if change["new"] == CUSTOM:
             return
         spec = get_model(change["new"])
-        self._filling = True
-        try:
+        with self._filling:
             self.n_heads.value, self.n_layers.value = spec.n_heads, spec.n_layers
             self.head_dim.value, self.context.value = spec.head_dim, spec.context
-        finally:
-            self._filling = False
         self.update()
 
     def _on_shape(self, change) -> None:
@@ -127,11 +159,11 @@ class MQACacheComparison(widgets.VBox):
         if v["preset"] != CUSTOM:
             spec = get_model(v["preset"])
             if spec.n_kv_heads is not None and 1 < spec.n_kv_heads < spec.n_heads:
-                b = v["bytes_per_elem"]
+                shape = (v["n_layers"], spec.n_kv_heads, v["head_dim"])
                 v["released_gqa"] = {
                     "n_kv_heads": spec.n_kv_heads,
-                    "bytes": kv_cache_bytes(v["n_layers"], spec.n_kv_heads, v["head_dim"], v["context"], v["batch"], b),
-                    "bytes_per_token": kv_cache_bytes(v["n_layers"], spec.n_kv_heads, v["head_dim"], 1, 1, b),
+                    "bytes": kv_bytes(*shape, v["context"], v["batch"], v["dtype"]),
+                    "bytes_per_token": kv_bytes(*shape, 1, 1, v["dtype"]),
                     "vs_mha": reduction_vs_mha(spec.n_heads, spec.n_kv_heads)}
         return v
 
@@ -194,7 +226,7 @@ class MQACacheComparison(widgets.VBox):
         """Recompute the readout and the bars from the controls' current values."""
         start = time.perf_counter()
         v = self.readout_values()
-        unit = f"{v['bytes_per_elem']} byte{'s' if v['bytes_per_elem'] > 1 else ''} per number ({v['dtype']})"
+        unit = number_format(v)
         note = ""
         if v["preset"] != CUSTOM:
             spec = get_model(v["preset"])

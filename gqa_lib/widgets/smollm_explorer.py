@@ -4,7 +4,8 @@ Type a sentence, pick a layer and a group. The picture shows the attention maps 
 query heads (one colour scale) next to the keys and values of the one KV head they all read. The
 readout gives the layer's head diversity for pairs inside a group and pairs across groups
 (``gqa_lib.core.diversity.within_across_diversity``). One forward pass per sentence gives all 30 layers
-(``smollm.capture_layers``); they are kept, so moving the layer or group only recomputes and redraws.
+(``smollm.capture_layers``); they are kept for the last few texts, so moving the layer or group only
+recomputes and redraws.
 
 The model only ever sees the text's first ``MAX_TOKENS`` tokens (``token_cap``): memory grows with the
 square of the tokens, and those are all the picture shows. Of each layer only what the picture and
@@ -14,13 +15,9 @@ the readout use is kept (queries, keys, values, attention weights); the readout 
 from __future__ import annotations
 
 import dataclasses
-import io
 import time
-import warnings
-from collections import OrderedDict
 
 import ipywidgets as widgets
-import numpy as np
 import torch
 from matplotlib.figure import Figure
 
@@ -29,11 +26,12 @@ from gqa_lib.core.diversity import pairwise_head_distance
 from gqa_lib.models import smollm
 from gqa_lib.models.catalog import get_model
 from gqa_lib.pictures.style import DIVERGING_CMAP, HEATMAP_CMAP
-from gqa_lib.widgets.controls import StrictIntSlider, StrictToggleButtons
-from gqa_lib.widgets.token_cap import MAX_TOKENS, cap_text, cut_note
+from gqa_lib.widgets.blit import BlitFigure
+from gqa_lib.widgets.controls import StrictToggleButtons
+from gqa_lib.widgets.token_cap import MAX_TOKENS, CappedText, KeptTexts, cap_text, cut_note, sentence_and_layer
 
 DEFAULT_TEXT = smollm.PROMPTS["sentences"]["fox"]
-CAPTURES_KEPT = 4  # texts whose captures are kept: about 1 MB each at the token cap
+CAPTURES_KEPT = 4  # texts whose captures are kept: about 5 MB each at the token cap
 _SPEC = get_model("SmolLM2-135M")  # 30 layers, 9 query heads, 3 KV heads: known before the model loads
 
 
@@ -46,25 +44,32 @@ def _labels(tokens) -> list[str]:
     return out
 
 
+@dataclasses.dataclass(eq=False)
+class _Sentence:
+    """What the explorer keeps of one text between updates."""
+
+    capped: CappedText  # the text as cut for the model
+    captures: list  # every layer's smollm capture, without the layer's input and output (not shown)
+    distances: dict = dataclasses.field(default_factory=dict)  # layer -> (9, 9) head distances, once asked for
+
+
 class GroupCanvas:
     """Three attention maps and the group's K and V, in a figure built once and then only refilled.
 
     Drawing text (tick labels, colour bars) is most of matplotlib's work, and it changes only with the
     sentence. So the figure is drawn in full once per sentence and kept as a background; a change of
     layer or group pastes that background and draws only the five images and the titles on it
-    (matplotlib's "blitting"). K and V are each divided by their largest absolute value, so their
-    colour bars, too, stay the same (-1 to 1) for every layer.
+    (matplotlib's "blitting", ``blit.BlitFigure``; the last sentence's background is kept). K and V
+    are each divided by their largest absolute value, so their colour bars, too, stay the same
+    (-1 to 1) for every layer.
     """
 
     def __init__(self, group_size: int):
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
-
         self.group_size = group_size
         side, kv_side, left, gap, bottom, top = 2.4, 1.6, 0.85, 0.2, 1.3, 0.75  # inches
         kv_left = left + group_size * (side + gap) + 0.55
         width, height = kv_left + 2 * kv_side + gap + 0.2, bottom + side + top
         self.fig = Figure(figsize=(width, height), dpi=80)
-        self.canvas = FigureCanvasAgg(self.fig)
 
         def box(x, w, y=bottom, h=side):
             return (x / width, y / height, w / width, h / height)
@@ -86,10 +91,8 @@ class GroupCanvas:
             ax.set_xticks([0, 63])
         self.titles = [ax.set_title(" ", fontsize=10) for ax in self.map_axes + self.kv_axes]
         self.suptitle = self.fig.suptitle(" ", y=1 - 0.12 / height)
-        self.dynamic = [*self.maps, *self.kv, *self.titles, self.suptitle]
-        for artist in self.dynamic:
-            artist.set_animated(True)  # left out of the full draw; drawn on top of the background
-        self._tokens, self._background = None, None
+        self._tokens = None
+        self._blit = BlitFigure(self.fig, [*self.maps, *self.kv, *self.titles, self.suptitle], kept=1)
 
     def _set_tokens(self, tokens) -> None:
         labels, n = _labels(tokens), len(tokens)
@@ -106,14 +109,10 @@ class GroupCanvas:
             ax.set_xlim(-0.5, 63.5)
         self.map_axes[0].set_ylabel("query token")
         self.map_axes[0].set_xlabel("key token")
-        self.canvas.draw()
-        self._background = self.canvas.copy_from_bbox(self.fig.bbox)
         self._tokens = list(tokens)
 
     def draw(self, cap, group: int, n: int) -> bytes:
         """Draw group ``group`` of capture ``cap`` (first ``n`` tokens); return the PNG bytes."""
-        from PIL import Image
-
         tokens = cap.tokens[:n]
         if tokens != self._tokens:
             self._set_tokens(tokens)
@@ -130,33 +129,18 @@ class GroupCanvas:
             title.set_text(name)
         self.suptitle.set_text(f"SmolLM2 layer {cap.layer}: query heads {heads[0]}-{heads[-1]} all read "
                                f"KV head {group}")
-        self.canvas.restore_region(self._background)
-        with warnings.catch_warnings():  # a typed emoji has no glyph in the default font; drawing goes on
-            warnings.simplefilter("ignore", UserWarning)
-            for artist in self.dynamic:
-                self.fig.draw_artist(artist)
-        buf = io.BytesIO()
-        rgb = np.asarray(self.canvas.buffer_rgba())[..., :3]  # (height, width, 3)
-        Image.fromarray(rgb).save(buf, format="png", compress_level=1)
-        return buf.getvalue()
+        return self._blit.render(tuple(self._tokens))  # the token labels: what the background shows
 
 
 class SmollmGroupExplorer(widgets.VBox):
     """Controls ``.text``, ``.layer``, ``.group``; readout ``.readout``; picture ``.image``; ``update()``."""
 
     def __init__(self, text: str = DEFAULT_TEXT, layer: int = 3, group: int = 0):
-        n_layers, n_kv = _SPEC.n_layers, _SPEC.n_kv_heads
-        check_text(text)
-        check_index("layer", layer, n_layers)
+        n_kv = _SPEC.n_kv_heads
+        self.text, self.layer = sentence_and_layer(text, layer, _SPEC.n_layers)
         check_index("group", group, n_kv)
         self.group_size = _SPEC.group_size
-        self._captures: OrderedDict[str, list] = OrderedDict()  # text -> captures of all layers, a few kept
-        self._distances: dict[tuple[str, int], torch.Tensor] = {}
-        self._capped: dict = {}  # text -> token_cap.CappedText
-        self.text = widgets.Text(value=text, description="sentence", continuous_update=False,
-                                 layout=widgets.Layout(width="95%"))
-        self.layer = StrictIntSlider(value=layer, min=0, max=n_layers - 1, description="layer", name="layer",
-                                     continuous_update=False)
+        self._sentence = KeptTexts(self._read, CAPTURES_KEPT)  # text -> _Sentence: no forward pass for a layer or group
         options = [(f"KV head {j} (query heads {j * self.group_size}-{(j + 1) * self.group_size - 1})", j)
                    for j in range(n_kv)]
         # Buttons as wide as their labels ("KV head 0 (query heads 0-2)"): a fixed width cut them short.
@@ -171,37 +155,34 @@ class SmollmGroupExplorer(widgets.VBox):
         super().__init__([self.text, widgets.HBox([self.layer]), self.group, self.readout, self.image])
         self.update()
 
+    def _read(self, text: str) -> _Sentence:
+        """One forward pass on ``text``'s first tokens (called through ``self._sentence``, which keeps the result)."""
+        capped = cap_text(text)
+        # Keep what the picture and readout use; the layer's input and output are not shown.
+        slim = [dataclasses.replace(c, hidden=torch.empty(0), output=torch.empty(0))
+                for c in smollm.capture_layers(capped.text)]
+        return _Sentence(capped, slim)
+
     def captures(self, text: str) -> list:
         """All 30 layers' captures of ``text``'s first tokens (one forward pass, remembered for the last few texts)."""
-        if text not in self._captures:
-            capped = cap_text(text)
-            # Keep what the picture and readout use; the layer's input and output are not shown.
-            slim = [dataclasses.replace(c, hidden=torch.empty(0), output=torch.empty(0))
-                    for c in smollm.capture_layers(capped.text)]
-            self._captures[text] = slim
-            self._capped[text] = capped
-            while len(self._captures) > CAPTURES_KEPT:
-                evicted, _ = self._captures.popitem(last=False)
-                self._capped.pop(evicted, None)
-                self._distances = {k: d for k, d in self._distances.items() if k[0] != evicted}
-        self._captures.move_to_end(text)
-        return self._captures[text]
+        return self._sentence(text).captures
 
     def kept_bytes(self) -> int:
         """Bytes of the tensors the widget keeps between updates (captures and distance matrices)."""
-        tensors = [t for caps in self._captures.values() for c in caps
-                   for t in (c.hidden, c.q, c.k, c.v, c.weights, c.output)]
-        tensors += list(self._distances.values())
+        kept = self._sentence.values()
+        tensors = [t for s in kept for c in s.captures for t in (c.hidden, c.q, c.k, c.v, c.weights, c.output)]
+        tensors += [d for s in kept for d in s.distances.values()]
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def distances(self, text: str, layer: int) -> torch.Tensor:
-        """(9, 9) Jensen-Shannon distances between the query heads' maps, first ``MAX_TOKENS`` tokens."""
-        key = (text, layer)
-        if key not in self._distances:
-            w = self.captures(text)[layer].weights[:, :MAX_TOKENS, :MAX_TOKENS]
+        """(9, 9) Jensen-Shannon distances between the query heads' maps, first ``MAX_TOKENS`` tokens (computed
+        once per layer, kept with the text's captures)."""
+        sentence = self._sentence(text)
+        if layer not in sentence.distances:
+            w = sentence.captures[layer].weights[:, :MAX_TOKENS, :MAX_TOKENS]
             with smollm.one_cpu_thread():
-                self._distances[key] = pairwise_head_distance(w)
-        return self._distances[key]
+                sentence.distances[layer] = pairwise_head_distance(w)
+        return sentence.distances[layer]
 
     def readout_values(self) -> dict:
         """What the readout says, as numbers (for tests)."""
@@ -220,7 +201,7 @@ class SmollmGroupExplorer(widgets.VBox):
             return float(x.mean()) if enough else None
 
         return {"text": text, "layer": layer, "group": group, "query_heads": heads, "n_tokens": n_tokens,
-                "n_tokens_in_text": self._capped[text].n_tokens,
+                "n_tokens_in_text": self._sentence(text).capped.n_tokens,
                 "within": mean(d[same]), "across": mean(d[kv_of[:, None] != kv_of[None, :]]),
                 "group_within": sum(in_group) / len(in_group) if enough else None,
                 "kv_identical_in_group": all(torch.equal(x[h], x[heads[0]]) for x in (k_seen, v_seen) for h in heads)}
@@ -247,7 +228,7 @@ class SmollmGroupExplorer(widgets.VBox):
                 f"<b>{v['across']:.3f}</b> (within / across = {v['within'] / v['across']:.2f}).")
         self.readout.value = (
             f"Layer {v['layer']}, {v['n_tokens']} token{'s' if v['n_tokens'] != 1 else ''}"
-            f"{cut_note(self._capped[text])}. Query heads {heads} read the same K and V "
+            f"{cut_note(self._sentence(text).capped)}. Query heads {heads} read the same K and V "
             f"(checked: {same}).<br>{diversity}"
         )
         cap = self.captures(text)[v["layer"]]

@@ -6,11 +6,22 @@ the token count (30 layers x 9 heads x tokens^2 weights, plus the model's own wo
 only the first ``MAX_TOKENS`` tokens anyway, and with a causal mask the attention of a text's first
 tokens does not depend on what follows: running the model on the first ``MAX_TOKENS`` tokens alone
 gives exactly the maps shown. So the text is cut before the model sees it.
+
+The explorers' other shared parts: the sentence box and layer slider they start with
+(``sentence_and_layer``), and ``KeptTexts``, what an explorer computed for its last few texts, so
+that moving a slider needs no forward pass.
 """
 
 from __future__ import annotations
 
+import functools
+import weakref
 from dataclasses import dataclass
+
+import ipywidgets as widgets
+
+from gqa_lib.core.checks import check_index, check_text
+from gqa_lib.widgets.controls import StrictIntSlider
 
 MAX_TOKENS = 32  # tokens analysed and shown; more labels than this do not fit on the axes
 
@@ -54,3 +65,42 @@ def cut_note(capped: CappedText) -> str:
         return ""
     return (f" (the text has {capped.n_tokens:,} tokens; only its first {capped.n_kept} are analysed and shown, "
             f"the most this explorer takes)")
+
+
+def sentence_and_layer(text: str, layer: int, n_layers: int) -> tuple[widgets.Text, StrictIntSlider]:
+    """The sentence box and the layer slider (``0..n_layers - 1``) of a SmolLM2 explorer, after checking
+    ``text`` and ``layer``."""
+    check_text(text)
+    check_index("layer", layer, n_layers)
+    box = widgets.Text(value=text, description="sentence", continuous_update=False, layout=widgets.Layout(width="95%"))
+    slider = StrictIntSlider(value=layer, min=0, max=n_layers - 1, description="layer", name="layer",
+                             continuous_update=False)
+    return box, slider
+
+
+class KeptTexts:
+    """``read(text)``'s result for the last ``maxsize`` texts an explorer showed: calling it with a text
+    reads the text only when it is not kept (then the least recently shown one is dropped).
+
+    A well-kept standard-library cache instead of our own LRU: ``functools.lru_cache``, made per widget
+    so that it goes with the widget. It does not show what it holds, and a widget's ``kept_bytes`` counts
+    that: ``read`` returns a new object that only the cache holds, so a ``weakref.WeakSet`` of those
+    objects holds exactly the kept ones (one leaves it as soon as the cache drops it).
+    """
+
+    def __init__(self, read, maxsize: int):
+        kept = self._kept = weakref.WeakSet()
+
+        def read_and_list(text: str):
+            value = read(text)
+            kept.add(value)
+            return value
+
+        self._cached = functools.lru_cache(maxsize=maxsize)(read_and_list)
+
+    def __call__(self, text: str):
+        return self._cached(text)
+
+    def values(self) -> list:
+        """What is kept now: ``read``'s results for the last ``maxsize`` texts, in no particular order."""
+        return list(self._kept)
