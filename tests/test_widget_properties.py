@@ -31,7 +31,6 @@ from gqa_lib.core.cache_math import (
     auto_format_bytes,
     dtype_bytes,
     kv_cache_bytes,
-    mla_cache_bytes,
     reduction_vs_mha,
 )
 from gqa_lib.core.checks import divisors
@@ -106,13 +105,20 @@ def oracle_mqa(w) -> None:
     assert (w.readout_values()["mha_bytes"], w.readout_values()["mqa_bytes"]) == (mha, mqa)
 
 
+def _vector_bytes(dtype: str, n: int) -> int:
+    """Written out here, apart from the library: integers pack ``bits`` per number and store a 2-byte scale and a
+    2-byte minimum per group of 64 numbers (a shorter vector is one group); float formats store the numbers only."""
+    bits = {"fp32": 32, "fp16": 16, "bf16": 16, "fp8": 8, "int8": 8, "int4": 4}[dtype]
+    scales = -(-n // 64) * 4 if dtype in ("int8", "int4") else 0
+    return -(-n * bits // 8) + scales
+
+
 def oracle_mla(w) -> None:
-    b = dtype_bytes(w.dtype.value)
+    dt = w.dtype.value
     L, d, n = w.n_layers.value, w.head_dim.value, w.seq_len.value
-    per_token = {"MHA": kv_cache_bytes(L, w.n_heads.value, d, 1, 1, b),
-                 "GQA": kv_cache_bytes(L, w.n_kv_heads.value, d, 1, 1, b),
-                 "MQA": kv_cache_bytes(L, 1, d, 1, 1, b),
-                 "MLA": mla_cache_bytes(L, w.d_c.value, w.d_rope.value, 1, 1, b)}
+    kv = 2 * _vector_bytes(dt, d) * L  # K and V of one KV head, every layer
+    latent = (_vector_bytes(dt, w.d_c.value) + (_vector_bytes(dt, w.d_rope.value) if w.d_rope.value else 0)) * L
+    per_token = {"MHA": w.n_heads.value * kv, "GQA": w.n_kv_heads.value * kv, "MQA": kv, "MLA": latent}
     facts = [f"at {n:,} tokens"]
     for per in per_token.values():
         facts += [f"{per:,} B", f"{auto_format_bytes(per * n)} = {auto_format_bytes(per * n, binary=True)}"]

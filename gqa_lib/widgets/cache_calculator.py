@@ -63,12 +63,10 @@ from __future__ import annotations
 
 import contextlib
 import html
-import io
 import math
 import time
 
 import ipywidgets as widgets
-import numpy as np
 
 from gqa_lib.core.cache_math import (
     ELEMENT_BITS,
@@ -83,6 +81,7 @@ from gqa_lib.core.checks import closest_divisor
 from gqa_lib.core.layout import attention_kind
 from gqa_lib.models.catalog import ModelSpec, get_model, load_models
 from gqa_lib.pictures.style import GPU_MEMORY_GIB, NEUTRAL, PALETTE
+from gqa_lib.widgets.blit import BlitFigure
 from gqa_lib.widgets.controls import CUSTOM, KVHeadsSlider, StrictDropdown, StrictIntSlider, StrictSelectionSlider
 from gqa_lib.widgets.text import plural
 
@@ -216,7 +215,6 @@ class KVCacheCalculator(widgets.VBox):
                 self.window, self.pattern, self.share_every)
 
     def _build_figure(self):
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
         from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
@@ -250,9 +248,9 @@ class KVCacheCalculator(widgets.VBox):
         # A fixed title: the shape is in the readout above, and every text drawn per update costs time.
         self._fig.text(0.5, 0.985, "KV cache against context, for the shape, batch and number format chosen above",
                        ha="center", va="top", fontsize=10)
-        FigureCanvasAgg(self._fig)  # attaches itself to the figure
-        self._dynamic = [self._mha_line, self._global_line, self._line, self._marker, self._legend]
-        self._backgrounds, self._background_ylim = {}, None  # y range -> bitmap of the static parts
+        # Axes, ticks and GPU lines (the slow part: text) are drawn once per y range and kept; an update draws
+        # only the curves, marker and legend over them.
+        self._blit = BlitFigure(self._fig, [self._mha_line, self._global_line, self._line, self._marker, self._legend])
 
     # ---- events -------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -499,34 +497,11 @@ class KVCacheCalculator(widgets.VBox):
         self._render((low, high))
 
     def _render(self, ylim: tuple[float, float]):
-        """Draw the figure into ``.plot`` as PNG.
-
-        Axes, ticks and GPU lines (the slow part: text) are drawn once per y range and kept as a bitmap
-        (one per range seen, so moving back and forth across a decade stays fast); each update pastes
-        that bitmap and draws only the curves, marker, legend and title on top.
-        """
-        from PIL import Image
-
-        canvas = self._fig.canvas
-        if ylim != self._background_ylim:
+        """Draw the figure into ``.plot`` as PNG, over the background kept for the y range ``ylim`` (in whole
+        decades, so that most control moves reuse it)."""
+        if self._ax.get_ylim() != ylim:
             self._ax.set_ylim(*ylim)
-            self._background_ylim = ylim
-        if ylim not in self._backgrounds:
-            shown = [a.get_visible() for a in self._dynamic]
-            for a in self._dynamic:
-                a.set_visible(False)
-            canvas.draw()
-            self._backgrounds[ylim] = canvas.copy_from_bbox(self._fig.bbox)
-            for a, visible in zip(self._dynamic, shown, strict=True):
-                a.set_visible(visible)
-        else:
-            canvas.restore_region(self._backgrounds[ylim])
-        for a in self._dynamic:
-            if a.get_visible():
-                self._fig.draw_artist(a)
-        buf = io.BytesIO()
-        Image.fromarray(np.asarray(canvas.buffer_rgba())).save(buf, format="png", compress_level=1)
-        self.plot.value = buf.getvalue()
+        self.plot.value = self._blit.render(ylim)
 
 
 def _dtype_label(name: str) -> str:

@@ -14,11 +14,12 @@ import ipywidgets as widgets
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from gqa_lib.core.cache_math import DTYPE_BYTES, auto_format_bytes, dtype_bytes, kv_cache_bytes, mla_cache_bytes
+from gqa_lib.core.cache_math import ELEMENT_BITS, CacheRecipe, auto_format_bytes
 from gqa_lib.core.checks import check_kv_heads, check_positive_int
 from gqa_lib.pictures.style import PALETTE
 from gqa_lib.widgets.blit import BlitFigure
 from gqa_lib.widgets.controls import KVHeadsSlider, StrictDropdown, StrictIntSlider, Syncing
+from gqa_lib.widgets.mqa_cache import element_of
 from gqa_lib.widgets.text import plural
 
 KINDS = ("MHA", "GQA", "MQA", "MLA")
@@ -43,14 +44,19 @@ def check_slider_value(name: str, value: int) -> None:
 
 def cache_per_token(n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int, d_c: int, d_rope: int,
                     dtype: str = "bf16") -> dict[str, int]:
-    """Bytes one token adds to the cache, all layers, batch 1, for each attention kind of this shape."""
+    """Bytes one token adds to the cache, all layers, batch 1, for each attention kind of this shape.
+
+    Priced by ``core.cache_math.CacheRecipe`` in ``dtype``'s format, as notebooks 01, 03 and 08 price it: int8
+    and int4 include one 2-byte scale and one 2-byte minimum per group of 64 numbers (a latent of 512 and a
+    RoPE key of 64 are vectors of their own).
+    """
     check_kv_heads(n_heads, n_kv_heads)
-    b = dtype_bytes(dtype)
+    element = element_of(dtype)
     return {
-        "MHA": kv_cache_bytes(n_layers, n_heads, head_dim, 1, 1, b),
-        "GQA": kv_cache_bytes(n_layers, n_kv_heads, head_dim, 1, 1, b),
-        "MQA": kv_cache_bytes(n_layers, 1, head_dim, 1, 1, b),
-        "MLA": mla_cache_bytes(n_layers, d_c, d_rope, 1, 1, b),
+        "MHA": CacheRecipe(n_layers, n_heads, head_dim, element).cache_bytes(1),
+        "GQA": CacheRecipe(n_layers, n_kv_heads, head_dim, element).cache_bytes(1),
+        "MQA": CacheRecipe(n_layers, 1, head_dim, element).cache_bytes(1),
+        "MLA": CacheRecipe(n_layers, element=element, d_c=d_c, d_rope=d_rope).cache_bytes(1),
     }
 
 
@@ -67,7 +73,7 @@ class MLACacheComparison(widgets.VBox):
         for name in SLIDER_RANGES:
             check_slider_value(name, v[name])
         check_kv_heads(v["n_heads"], v["n_kv_heads"])
-        dtype_bytes(v["dtype"])
+        element_of(v["dtype"])
         if v["seq_len"] not in TOKEN_CHOICES:
             raise ValueError(f"seq_len={v['seq_len']!r} is not offered (valid: {', '.join(map(str, TOKEN_CHOICES))})")
         self._syncing = Syncing()  # set while the KV heads follow the query heads
@@ -85,7 +91,7 @@ class MLACacheComparison(widgets.VBox):
         self.head_dim = int_slider("head_dim", "head dim")
         self.d_c = int_slider("d_c", "MLA latent d_c")
         self.d_rope = int_slider("d_rope", "MLA RoPE key d_h^R")
-        self.dtype = StrictDropdown(options=list(DTYPE_BYTES), value=v["dtype"], description="dtype", name="dtype",
+        self.dtype = StrictDropdown(options=list(ELEMENT_BITS), value=v["dtype"], description="dtype", name="dtype",
                                     style=slider["style"])
         self.seq_len = StrictDropdown(options=[(f"{n:,}", n) for n in TOKEN_CHOICES], value=v["seq_len"],
                                       description="tokens (totals)", name="seq_len", style=slider["style"])
