@@ -1,6 +1,8 @@
 """Solutions to notebook 08's exercises: a sliding window with attention sinks, an integer round trip, and the
 bytes of an integer cache."""
 
+import math
+
 import torch
 
 
@@ -14,11 +16,20 @@ def window_mask(n, window, sinks):
 def int_round_trip(x, bits):
     levels = 2 ** bits - 1  # steps between the smallest and the largest integer
     g = x.float().unflatten(-1, (-1, 64))  # (..., n_groups, 64)
-    low = g.amin(-1, keepdim=True).to(torch.bfloat16).float()  # the minimum as stored
-    scale = ((g.amax(-1, keepdim=True) - low) / levels).to(torch.bfloat16).float()  # the scale as stored
-    scale = scale.clamp_min(torch.finfo(torch.bfloat16).tiny)  # a group of equal numbers: every q is 0
-    q = ((g - low) / scale).round().clamp(0, levels)  # the integers the cache holds
-    return (q * scale + low).flatten(-2).to(x.dtype)
+    low = bf16_toward(g.amin(-1, keepdim=True), -math.inf)  # (..., n_groups, 1): stored minimum, at or below them all
+    high = g.amax(-1, keepdim=True)  # (..., n_groups, 1)
+    step = ((high - low) / levels).clamp_min(torch.finfo(torch.bfloat16).tiny)  # a group of equal numbers: every q is 0
+    scale = bf16_toward(step, math.inf)  # (..., n_groups, 1): stored scale, so that the top level reaches the maximum
+    q = ((g - low) / scale).round().clamp(0, levels)  # (..., n_groups, 64): the integers the cache holds
+    return (q * scale + low).flatten(-2).to(x.dtype)  # x's shape and dtype
+
+
+def bf16_toward(v, direction):
+    """Each float32 number of v rounded to bf16 on the side of `direction`: -inf gives the largest bf16 number at
+    or below it, +inf the smallest at or above it. Returned as float32, v's shape."""
+    b = v.to(torch.bfloat16)  # the nearest bf16 number: on either side of v
+    wrong_side = b.float() > v if direction < 0 else b.float() < v
+    return torch.where(wrong_side, torch.nextafter(b, torch.full_like(b, direction)), b).float()  # one bf16 step back
 
 
 def quantized_cache_bytes(n_layers, numbers_per_token, tokens, bits):

@@ -9,6 +9,7 @@ import io
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
@@ -16,6 +17,7 @@ from torch.nn import functional as F
 import gqa_lib.exercises as ex
 from gqa_lib import MultiHeadLatentAttention, causal_mask
 from gqa_lib.exercises import museum
+from gqa_lib.exercises.checking import compare
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = ROOT / "solutions"
@@ -91,6 +93,24 @@ def test_window_and_int_cache_messages_name_the_case():
     assert "Your mask lets query 0 see key 1, a later token" in msg
     msg = " ".join(ex.ex08_cache_shrink.quantized_cache_bytes.evaluate(museum.int_bytes_without_scales).message.split())
     assert "expected 68, received 64" in msg
+
+
+def test_int_round_trip_names_the_nearest_bf16_rule_on_the_group_far_from_zero():
+    # issue 25: rounding the minimum to the nearest bf16 clips the numbers below it, far from zero by dozens of steps
+    msg = " ".join(ex.ex08_cache_shrink.int_round_trip.evaluate(museum.round_trip_nearest).message.split())
+    assert "smallest failing input: x of shape (1, 64), float32: 1 token of 64 numbers from 198.6 to 200.8" in msg
+    assert "expected 198.5966, received 199.0000" in msg
+    assert ("a group's minimum 198.6000 rounds to 199, the nearest bf16 number, which is above it: the 2 numbers "
+            "below 199 come back clipped, 198.6000 as 199.0000, 56.5 steps (of 0.00708008) off") in msg
+
+
+def test_int_round_trip_tolerance_hides_no_other_rounding():
+    # every case tells the nearest-bf16 rule from the reference wherever the two differ at all (the default bf16
+    # tolerance let it pass on the bf16 case)
+    exercise = ex.EXERCISES["int_round_trip"]
+    for case in exercise.cases():
+        expected, nearest = exercise.reference(*case.args), museum.round_trip_nearest(*case.args)
+        assert (compare(expected, nearest, case.tol) is None) == torch.equal(expected, nearest), case.label
 
 
 def test_int_cache_reference_counts_a_scale_and_a_minimum_per_64_numbers():
@@ -181,13 +201,23 @@ def _window_triangles(n, window, sinks):
     return ones.tril() & (in_window | (torch.arange(n) < sinks))
 
 
+def _bf16_cut(v: float, up: bool) -> float:
+    """A float32 number rounded down or up to bf16 by bits, not by torch's rounding: bf16 is float32's top 16 bits,
+    so cutting the low 16 rounds toward zero; where that went the wrong way, one bf16 step away from zero."""
+    bits = np.array(v, dtype=np.float32).view(np.uint32)
+    cut = bits & np.uint32(0xFFFF0000)
+    if cut.view(np.float32) != np.float32(v) and (v > 0) == up:
+        cut = cut + np.uint32(0x10000)
+    return float(cut.view(np.float32))
+
+
 def _round_trip_loop(x, bits):
     out = torch.empty_like(x)
     flat_in, flat_out = x.reshape(-1, 64), out.view(-1, 64)
     for r in range(flat_in.shape[0]):  # one group of 64 at a time
         low, high = torch.aminmax(flat_in[r].float())
-        low = low.to(torch.bfloat16).float()
-        scale = max(((high - low) / (2 ** bits - 1)).to(torch.bfloat16).item(), torch.finfo(torch.bfloat16).tiny)
+        low = _bf16_cut(low.item(), up=False)  # at or below every number of the group
+        scale = max(_bf16_cut(((high - low) / (2 ** bits - 1)).item(), up=True), torch.finfo(torch.bfloat16).tiny)
         q = torch.clamp(torch.round((flat_in[r].float() - low) / scale), 0, 2 ** bits - 1)
         flat_out[r] = (q * scale + low).to(x.dtype)
     return out
@@ -325,3 +355,70 @@ def test_mla_reference_equals_the_library_layer():
     _, weights = layer.attend_explicit(q_c, q_r, latent, k_rope, return_weights=True)
     masked = scores.masked_fill(~causal_mask(5, 5), float("-inf")).softmax(-1)
     torch.testing.assert_close(masked, weights)
+
+
+# ---------------------------------------------------------------- integers of any kind (issue 25)
+# The exercises whose answer is an int (a byte count, a head index) or a tuple of ints (decode_cost).
+INT_EXERCISES = ["cache_bytes", "sliding_window_cache_bytes", "kv_head_of", "decode_cost", "mla_cache_bytes",
+                 "quantized_cache_bytes"]
+
+
+def _ints_as(kind, value):
+    """``value`` (an int or a tuple of ints) with every int made a ``kind``: np.int32 only where it fits."""
+    if isinstance(value, tuple):
+        return tuple(_ints_as(kind, v) for v in value)
+    if kind is np.int32 and not -2**31 <= value < 2**31:
+        return np.int64(value)
+    return kind(value)
+
+
+INT_KINDS = {"np.int64": np.int64, "np.int32": np.int32, "np.uint64": np.uint64, "0-d numpy array": np.array,
+             "0-d int64 tensor": torch.tensor}
+
+
+def test_the_int_exercises_are_the_ones_answering_ints():
+    answers_int = {name for name, e in ex.EXERCISES.items()
+                   if isinstance(e.reference(*e.cases()[0].args), (int, tuple))}
+    assert answers_int == set(INT_EXERCISES)
+
+
+@pytest.mark.parametrize("kind", INT_KINDS, ids=list(INT_KINDS))
+@pytest.mark.parametrize("name", INT_EXERCISES)
+def test_a_right_answer_as_a_numpy_integer_is_correct(name, kind):
+    notebook = next(nb for nb, exs in ex.BY_NOTEBOOK.items() if ex.EXERCISES[name] in exs)
+    solution = getattr(_solution_module(notebook), name)
+    result = ex.EXERCISES[name].evaluate(lambda *args: _ints_as(INT_KINDS[kind], solution(*args)))
+    assert result.status == "correct", result.message
+
+
+INT_EXHIBITS = [e for e in museum.EXHIBITS if e.exercise in INT_EXERCISES]
+
+
+@pytest.mark.parametrize("kind", [np.int64, np.int32], ids=["np.int64", "np.int32"])
+@pytest.mark.parametrize("exhibit", INT_EXHIBITS, ids=[f"{e.exercise}-{e.mistake.name}" for e in INT_EXHIBITS])
+def test_a_wrong_answer_as_a_numpy_integer_gets_the_same_named_mistake(exhibit, kind):
+    exercise, buggy = ex.EXERCISES[exhibit.exercise], exhibit.mistake.fn
+    as_int = exercise.evaluate(buggy)
+    as_numpy = exercise.evaluate(lambda *args: _ints_as(kind, buggy(*args)))
+    assert as_numpy.status == "wrong" and as_numpy.mistake == exhibit.mistake.name, as_numpy.message
+    assert as_numpy.message == as_int.message
+
+
+def test_floats_posing_as_ints_are_refused_where_they_are_mistakes():
+    cache_bytes, kv_head_of = ex.EXERCISES["cache_bytes"], ex.EXERCISES["kv_head_of"]
+    # a byte count computed with `/` has a whole value: right, as before
+    assert cache_bytes.evaluate(lambda m, t, b=1, n=2: ex.ex01_kv_cache.reference_cache_bytes(m, t, b, n) / 1).status \
+        == "correct"
+    # ... unless its value is not whole, or it comes as a float32 that cannot hold it exactly
+    msg = cache_bytes.evaluate(lambda m, t, b=1, n=2: ex.ex01_kv_cache.reference_cache_bytes(m, t, b, n) + 0.5).message
+    assert "expected 37,748,736, received 3.77487e+07 (float)" in msg
+    msg = cache_bytes.evaluate(lambda m, t, b=1, n=2: np.float32(ex.ex01_kv_cache.reference_cache_bytes(m, t, b, n)))
+    assert msg.status == "wrong" and "(float32)" in msg.message
+    # an index is never a float: `/` in place of `//`
+    for divided in (lambda i, h, kv: i / (h // kv), lambda i, h, kv: np.floor(i / (h // kv)),
+                    lambda i, h, kv: torch.tensor(i // (h // kv), dtype=torch.float32)):
+        result = kv_head_of.evaluate(divided)
+        assert result.status == "wrong", result.message
+        assert "expected 0, received 0.0 (float): an index must be an int, as `//` gives" in result.message
+    for boolean in (lambda i, h, kv: i >= h, lambda i, h, kv: np.bool_(i >= h)):  # False is not KV head 0
+        assert "expected 0, received False (bool)" in kv_head_of.evaluate(boolean).message

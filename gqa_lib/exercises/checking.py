@@ -14,18 +14,29 @@ wrong numbers) becomes a :class:`Result` with one of three statuses:
 ``Exercise.check(fn)`` prints the message; that is the one call a notebook cell makes. The case builders
 at the end (:func:`seeded_cases`, :func:`attention_case`, :func:`kv_projection_case`) make the inputs that
 several exercises share.
+
+Each call of the learner's function runs under a time limit (:data:`TIME_LIMIT_S`, see
+:func:`call_with_time_limit`): a function that never returns is stopped and reported as "wrong" with the
+input it was running on, instead of hanging the notebook.
 """
 
 from __future__ import annotations
 
 import copy
+import ctypes
 import math
+import numbers
+import os
+import signal
 import textwrap
+import threading
+import time
 import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 # Tolerances for comparing floating-point results. A different but valid formulation (einsum instead
@@ -81,6 +92,141 @@ class _NotYet(Exception):
     pass
 
 
+# ------------------------------------------------------------------------------------------- the time limit
+# Seconds one call of the learner's function may take on one case. The references take at most 3 ms on the
+# largest case (measured on a busy 2-core machine, one torch thread; the byte counts well under 1 ms), and every
+# case is small (at most 65,536 multiply-adds of scores: decode_attention, 2 x 32 heads x 64 keys x 16). The
+# slowest correct solution we could think of, a Python loop over every layer, token and batch entry of the
+# largest cache_bytes case (126 layers x 131,072 tokens x batch 8 = 132 million steps), took 10.7 s on that
+# machine: 30 s leaves it 3x for a slow laptop, while a learner with an infinite loop waits half a minute, not
+# forever.
+TIME_LIMIT_S = 30.0
+# Environment variable that overrides TIME_LIMIT_S (seconds; 0 or "off" for no limit).
+TIME_LIMIT_ENV = "GQA_EXERCISE_TIME_LIMIT"
+
+
+class _TimeLimit(BaseException):
+    """Raised inside the learner's function when its time is up. A BaseException, so that the learner's own
+    ``except Exception:`` cannot swallow it."""
+
+    stopped = True  # False when the function could not be interrupted (see call_with_time_limit)
+
+
+def time_limit_s(limit: float | None = None) -> float | None:
+    """The limit to use: ``limit`` if given, else ``$GQA_EXERCISE_TIME_LIMIT``, else :data:`TIME_LIMIT_S`; None
+    (no limit) for 0, a negative number or "off"."""
+    if limit is None:
+        env = os.environ.get(TIME_LIMIT_ENV, "").strip().lower()
+        try:
+            limit = 0.0 if env in ("off", "none", "no") else float(env) if env else TIME_LIMIT_S
+        except ValueError:
+            limit = TIME_LIMIT_S
+    return limit if limit > 0 else None
+
+
+def _uses_signal() -> bool:
+    return hasattr(signal, "SIGALRM") and hasattr(signal, "setitimer") and threading.current_thread() is \
+        threading.main_thread()
+
+
+def call_with_time_limit(fn: Callable, args: tuple, limit: float | None) -> Any:
+    """``fn(*args)``, stopped with :class:`_TimeLimit` if it runs longer than ``limit`` seconds (None: no limit).
+
+    How it is stopped:
+
+    - in the main thread of a Unix process (Linux, macOS; a Jupyter kernel runs cells there): ``SIGALRM`` from
+      ``signal.setitimer``; its handler raises inside ``fn``, which stops at its next Python line, and the alarm
+      repeats every second after that in case ``fn`` caught the first. A SIGALRM handler and timer that were set
+      before (pytest-timeout's, say) are put back afterwards; an earlier alarm of theirs fires when ``fn`` ends.
+    - elsewhere (Windows, which has no SIGALRM, or a thread other than the main one, where a signal handler
+      cannot be set): ``fn`` runs in a daemon thread that the caller joins with a timeout; when the time is up
+      the caller raises :class:`_TimeLimit` inside that thread (``PyThreadState_SetAsyncExc``), which stops a
+      Python loop the same way. Only code stuck in one long C call cannot be stopped: it is left running as a
+      daemon thread and the exception's ``stopped`` is False.
+
+    Exceptions that ``fn`` raises come back unchanged, with their traceback, either way.
+    """
+    if limit is None:
+        return fn(*args)
+    if _uses_signal():
+        return _call_with_alarm(fn, args, limit)
+    return _call_in_thread(fn, args, limit)
+
+
+def _call_with_alarm(fn: Callable, args: tuple, limit: float) -> Any:
+    def on_alarm(signum, frame):
+        raise _TimeLimit()
+
+    start = time.monotonic()
+    old_handler = signal.signal(signal.SIGALRM, on_alarm)
+    old_delay, old_interval = signal.setitimer(signal.ITIMER_REAL, limit, 1.0)
+    try:
+        return fn(*args)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old_handler if old_handler is not None else signal.SIG_DFL)
+        if old_delay > 0:  # someone else's alarm was pending: set it again for what is left of it
+            signal.setitimer(signal.ITIMER_REAL, max(old_delay - (time.monotonic() - start), 1e-3), old_interval)
+
+
+def _raise_in_thread(thread: threading.Thread, exc_type: type[BaseException]) -> None:
+    try:
+        ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc_type))
+    except (AttributeError, TypeError, ValueError):  # not CPython: the thread is left to finish on its own
+        pass
+
+
+def _call_in_thread(fn: Callable, args: tuple, limit: float) -> Any:
+    box: dict[str, Any] = {}
+    grad = torch.is_grad_enabled()  # torch's grad mode is per thread: the worker gets the caller's
+
+    def work():
+        try:
+            with torch.set_grad_enabled(grad):
+                box["out"] = fn(*args)
+        except BaseException as e:  # handed to the caller, which raises it
+            box["err"] = e
+
+    worker = threading.Thread(target=work, name="exercise checker: learner's function", daemon=True)
+    deadline = time.monotonic() + limit
+    worker.start()
+    try:
+        while worker.is_alive() and time.monotonic() < deadline:
+            worker.join(min(0.05, max(deadline - time.monotonic(), 0)))  # short joins: Ctrl-C gets through
+    except BaseException:  # KeyboardInterrupt (the notebook's stop button): stop the learner's code too
+        _raise_in_thread(worker, KeyboardInterrupt)
+        raise
+    if worker.is_alive():
+        _raise_in_thread(worker, _TimeLimit)
+        worker.join(2.0)
+        if not isinstance(box.get("err"), _TimeLimit):
+            stuck = _TimeLimit()
+            stuck.stopped = not worker.is_alive()
+            raise stuck
+    if "err" in box:
+        raise box["err"]
+    return box["out"]
+
+
+def _time_limit_message(name: str, title: str, case: Case, limit: float, err: _TimeLimit, fn: Callable) -> str:
+    where = _where_in_learner_code(err, fn).replace(" (line", " (it was at line", 1)
+    fn_name = getattr(fn, "__name__", "")
+    fn_name = fn_name if fn_name.isidentifier() else "your_function"
+    after = ("" if err.stopped else " It may still be running in the background: if the notebook becomes slow, "
+             "restart the kernel.")
+    lines = [f"wrong: {title}", f"  smallest failing input: {case.label}",
+             f"  your function was still running after {limit:g} second{'s' * (limit != 1)} on this input{where}, so "
+             f"the checker stopped it.{after}",
+             "A correct solution takes milliseconds here. The usual cause is an infinite loop: a `while` loop whose "
+             "condition never changes (a counter that is never increased, or increased on a path the loop never "
+             "takes), or a loop that appends to the list it runs over. A loop over every token of a long input is "
+             "slow too: compute the count with a formula instead, or give your function longer:"]
+    return "\n".join(lines[:2] + [textwrap.fill(line.strip(), 110, initial_indent="  ", subsequent_indent="    ",
+                                                 break_long_words=False, break_on_hyphens=False)
+                                   for line in lines[2:]]
+                     + [f"    check_{name}({fn_name}, time_limit={max(4 * limit, 120):g})"])
+
+
 def generator(name: str) -> torch.Generator:
     """A generator seeded from ``name``, so an exercise draws the same inputs every time."""
     return torch.Generator().manual_seed(zlib.crc32(name.encode()))
@@ -133,6 +279,8 @@ def describe(value: Any) -> str:
         return f"{head}: [{shown}{', ...' if flat.numel() > 6 else ''}]"
     if isinstance(value, (tuple, list)):
         return "(" + ", ".join(describe(v) for v in value) + ")"
+    if isinstance(value, (np.integer, np.bool_)):  # np.int64(7) reads 7, as an int does
+        value = _plain_number(value)
     return _fmt_number(value)
 
 
@@ -140,9 +288,28 @@ def _index_str(idx: tuple[int, ...]) -> str:
     return "[" + ", ".join(str(i) for i in idx) + "]"
 
 
-def compare(expected: Any, received: Any, tol: tuple[float, float] | None = None) -> str | None:
+def _plain_number(value: Any) -> Any:
+    """A Python bool, int or float for a number of another kind: a numpy integer or bool, a tensor or numpy array
+    with one element (e.g. ``torch.tensor(3)``, ``np.array(3)``); anything else unchanged. A numpy float other than
+    ``np.float64`` (already a float) stays as it is."""
+    if isinstance(value, (torch.Tensor, np.ndarray)) and (value.numel() if isinstance(value, torch.Tensor)
+                                                          else value.size) == 1:
+        return value.item()
+    if isinstance(value, np.bool_):
+        return bool(value)
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, int)):  # np.int64, np.uint8, ...
+        return int(value)
+    return value
+
+
+def compare(expected: Any, received: Any, tol: tuple[float, float] | None = None, index: bool = False) -> str | None:
     """None when ``received`` matches ``expected``; otherwise one line saying how it differs.
-    ``tol``: (atol, rtol) for floating-point tensors instead of ``TOLERANCES``."""
+    ``tol``: (atol, rtol) for floating-point tensors instead of ``TOLERANCES``.
+
+    Where an int is expected, an integer of any kind with the right value matches: a Python int, a numpy integer
+    (np.int64, np.int32, ...), a one-element integer tensor or array; so does a float with a whole value (3.0: a
+    byte count computed with ``/``), unless ``index`` says the int is an index, which a float cannot be. A float
+    with a fractional part, a bool, or any other type does not."""
     if isinstance(expected, torch.Tensor):
         if not isinstance(received, torch.Tensor):
             return f"expected a tensor of shape {tuple(expected.shape)}, received a {type(received).__name__}"
@@ -175,14 +342,16 @@ def compare(expected: Any, received: Any, tol: tuple[float, float] | None = None
         if not isinstance(received, (tuple, list)) or len(received) != len(expected):
             return f"expected {len(expected)} values {describe(expected)}, received {describe(received)}"
         for i, (e, r) in enumerate(zip(expected, received, strict=True)):
-            why = compare(e, r, tol)
+            why = compare(e, r, tol, index)
             if why:
                 return f"value {i}: {why}"
         return None
     if isinstance(expected, bool) or isinstance(expected, int):
-        if isinstance(received, torch.Tensor) and received.numel() == 1:
-            received = received.item()
+        received = _plain_number(received)
         if isinstance(received, float) and received.is_integer():
+            if index:
+                return (f"expected {_fmt_number(expected)}, received {float(received)!r} (float): an index must be "
+                        "an int, as `//` gives (`/` gives a float, which cannot index a list or a tensor)")
             received = int(received)
         if not isinstance(received, int) or isinstance(received, bool) != isinstance(expected, bool):
             return f"expected {_fmt_number(expected)}, received {describe(received)} ({type(received).__name__})"
@@ -209,10 +378,12 @@ def _expected_received(expected: Any, received: Any, why: str) -> list[str]:
     return [f"  expected: {describe(expected)}", f"  received: {describe(received)}"]
 
 
-def _call(fn: Callable, case: Case) -> Any:
-    """Run ``fn`` on fresh copies of the case's inputs; NotImplementedError or None becomes _NotYet."""
+def _call(fn: Callable, case: Case, limit: float | None) -> Any:
+    """Run ``fn`` on fresh copies of the case's inputs within ``limit`` seconds (None: no limit; running longer
+    raises _TimeLimit); NotImplementedError or None becomes _NotYet."""
+    args = clone(case.args)
     try:
-        out = fn(*clone(case.args))
+        out = call_with_time_limit(fn, args, limit)
     except NotImplementedError as e:
         raise _NotYet(f"it raised NotImplementedError{': ' + str(e) if str(e) else ''}") from None
     if out is None:
@@ -235,9 +406,11 @@ class Exercise:
     """One exercise: a reference, its cases (built on demand) and the mistakes it recognises."""
 
     def __init__(self, name: str, title: str, reference: Callable, cases: Callable[[], list[Case]],
-                 mistakes: list[Mistake] | None = None, reference_name: str = "", summary: str = ""):
+                 mistakes: list[Mistake] | None = None, reference_name: str = "", summary: str = "",
+                 index: bool = False):
+        """``index``: the answer is an index (a head number), so a float such as 1.0 is wrong (see :func:`compare`)."""
         self.name, self.title, self.reference, self.summary = name, title, reference, summary
-        self._cases, self.mistakes = cases, list(mistakes or [])
+        self._cases, self.mistakes, self.index = cases, list(mistakes or []), index
         self.reference_name = reference_name or f"the reference `{reference.__module__}.{reference.__name__}`"
 
     def cases(self) -> list[Case]:
@@ -249,24 +422,29 @@ class Exercise:
                 buggy = mistake.fn(*clone(case.args))
             except Exception:  # a mistake that cannot run on this input did not make this output
                 continue
-            if compare(expected, buggy, case.tol) is not None and compare(buggy, received, case.tol) is None:
+            if (compare(expected, buggy, case.tol, self.index) is not None
+                    and compare(buggy, received, case.tol, self.index) is None):
                 return mistake
         return None
 
-    def evaluate(self, fn: Callable) -> Result:
-        """Run ``fn`` on every case, smallest first; never raises for anything ``fn`` does."""
+    def evaluate(self, fn: Callable, time_limit: float | None = None) -> Result:
+        """Run ``fn`` on every case, smallest first; never raises for anything ``fn`` does. Each call of ``fn`` may
+        take ``time_limit`` seconds (default: ``$GQA_EXERCISE_TIME_LIMIT`` or :data:`TIME_LIMIT_S`; 0: no limit);
+        one that runs longer is stopped and reported as wrong on that input (:func:`call_with_time_limit`)."""
         title = self.title
         if not callable(fn):
             return Result("wrong", f"wrong: {title}\n  expected a function, received {describe(fn)}")
         with torch.no_grad():
-            return self._evaluate(fn, title)
+            return self._evaluate(fn, title, time_limit_s(time_limit))
 
-    def _evaluate(self, fn: Callable, title: str) -> Result:
+    def _evaluate(self, fn: Callable, title: str, limit: float | None) -> Result:
         cases = self.cases()
         for case in cases:
             expected = self.reference(*clone(case.args))
             try:
-                received = _call(fn, case)
+                received = _call(fn, case, limit)
+            except _TimeLimit as e:
+                return Result("wrong", _time_limit_message(self.name, title, case, limit, e, fn))
             except _NotYet as e:
                 return Result("not yet", f"not yet: {title}: {e}. Replace `raise NotImplementedError` with your code "
                                          "and run the cell again.")
@@ -274,7 +452,7 @@ class Exercise:
                 return Result("wrong", f"wrong: {title}\n  smallest failing input: {case.label}\n"
                                        f"  your function raised {type(e).__name__}{_where_in_learner_code(e, fn)}: "
                                        f"{' '.join(str(e).split())[:400]}")
-            why = compare(expected, received, case.tol)
+            why = compare(expected, received, case.tol, self.index)
             if why is None:
                 continue
             lines = [f"wrong: {title}", f"  smallest failing input: {case.label}", f"  {why}"]
@@ -289,10 +467,11 @@ class Exercise:
         return Result("correct", f"correct: {title}\n  {len(cases)} inputs agree with {self.reference_name}:\n"
                                  + "\n".join(shown))
 
-    def check(self, fn: Callable) -> None:
-        """Print whether ``fn`` is correct, not yet written, or wrong (and how)."""
+    def check(self, fn: Callable, time_limit: float | None = None) -> None:
+        """Print whether ``fn`` is correct, not yet written, or wrong (and how); ``time_limit`` as in
+        :meth:`evaluate`."""
         try:
-            result = self.evaluate(fn)
+            result = self.evaluate(fn, time_limit)
         except Exception as e:  # a defect of the checker itself must not look like the learner's error
             print(f"the checker for {self.title!r} failed ({type(e).__name__}: {e}); please report this")
             return

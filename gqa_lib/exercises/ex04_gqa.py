@@ -27,7 +27,8 @@ def _kv_head_cases() -> list[Case]:
 kv_head_of = Exercise("kv_head_of", "kv_head_of(query_head, n_heads, n_kv_heads)", reference_kv_head_of,
                       _kv_head_cases, mistakes_for("kv_head_of"),
                       reference_name="gqa_lib.AttentionLayout.kv_head_of",
-                      summary="every query head of " + ", ".join(f"{h} query / {kv} KV heads" for h, kv in LAYOUTS))
+                      summary="every query head of " + ", ".join(f"{h} query / {kv} KV heads" for h, kv in LAYOUTS),
+                      index=True)  # the answer indexes the KV heads: 1.0 (from `/`) is wrong, np.int64(1) right
 check_kv_head_of = kv_head_of.check
 
 

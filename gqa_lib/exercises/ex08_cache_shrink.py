@@ -37,11 +37,26 @@ check_window_mask = window_mask.check
 def reference_int_round_trip(x, bits):
     """gqa_lib.experiments.cache_shrink.fake_quantize along the last dim, groups of 64: what an int cache gives back.
 
-    Per group: low = min rounded to bf16; scale = (max - low) / (2**bits - 1) rounded to bf16 (0 becomes
-    bf16's smallest normal number); q = round((x - low) / scale) clamped to 0 .. 2**bits - 1; returns
-    q * scale + low in x's dtype and shape.
+    Per group, in float32: low = the largest bf16 number at or below the group's minimum; scale = the smallest
+    bf16 number at or above (max - low) / (2**bits - 1) (at least bf16's smallest normal number, so that a group
+    of equal numbers has a scale above 0); q = round((x - low) / scale) clamped to 0 .. 2**bits - 1; returns
+    q * scale + low in x's dtype and shape. Rounded this way, the levels low .. low + (2**bits - 1) x scale
+    cover the group: no number is clipped, and each comes back at most half a step off. (Rounding both to the
+    nearest bf16 can put low above the group's smallest numbers, which then come back clipped.)
     """
     return fake_quantize(x, bits)
+
+
+# The tolerance, from the dtype and the rule. The reference's q x scale + low is exact in float32 on these cases
+# (q has at most 8 bits, the scale 8 significant bits, the minimum is a bf16 number), so a solution that follows the
+# rule returns the same numbers, up to a few float32 roundings where it orders the arithmetic differently; a bf16
+# result is that number rounded once, so the same bf16 number. Another integer, minimum or scale moves a number by
+# up to a step, and TOLERANCES' defaults hide that: float32's 1e-4 + 1e-4 x |expected| is 0.02 at 200, nearly two
+# steps of the far case's int8 scale (0.011); bf16's 0.05 + 2 % is over two steps of the bf16 case's (0.015 to
+# 0.023), and let the nearest-bf16 rule pass there, though it moves 925 of the case's 1,920 numbers by up to a step.
+# So: float32, 1e-4 (under 1 % of the smallest step) + 1e-6 x |expected| (8 float32 units, 0.0002 at 200); bf16,
+# 1e-6 + 2**-10 x |expected|, under half a bf16 unit (a unit is over 2**-8 of the number), so one unit off is wrong.
+ROUND_TRIP_TOL = {torch.float32: (1e-4, 1e-6), torch.bfloat16: (1e-6, 2 ** -10)}
 
 
 def _round_trip_cases() -> list[Case]:
@@ -53,10 +68,18 @@ def _round_trip_cases() -> list[Case]:
             (randn(gen, 2, 128) * 2, 8, "2 tokens of 128 numbers (two groups each)"),
             (constant, 4, "2 tokens of 128 numbers whose second group is all zeros (max = min)"),
             (randn(gen, 2, 3, 5, 64, dtype=torch.bfloat16), 8, "batch 2, 3 KV heads, 5 tokens, head_dim 64")]
+    # A group far from zero, where bf16 numbers are 1 apart: rounded to the nearest bf16, its minimum 198.6 becomes
+    # 199, above two of the group's numbers, which then come back clipped, dozens of int8 steps off; rounded down,
+    # it is 198. Drawn last, so that the other cases keep their numbers; checked first, so that a learner who
+    # rounds to the nearest bf16 is told on it (on the first ordinary case that rule is less than a step off).
+    noise = randn(gen, 1, 64)
+    far = 198.6 + (noise - noise.min()) / 2  # (1, 64): 198.6 to about 200.8
+    rows.insert(0, (far, 8, f"1 token of 64 numbers from {far.min():.1f} to {far.max():.1f}, far from zero "
+                            "(one group)"))
     cases = []
     for i, (x, bits, what) in enumerate(rows):
         label = f"x of shape {tuple(x.shape)}, {dtype_name(x.dtype)}: {what}, {bits} bits"
-        cases.append(Case(label, (x, bits), size=i))
+        cases.append(Case(label, (x, bits), size=i, tol=ROUND_TRIP_TOL[x.dtype]))
     return cases
 
 

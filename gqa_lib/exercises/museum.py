@@ -9,7 +9,7 @@ result equals an exhibit's result, the checker names the mistake and explains it
 
 ``EXHIBITS`` lists them all, by exercise, with the name each checker gives them.
 
-Why one module of about 740 lines: 57 exhibits, each a few lines with its story; kept in one
+Why one module of about 850 lines: 58 exhibits, each a few lines with its story; kept in one
 file so that a reader can browse every known mistake in one place and a test can list them all.
 """
 
@@ -603,16 +603,37 @@ def sinks_off_by_one(n, window, sinks):
     return (j <= i) & ((j > i - window) | (j <= sinks))
 
 
-def _round_trip(x, bits, levels=None, group=64, stored=True, min_first=True):
-    """Asymmetric round trip per group of ``group`` numbers along the last dim, with switches for the mistakes."""
-    levels = 2 ** bits - 1 if levels is None else levels
-    g = x.float().reshape(*x.shape[:-1], -1, group)  # (..., n_groups, group)
+def _to_bf16(v, side=0):
+    """``v`` (float32) rounded to a bf16 number, returned as float32: ``side`` 0 the nearest, -1 the largest at or
+    below ``v``, 1 the smallest at or above it."""
+    b = v.to(torch.bfloat16)
+    if side:
+        wrong_side = b.float() > v if side < 0 else b.float() < v
+        b = torch.where(wrong_side, torch.nextafter(b, torch.full_like(b, side * math.inf)), b)
+    return b.float()
+
+
+def _stored(g, levels, stored=True, min_first=True, nearest=False):
+    """The minimum and the scale (float32, (..., n_groups, 1)) of each group of ``g`` (..., n_groups, group).
+
+    As the exercise stores them: the minimum rounded down to bf16, the scale (measured from that stored minimum)
+    rounded up, so that the levels cover the group. ``stored=False``: both kept in float32; ``min_first=False``: the
+    scale measured from the float32 minimum; ``nearest``: both rounded to the nearest bf16 (the rule before issue 25).
+    """
     low, high = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
-    scale = (high - low) / levels
-    if stored:
-        low = low.to(torch.bfloat16).float()
-        scale = ((high - low) / levels if min_first else scale).to(torch.bfloat16).float()
-    scale = scale.clamp_min(torch.finfo(torch.bfloat16).tiny)
+    tiny = torch.finfo(torch.bfloat16).tiny
+    if not stored:
+        return low, ((high - low) / levels).clamp_min(tiny)
+    stored_low = _to_bf16(low, 0 if nearest else -1)
+    span = high - (stored_low if min_first else low)
+    return stored_low, _to_bf16((span / levels).clamp_min(tiny), 0 if nearest else 1)
+
+
+def _round_trip(x, bits, levels=None, group=64, **rule):
+    """Asymmetric round trip per group of ``group`` numbers along the last dim, with switches for the mistakes
+    (``levels``, ``group``, and ``rule``: how the minimum and the scale are stored, see :func:`_stored`)."""
+    g = x.float().reshape(*x.shape[:-1], -1, group)  # (..., n_groups, group)
+    low, scale = _stored(g, 2 ** bits - 1 if levels is None else levels, **rule)
     q = ((g - low) / scale).round().clamp(0, 2 ** bits - 1)
     return (q * scale + low).reshape(x.shape).to(x.dtype)
 
@@ -643,8 +664,7 @@ def round_trip_symmetric(x, bits):
     format for weights, but not the cache's; it wastes the levels beyond the group's own minimum or maximum."""
     top = 2 ** (bits - 1) - 1
     g = x.float().reshape(*x.shape[:-1], -1, 64)
-    scale = (g.abs().amax(-1, keepdim=True) / top).to(torch.bfloat16).float()
-    scale = scale.clamp_min(torch.finfo(torch.bfloat16).tiny)
+    scale = _to_bf16((g.abs().amax(-1, keepdim=True) / top).clamp_min(torch.finfo(torch.bfloat16).tiny), 1)
     return ((g / scale).round().clamp(-top, top) * scale).reshape(x.shape).to(x.dtype)
 
 
@@ -666,13 +686,78 @@ def round_trip_per_row(x, bits):
     return _round_trip(x, bits, group=x.shape[-1])
 
 
+def _worst(x, bits, **rule) -> dict:
+    """The number of ``x`` where ``_round_trip(x, bits, **rule)`` differs most from the exercise's rule: that
+    number, what comes back (and what the rule gives back), how many steps of its stored scale it is off, whether it
+    lies below or above the levels, and its group's minimum, maximum, stored minimum, scale (and the rule's) and top
+    level, with how many numbers of the group lie on that side of the levels."""
+    levels = 2 ** bits - 1
+    g = x.float().reshape(-1, 64)  # (n_groups, 64)
+    low, scale = _stored(g, levels, **rule)  # (n_groups, 1) each
+    out = _round_trip(g, bits, **rule).float()  # (n_groups, 64)
+    off = (out - g).abs() / scale  # (n_groups, 64): steps off
+    right = _round_trip(g, bits)  # (n_groups, 64): the rule's round trip
+    apart = (out - right).abs()  # (n_groups, 64)
+    r, i = (int(k) for k in torch.unravel_index(apart.argmax(), apart.shape))
+    top = (low[r] + levels * scale[r]).item()
+    value = g[r, i].item()
+    side = "below" if value < low[r].item() else "above" if value > top else ""
+    outside = int((g[r] < low[r]).sum()) if side == "below" else int((g[r] > top).sum())
+    return dict(value=value, back=out[r, i].item(), right=right[r, i].item(), steps=off[r, i].item(),
+                side=side, outside=outside, min=g[r].min().item(), max=g[r].max().item(), low=low[r].item(),
+                scale=scale[r].item(), right_scale=_stored(g[r:r + 1], levels)[1].item(), top=top)
+
+
+def _clipped(n: int, where: str) -> str:
+    """'the 2 numbers below 199 come back clipped', 'the one number above it comes back clipped'."""
+    return f"the {n} numbers {where} come back clipped" if n != 1 else f"the one number {where} comes back clipped"
+
+
+def _minus(low: float) -> str:
+    """'max - low' written for a negative low too: 'max + 2.34375'."""
+    return f"max - {low:g}" if low >= 0 else f"max + {-low:g}"
+
+
+def _nearest_story(x, bits) -> str:
+    w, levels = _worst(x, bits, nearest=True), 2 ** bits - 1
+    if w["side"] == "below":
+        below = f"below {w['low']:g}"
+        where = (f"a group's minimum {w['min']:.4f} rounds to {w['low']:g}, the nearest bf16 number, which is above "
+                 f"it: {_clipped(w['outside'], below)}, {w['value']:.4f} as "
+                 f"{w['back']:.4f}, {w['steps']:.1f} steps (of {w['scale']:.6g}) off")
+    elif w["side"] == "above":
+        where = (f"a group's scale rounds down to {w['scale']:.6g}, the nearest bf16 number, so its top level, "
+                 f"{w['low']:g} + {levels} x scale = {w['top']:.4f}, is below its maximum {w['max']:.4f}: "
+                 f"{_clipped(w['outside'], 'above it')}, {w['value']:.4f} as {w['back']:.4f}, "
+                 f"{w['steps']:.1f} steps off")
+    else:
+        where = (f"a group's minimum and scale, rounded to the nearest bf16 numbers ({w['low']:g} and "
+                 f"{w['scale']:.6g}), are not the ones this cache stores (the minimum rounded down, the scale up): "
+                 f"{w['value']:.4f} comes back as {w['back']:.4f}, not {w['right']:.4f}")
+    return (f"{where}, where a round trip whose levels cover the group is at most half a step off. Store the largest "
+            "bf16 number at or below the minimum, and the smallest at or above (max - that stored minimum) / "
+            f"{levels}: then no number lies outside the levels (torch.nextafter moves a bf16 number to its "
+            "neighbour).")
+
+
+@exhibit("int_round_trip", "minimum and scale rounded to the nearest bf16", lambda c: _nearest_story(*c.args))
+def round_trip_nearest(x, bits):
+    """Rounds the minimum and the scale to the nearest bf16 (``.to(torch.bfloat16)``): a minimum rounded up lies
+    above the group's smallest numbers, and a scale rounded down leaves its largest beyond the top level; both are
+    clipped. Far from zero, where bf16 numbers are far apart (1 apart near 200), that is dozens of steps."""
+    return _round_trip(x, bits, nearest=True)
+
+
 def _stored_story(x, bits) -> str:
-    g = x.float().flatten()[:64]
-    low = g.min().to(torch.bfloat16).float()
-    scale = (g.max() - low) / (2 ** bits - 1)
+    levels = 2 ** bits - 1
+    g = x.float().flatten()[:64]  # the first group
+    low, scale = (v.item() for v in _stored(g, levels, stored=False))
+    stored_low, stored_scale = (v.item() for v in _stored(g, levels))
     return (f"the cache stores each group's minimum and scale in bf16 (2 bytes each) and gives back q x scale + "
-            f"minimum with those stored values: the first group's scale is {scale.item():.7f} in float32 but "
-            f"{scale.to(torch.bfloat16).item():.7f} as stored. Round the minimum, then the scale, to bf16.")
+            f"minimum with those stored numbers: the first group's minimum {low:.4f} is stored as {stored_low:g} (the "
+            f"largest bf16 number at or below it), and its scale is {stored_scale:.7f} (the smallest bf16 number at "
+            f"or above ({_minus(stored_low)}) / {levels}), not your float32 {scale:.7f}. Round the minimum down to "
+            "bf16, then measure the scale from it and round it up.")
 
 
 @exhibit("int_round_trip", "scale and minimum kept in float32", lambda c: _stored_story(*c.args))
@@ -682,14 +767,25 @@ def round_trip_not_stored(x, bits):
     return _round_trip(x, bits, stored=False)
 
 
-@exhibit("int_round_trip", "scale measured from the unrounded minimum", lambda c: (
-    "round the minimum to bf16 first and measure the scale from that stored minimum, (max - low) / "
-    f"{2 ** c.args[1] - 1}: dequantizing adds back the stored minimum, so that is where the levels start. Your "
-    "scale came from the float32 minimum and, rounded to bf16, landed on a different bf16 number. Both are "
-    "fair quantizers; this exercise (and gqa_lib) uses the first."))
+def _unrounded_story(x, bits) -> str:
+    w, levels = _worst(x, bits, min_first=False), 2 ** bits - 1
+    start = (f"the levels start at the stored minimum, a group's minimum {w['min']:.4f} rounded down to {w['low']:g}, "
+             f"so the scale must span from there to the maximum: ({_minus(w['low'])}) / {levels}, stored as "
+             f"{w['right_scale']:.6g}. Yours spans from the unrounded minimum")
+    if w["side"] == "above":
+        start += (f", so the top level, {w['low']:g} + {levels} x {w['scale']:.6g} = {w['top']:.4f}, falls short "
+                  f"of the maximum {w['max']:.4f}: {w['value']:.4f} comes back as {w['back']:.4f}, "
+                  f"{w['steps']:.1f} steps off")
+    else:
+        start += f" and is {w['scale']:.6g}: {w['value']:.4f} comes back as {w['back']:.4f}, not {w['right']:.4f}"
+    return start + ". Round the minimum to bf16 first, and measure the scale from that."
+
+
+@exhibit("int_round_trip", "scale measured from the unrounded minimum", lambda c: _unrounded_story(*c.args))
 def round_trip_scale_before_min(x, bits):
-    """Computes the scale from the float32 minimum, then rounds both to bf16: a valid quantizer, but not the
-    exercise's (the stored scale can differ by a bf16 step, which moves every number of the group)."""
+    """Measures the scale from the float32 minimum, (max - min) / (2**bits - 1), then rounds the minimum down:
+    the levels start lower than the scale was measured from, so the top level can fall short of the maximum and
+    the largest numbers of the group are clipped."""
     return _round_trip(x, bits, min_first=False)
 
 
@@ -705,8 +801,8 @@ def round_trip_zero_scale(x, bits):
     """Divides by a zero scale in a constant group (padding, a dead channel): NaN where the minimum was meant."""
     levels = 2 ** bits - 1
     g = x.float().reshape(*x.shape[:-1], -1, 64)
-    low = g.amin(-1, keepdim=True).to(torch.bfloat16).float()
-    scale = ((g.amax(-1, keepdim=True) - low) / levels).to(torch.bfloat16).float()
+    low = _to_bf16(g.amin(-1, keepdim=True), -1)
+    scale = _to_bf16((g.amax(-1, keepdim=True) - low) / levels, 1)  # 0 stays 0
     q = ((g - low) / scale).round().clamp(0, levels)
     return (q * scale + low).reshape(x.shape).to(x.dtype)
 
