@@ -17,6 +17,10 @@ A real model's cache is built from more than heads (see :class:`CacheRecipe`):
   store beside the integers counted: by default, per group of 64 numbers of a cached vector, one
   2-byte scale and one 2-byte minimum (asymmetric, the format notebook 08 measures).
 - **MLA's latent** in place of K and V.
+
+Why one module of about 360 lines: every cache size in the series (the calculator, the widgets, notebook
+08's methods, the model catalog) is one of these few pure functions of one recipe, and the byte model of a
+number (``ElementType``) is shared by all of them; split up, two places would price int8 again.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ several exercises share.
 Each call of the learner's function runs under a time limit (:data:`TIME_LIMIT_S`, see
 :func:`call_with_time_limit`): a function that never returns is stopped and reported as "wrong" with the
 input it was running on, instead of hanging the notebook.
+
+Why one module of about 530 lines: the case, the comparison, the messages, the time limit and the shared
+case builders make one checker that every exercise runs; each exercise module holds only its reference,
+its cases and its title.
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ used.
 
 Bytes: :func:`shrunk_cache_bytes_per_token` counts what a cache holds at a given context length, for all
 layers, divided by that length; scales and minima included.
+
+Why one module of about 360 lines: the policy, the quantizer, the mask and the bytes describe one cache,
+and the layer that simulates it uses all four; the byte model itself is ``core.cache_math.ElementType``.
 """
 
 from __future__ import annotations
