@@ -253,3 +253,16 @@ def test_experiment_commands_refuse_to_replace_results(script, refusals):
 def test_some_experiment_command_writes_results():
     """Guards the parametrized test above against silently testing nothing."""
     assert sum(_writes_results(s) for s in BENCHMARKS) >= 5, "the benchmarks that write results are not all found"
+
+
+@pytest.mark.parametrize("ignored", ["build/a-run.ipynb", "notebooks/.ipynb_checkpoints/a-checkpoint.ipynb"])
+def test_a_git_ignored_notebook_is_as_unsaved_as_an_untracked_one(repo, ignored):
+    """Plain `git status` does not list an ignored file, so it looked clean and was overwritten unforced."""
+    (repo / ".gitignore").write_text("build/\n.ipynb_checkpoints/\n")
+    path = repo / ignored
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(_notebook("print('a learner ran this')"), path)
+    before = path.read_bytes()
+    result = _run_notebooks(repo, ignored)
+    assert result.returncode == 1 and "not tracked by git (new or ignored" in result.stderr, result.stderr
+    assert path.read_bytes() == before

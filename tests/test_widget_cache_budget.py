@@ -71,3 +71,24 @@ def test_every_update_draws_a_picture(widget):
     for value in (2048, 8192, 512):
         widget.context.value = value
         assert widget.image.value[:4] == b"\x89PNG" and not math.isnan(widget.last_update_s)
+
+
+def _table():
+    return read_results(RESULTS_DIR / "cache_pareto.csv")
+
+
+@pytest.mark.parametrize(("damage", "named"), [
+    (lambda t: t[t.family != "original"], r"0 rows with family='original' and source='original'"),
+    (lambda t: t.drop(columns=["val_nll"]), r"lacks the column\(s\) val_nll"),
+    (lambda t: t.assign(val_nll=[float("nan")] + list(t.val_nll[1:])), r"loss is not a finite number: original"),
+    (lambda t: t.iloc[:0], r"table has no rows"),
+])
+def test_a_table_it_cannot_read_is_named(damage, named):
+    """A table without the original's row used to fail with an empty StopIteration."""
+    from gqa_lib.widgets.cache_budget import budget_choice
+
+    bad = damage(_table())
+    with pytest.raises(ValueError, match=named):
+        cache_budget_explorer(bad)
+    with pytest.raises(ValueError, match=named):
+        budget_choice(bad.to_dict("records"), 0.02, 2048, 1)

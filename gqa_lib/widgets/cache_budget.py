@@ -11,6 +11,7 @@ Controls refuse values they do not offer, listing the valid ones (``controls.Not
 from __future__ import annotations
 
 import html
+import math
 import time
 
 import ipywidgets as widgets
@@ -36,6 +37,29 @@ def _memory_label(gb: float) -> str:
     return f"{gb * 1000:g} MB" if gb < 1 else f"{gb:g} GB"
 
 
+# What the explorer reads from each row of cache_pareto.csv (bytes_per_token_at reads the cache's parameters).
+NEEDED = ("method", "family", "source", "val_nll", "delta_nll", "numbers_per_token_layer", "caching_layers",
+          "bits", "axis", "window", "sinks", "block")
+
+
+def check_table(rows: list[dict]) -> None:
+    """Raise ValueError naming what is missing unless ``rows`` can be read as ``cache_pareto.csv``'s: the columns
+    of :data:`NEEDED`, exactly one row of the original model (family and source 'original', which every method
+    is compared with), and a finite loss in every row (a nan loss would be listed as a method that fits)."""
+    if not rows:
+        raise ValueError("table has no rows: pass data/results/cache_pareto.csv (results.load('cache_pareto').rows)")
+    missing = [c for c in NEEDED if c not in rows[0]]
+    if missing:
+        raise ValueError(f"table lacks the column(s) {', '.join(missing)} of cache_pareto.csv")
+    originals = [r for r in rows if r["family"] == "original" and r["source"] == "original"]
+    if len(originals) != 1:
+        raise ValueError(f"table has {len(originals)} rows with family='original' and source='original'; it needs "
+                         "exactly one: the original model's cache, which every method is compared with")
+    bad = [str(r["method"]) for r in rows if not all(math.isfinite(float(r[c])) for c in ("val_nll", "delta_nll"))]
+    if bad:
+        raise ValueError(f"table has rows whose loss is not a finite number: {', '.join(bad[:5])}")
+
+
 def budget_choice(rows: list[dict], memory_gb: float, context: int, batch: int) -> dict:
     """The budget per token, and every method with its bytes at ``context`` and whether it fits, best first.
 
@@ -43,6 +67,7 @@ def budget_choice(rows: list[dict], memory_gb: float, context: int, batch: int) 
     Returns {'budget', 'fits': [...], 'too_big': [...],
     'best': row or None, 'original': row}; each listed row gains 'bytes_at_context'.
     """
+    check_table(rows)
     budget = memory_gb * 1e9 / (context * batch)
     listed = []
     for r in rows:
@@ -64,6 +89,7 @@ class CacheBudgetExplorer(widgets.VBox):
 
     def __init__(self, table, memory_gb: float = 0.02, context: int = 2048, batch: int = 1):
         self.rows = [dict(r) for r in table.to_dict("records")]
+        check_table(self.rows)
         style = {"description_width": "120px"}
         slide = {"style": style, "continuous_update": False}
         self.memory = StrictSelectionSlider(options=[(_memory_label(m), m) for m in MEMORY_GB], value=memory_gb,
