@@ -2,6 +2,7 @@
 divisors after any sequence of changes, and its K/V picture shows copies inside a group and nothing else."""
 
 import random
+import re
 import statistics
 import time
 
@@ -291,3 +292,33 @@ def test_a_layout_drawn_from_its_kept_background_matches_a_fresh_drawing():
     w.n_heads.value = 32
     w.n_kv_heads.value = 8
     assert w.image.value == first
+
+
+# A count of one followed by a plural noun ("1 layers", "1 KV heads", "1 bytes"), once the HTML tags are gone.
+ONE_AND_A_PLURAL = re.compile(r"(?<![\w.,^])1 (?:[A-Za-z/]+ )?(?:bytes|layers|heads|tokens|groups|numbers|sequences)\b")
+
+
+def _words(w) -> list[str]:
+    """The readout as the reader sees it (tags removed) and the diagram's title."""
+    return [re.sub(r"<[^>]+>", "", w.readout.value), w._canvas.ax_diagram.title.get_text()]
+
+
+def test_every_control_at_one_reads_in_the_singular():
+    """Each control that offers 1 set to 1 through the control (KV heads, layers, then query heads), with batch 1
+    and int8's 1 byte a number: '1 KV head', '1 layer', '1 query head', '1 byte', never '1 <plural>'."""
+    w = widgets.group_explorer(n_heads=8, n_kv_heads=2, head_dim=8, n_layers=4, batch=1, dtype="int8")
+    w.n_kv_heads.value = 1
+    w.n_layers.value = 1
+    readout, title = _words(w)
+    assert "8 query heads read 1 KV head (= groups)" in readout
+    assert "= 2 (K and V) x 1 layer x 1 KV head x head dim 8 x 8,192 tokens x batch 1 x 1 byte (int8)" in readout
+    assert "MQA: 8 query heads, 1 KV head, group size 8" in title
+    for words in _words(w):
+        assert not ONE_AND_A_PLURAL.search(words), ONE_AND_A_PLURAL.search(words).group(0)
+    w.n_heads.value = 1
+    assert (w.n_heads.value, w.n_kv_heads.value, w.n_layers.value) == (1, 1, 1)
+    readout, title = _words(w)
+    assert "1 query head reads 1 KV head (= groups), 1 query head per group" in readout
+    assert "MHA: 1 query head, 1 KV head, group size 1" in title
+    for words in _words(w):
+        assert not ONE_AND_A_PLURAL.search(words), ONE_AND_A_PLURAL.search(words).group(0)

@@ -1,6 +1,7 @@
 """Notebook 03's widget, headless: set controls, check the readout against the cache arithmetic."""
 
 import random
+import re
 import statistics
 
 import pytest
@@ -198,3 +199,53 @@ def test_one_query_head_says_mha_and_mqa_are_the_same_shape(widget):
              "dtype": ("fp64", ".*bf16.*")}))
 def test_a_control_set_outside_what_it_offers_is_refused_not_clamped(widget, control, value, message):
     refused_not_clamped(widget, control, value, message)
+
+
+# A count of one followed by a plural noun ("1 layers", "1 KV heads", "1 bytes"), once the HTML tags are gone.
+ONE_AND_A_PLURAL = re.compile(r"(?<![\w.,^])1 (?:[A-Za-z/]+ )?(?:bytes|layers|heads|tokens|groups|numbers|sequences)\b")
+
+
+@pytest.mark.parametrize("dtype", ["fp8", "int8"])  # the formats that store 1 byte a number
+def test_every_control_at_one_reads_in_the_singular(widget, dtype):
+    """Query heads, layers and batch at 1 (the controls that offer 1) and 1 byte a number: the readout and the
+    picture's title say '1 query head', '1 layer', '1 byte', never '1 <plural>'."""
+    widget.n_heads.value, widget.n_layers.value, widget.batch.value, widget.dtype.value = 1, 1, 1, dtype
+    v = widget.readout_values()
+    assert (v["n_heads"], v["n_layers"], v["batch"], v["dtype"]) == (1, 1, 1, dtype)
+    text, title = re.sub(r"<[^>]+>", "", widget.readout.value), widget.title.get_text()
+    for words in (text, title):
+        assert not ONE_AND_A_PLURAL.search(words), ONE_AND_A_PLURAL.search(words).group(0)
+    assert "MHA (1 K/V head a layer)" in text and "1 byte per number" in text
+    assert "1 query head, 1 layer, head dim 64" in title
+
+
+def test_a_gqa_preset_with_released_shape_names_its_kv_heads_once(widget):
+    widget.preset.value = "Llama-3 8B"
+    title = widget.title.get_text()
+    assert "KV heads, MHA -> GQA as released -> MQA: 32 -> 8 -> 1 (4x, then 32x smaller than MHA)" in title
+    assert not ONE_AND_A_PLURAL.search(title)
+
+
+@pytest.mark.parametrize("name, layers", [("Gemma 3 1B", "22 of its 26 layers"), ("Mistral 7B", "every layer")])
+def test_a_preset_with_a_window_gives_its_cache_as_built(widget, name, layers):
+    spec = get_model(name)
+    widget.preset.value = name
+    built = widget.readout_values()["as_built"]
+    assert built["bytes"] == spec.windowed_cache_bytes() < spec.cache_bytes()
+    text = widget.readout.value
+    window = f"{spec.sliding_window.window:,}"
+    assert (f"As built, {name} keeps only the last {window} tokens in {layers} (sliding window): its own cache "
+            f"({spec.n_kv_heads} K/V head{'s' if spec.n_kv_heads > 1 else ''} a layer) is "
+            f"<b>{auto_format_bytes(built['bytes'])}</b>") in text
+    widget.batch.value = 2  # batch and dtype are not the shape: the preset and its window stay
+    assert widget.readout_values()["as_built"]["bytes"] == spec.windowed_cache_bytes(batch=2)
+    widget.n_layers.value = spec.n_layers + 1  # another shape: no longer the model, no as-built line
+    assert widget.readout_values()["as_built"] is None and "As built" not in widget.readout.value
+
+
+def test_gemma_as_built_is_145_75_mb_at_its_context(widget):
+    """Gemma 3 1B, bf16, 32,768 tokens: 4 global layers keep every token, 22 local layers 512, 1,024 bytes a token
+    a layer (one K and one V of 256 numbers)."""
+    widget.preset.value = "Gemma 3 1B"
+    assert widget.readout_values()["as_built"]["bytes"] == (4 * 32768 + 22 * 512) * 1024 == 145_752_064
+    assert "<b>145.75 MB</b>" in widget.readout.value

@@ -464,7 +464,7 @@ class GroupExplorer(widgets.VBox):
             f"({auto_format_bytes(v['cache_bytes'], binary=True)})<br>"
             f"&nbsp;= 2 (K and V) x {plural(v['n_layers'], 'layer')} x {plural(kv, 'KV head')} "
             f"x head dim {v['head_dim']} x {v['context']:,} tokens x batch {v['batch']} "
-            f"x {v['bytes_per_elem']} bytes ({v['dtype']})<br>"
+            f"x {plural(v['bytes_per_elem'], 'byte')} ({v['dtype']})<br>"
             f"MHA of the same shape: {auto_format_bytes(v['mha_cache_bytes'])}; {saving}<br>"
             f"Order: {order}.<br>"
             f"Random layer, {SEQ_LEN} random tokens: max |K_i - K_j| inside a group {within}; "

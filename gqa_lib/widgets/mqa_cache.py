@@ -5,7 +5,9 @@ All numbers come from ``gqa_lib.core.cache_math.CacheRecipe``, each number forma
 count them); the reduction is ``n_heads / 1``. A preset
 fills the sliders with a real model's shape from ``data/models.json``; moving any slider away from
 the preset's value switches the preset back to ``"custom"``. For a GQA preset the model as released
-is drawn between the two (MHA -> GQA -> MQA), as long as the sliders still show its shape.
+is drawn between the two (MHA -> GQA -> MQA), as long as the sliders still show its shape. Every size
+counts every token in every layer; for a preset with sliding-window layers (``data/models.json``) the
+readout adds the model's own cache as built, its local layers keeping only their window.
 Controls refuse values they do not offer, listing the valid ones (``controls.NotOffered``).
 """
 
@@ -32,7 +34,7 @@ from gqa_lib.models.catalog import get_model, load_models
 from gqa_lib.pictures.style import GPU_MEMORY_GIB, NEUTRAL, PALETTE
 from gqa_lib.widgets.blit import BlitFigure
 from gqa_lib.widgets.controls import CUSTOM, StrictDropdown, StrictIntSlider, StrictSelectionSlider, Syncing
-from gqa_lib.widgets.text import context_label
+from gqa_lib.widgets.text import context_label, plural
 
 ROWS_WITH_GQA = {"MHA": 2.0, "GQA": 1.0, "MQA": 0.0}  # bar positions (y) with the released GQA model drawn
 ROWS_WITHOUT = {"MHA": 1.6, "GQA": 1.0, "MQA": 0.4}
@@ -84,8 +86,7 @@ def number_format(v: dict) -> str:
     if v["dtype"] in QUANTIZED:
         return (f"{v['dtype']}: {e.bits / 8:g} byte{'s' if e.bits != 8 else ''} per number + {e.stored()} "
                 f"({v['bytes_per_vector']:,} bytes per K or V vector of {v['head_dim']})")
-    b = e.bits // 8
-    return f"{b} byte{'s' if b > 1 else ''} per number ({v['dtype']})"
+    return f"{plural(e.bits // 8, 'byte')} per number ({v['dtype']})"
 
 
 class MQACacheComparison(widgets.VBox):
@@ -156,8 +157,14 @@ class MQACacheComparison(widgets.VBox):
                              self.batch.value, self.dtype.value)
         v["preset"] = self.preset.value
         v["released_gqa"] = None  # the preset's own GQA cache, when the sliders show a GQA model as released
+        v["as_built"] = None  # the preset's own cache with its local layers keeping their window, if it has any
         if v["preset"] != CUSTOM:
             spec = get_model(v["preset"])
+            if spec.sliding_window is not None:
+                recipe = spec.cache_recipe(v["element"])
+                v["as_built"] = {"bytes": recipe.cache_bytes(v["context"], v["batch"], windowed=True),
+                                 "window": recipe.window, "local_layers": recipe.local_layers(),
+                                 "n_kv_heads": spec.n_kv_heads}
             if spec.n_kv_heads is not None and 1 < spec.n_kv_heads < spec.n_heads:
                 shape = (v["n_layers"], spec.n_kv_heads, v["head_dim"])
                 v["released_gqa"] = {
@@ -192,8 +199,8 @@ class MQACacheComparison(widgets.VBox):
         gqa = v["released_gqa"]
         rows = ROWS_WITH_GQA if gqa else ROWS_WITHOUT
         gib = {"MHA": v["mha_bytes"] / GIB, "MQA": v["mqa_bytes"] / GIB, "GQA": gqa["bytes"] / GIB if gqa else 1.0}
-        names = {"MHA": f"MHA\n{v['n_heads']} KV head{'s' if v['n_heads'] > 1 else ''}", "MQA": "MQA\n1 KV head",
-                 "GQA": f"GQA (released)\n{gqa['n_kv_heads']} KV heads" if gqa else ""}
+        names = {"MHA": f"MHA\n{plural(v['n_heads'], 'KV head')}", "MQA": "MQA\n1 KV head",
+                 "GQA": f"GQA (released)\n{plural(gqa['n_kv_heads'], 'KV head')}" if gqa else ""}
         for k, bar in self.bars.items():
             shown = k != "GQA" or gqa is not None
             bar.set_visible(shown)
@@ -210,16 +217,16 @@ class MQACacheComparison(widgets.VBox):
         ticks = ([rows[k] for k in kinds], [names[k] for k in kinds])
         self.ax.set_xlim(*limits)
         self.ax.set_yticks(*ticks)
-        heads = f"{v['n_heads']} query head{'s' if v['n_heads'] > 1 else ''}"
         if v["n_heads"] == 1:
             head = "With one query head, MHA and MQA are the same shape: the same cache (1x)"
         elif gqa:
-            head = (f"MHA -> GQA as released -> MQA: {v['n_heads']} -> {gqa['n_kv_heads']} -> 1 KV heads "
+            head = (f"KV heads, MHA -> GQA as released -> MQA: {v['n_heads']} -> {gqa['n_kv_heads']} -> 1 "
                     f"({gqa['vs_mha']:g}x, then {v['reduction']:g}x smaller than MHA)")
         else:
             head = f"The MQA cache is {v['reduction']:g}x smaller than the MHA cache"
-        self.title.set_text(f"{head}\n{heads}, {v['n_layers']} layers, head dim {v['head_dim']}, {v['context']:,} "
-                            f"tokens, batch {v['batch']}, {v['dtype']}")
+        self.title.set_text(f"{head}\n{plural(v['n_heads'], 'query head')}, {plural(v['n_layers'], 'layer')}, "
+                            f"head dim {v['head_dim']}, {plural(v['context'], 'token')}, batch {v['batch']}, "
+                            f"{v['dtype']}")
         return self._blit.render((limits, tuple(ticks[0]), tuple(ticks[1])))
 
     def update(self) -> None:
@@ -230,12 +237,12 @@ class MQACacheComparison(widgets.VBox):
         note = ""
         if v["preset"] != CUSTOM:
             spec = get_model(v["preset"])
-            real = f"{spec.attention} with {spec.n_kv_heads} KV head{'s' if spec.n_kv_heads > 1 else ''}"
+            real = f"{spec.attention} with {plural(spec.n_kv_heads, 'KV head')}"
             note = f"<br><i>{spec.name} itself is {real}.</i>" + (f" <i>Note: {spec.note}.</i>" if spec.note else "")
         gqa = v["released_gqa"]
         released = ""
         if gqa:
-            released = (f"GQA as released ({gqa['n_kv_heads']} K/V heads a layer): "
+            released = (f"GQA as released ({plural(gqa['n_kv_heads'], 'K/V head')} a layer): "
                         f"<b>{auto_format_bytes(gqa['bytes'])}</b> = {auto_format_bytes(gqa['bytes'], binary=True)}, "
                         f"{auto_format_bytes(gqa['bytes_per_token'])} per token, {gqa['vs_mha']:g}x smaller than "
                         f"MHA<br>")
@@ -244,8 +251,18 @@ class MQACacheComparison(widgets.VBox):
                          "(one K/V head either way)<br>")
         else:
             reduction = f"Reduction: <b>{v['reduction']:g}x</b> (= query heads / 1 K/V head)<br>"
+        built = v["as_built"]
+        as_built = ""
+        if built:
+            layers = "every layer" if built["local_layers"] == v["n_layers"] else \
+                f"{built['local_layers']} of its {plural(v['n_layers'], 'layer')}"
+            as_built = (f"<br>As built, {v['preset']} keeps only the last {plural(built['window'], 'token')} in "
+                        f"{layers} (sliding window): its own cache ({plural(built['n_kv_heads'], 'K/V head')} a "
+                        f"layer) is <b>{auto_format_bytes(built['bytes'])}</b> = "
+                        f"{auto_format_bytes(built['bytes'], binary=True)}. The sizes above count every token in "
+                        f"every layer.")
         self.readout.value = (
-            f"MHA ({v['n_heads']} K/V head{'s' if v['n_heads'] > 1 else ''} a layer): "
+            f"MHA ({plural(v['n_heads'], 'K/V head')} a layer): "
             f"<b>{auto_format_bytes(v['mha_bytes'])}</b> = {auto_format_bytes(v['mha_bytes'], binary=True)}, "
             f"{auto_format_bytes(v['mha_bytes_per_token'])} per token<br>"
             + released +
@@ -254,7 +271,7 @@ class MQACacheComparison(widgets.VBox):
             f"per token<br>"
             + reduction +
             f"Assumes {v['context']:,} tokens, batch {v['batch']}, {unit}; GB = 10^9 bytes, GiB = 2^30 bytes."
-            + note
+            + note + as_built
         )
         self.image.value = self._draw(v)
         self.last_update_s = time.perf_counter() - start

@@ -18,7 +18,7 @@ from gqa_lib.core.layout import attention_kind
 NOTEBOOK = notebook_showing("group_explorer")
 HEADS, KV, HEAD_DIM, CONTEXT = "query heads", "KV heads (= groups)", "head dim", "context (tokens)"
 FORMULA = re.compile(r"= 2 \(K and V\) x (?P<n_layers>\d+) layers? x (?P<kv>\d+) KV heads? x head dim (?P<d>\d+) x "
-                     r"(?P<ctx>[\d,]+) tokens x batch (?P<batch>\d+) x (?P<b>\d+) bytes \((?P<dtype>\w+)\)")
+                     r"(?P<ctx>[\d,]+) tokens x batch (?P<batch>\d+) x (?P<b>\d+) bytes? \((?P<dtype>\w+)\)")
 
 pytestmark = pytest.mark.skipif(NOTEBOOK is None, reason="no notebook shows widgets.group_explorer() yet")
 
