@@ -12,7 +12,7 @@ from gqa_lib import widgets
 from gqa_lib.core.cache_math import DTYPE_BYTES, GIB, CacheRecipe, ElementType, auto_format_bytes, kv_cache_bytes
 from gqa_lib.core.checks import divisors
 from gqa_lib.models.catalog import UnknownModelError, get_model
-from gqa_lib.widgets.cache_calculator import CUSTOM, cache_presets, nearest_valid_kv_heads
+from gqa_lib.widgets.cache_calculator import CUSTOM, SHARING, cache_presets, nearest_valid_kv_heads
 
 CACHE_LINE = re.compile(r"Cache: ([\d,.]+) (B|KB|MB|GB|TB) \(([\d,.]+) (B|KiB|MiB|GiB|TiB)\) = ([\d,]+) bytes, "
                         r"as built")
@@ -49,7 +49,8 @@ def test_starts_at_llama3_8b_with_the_documented_readout(calc):
         "All layers global: the same (no local layers)",
         "Layers: 32 global, 0 local; all 32 layers store K/V (no sharing)",
         "Per token: 131,072 bytes (128.00 KiB) over all 32 layers, one sequence",
-        "Reduction against MHA of the same shape: 4.00x (MHA would cache 4.29 GB (4.00 GiB))",
+        "Reduction against MHA of the same shape: 4.00x, all from KV heads (32 query heads / 8 KV heads); "
+        "MHA would cache 4.29 GB (4.00 GiB)",
         "Assumptions: batch 1, 8,192 tokens, bf16 = 2 bytes per number; GB = 10^9 bytes, GiB = 2^30 bytes",
     ]
     assert calc.readout_values()["bytes"] == get_model("Llama-3 8B").cache_bytes()
@@ -145,6 +146,8 @@ def test_a_custom_shape_is_asked_for_with_settings():
     ({"context": 5000}, r"context=5000 is not offered \(valid: 128, 256, .*1,048,576\)"),
     ({"dtype": "fp64"}, r"dtype='fp64' is not offered \(valid: fp32, fp16, bf16, fp8, int8, int4\)"),
     ({"window": 1000}, r"window=1000 is not offered \(valid: 0, 128, "),
+    ({"n_layers": 2, "share_every": 3}, r"share_every=3 is not offered for 2 layers \(a group of layers sharing K/V "
+                                        r"is at most the number of layers\) \(valid: 1, 2\)"),
 ])
 def test_values_a_control_does_not_offer_are_refused_not_clamped(setting, message):
     with pytest.raises(ValueError, match=message):
@@ -197,8 +200,60 @@ def test_number_formats_sharing_and_mla_compose():
     assert "int8 = 1 byte per number + one 2-byte scale and one 2-byte minimum per 64 channels" in readout_text(w)
     w.scale_group.value = 0  # one group per vector: one scale and one minimum for the latent, one for the RoPE key
     assert w.readout_values()["bytes"] == 61 * (512 + 4 + 64 + 4) * 131072
-    assert "minimum per vector (per token, per KV head, per K and V)" in readout_text(w)
+    assert "minimum per vector (per token and layer: the latent and the RoPE key)" in readout_text(w)
     assert w.preset.value == "DeepSeek-V3 671B"
+
+
+def test_sharing_is_offered_only_up_to_the_layer_count_and_follows_it():
+    w = widgets.kv_cache_calculator("Llama-3 8B", share_every=4)
+    assert list(w.share_every.options) == [(t, k) for k, t in SHARING.items()]
+    w.n_layers.value = 3  # 4 adjacent layers cannot share in a 3-layer model: the largest group offered
+    assert [k for _, k in w.share_every.options] == [1, 2, 3] and w.share_every.value == 3
+    assert w.readout_values()["bytes"] == CacheRecipe(3, 8, 128, share_every=3).cache_bytes(8192)
+    assert "1 of 3 layers stores K/V (3 adjacent layers share one)" in readout_text(w)
+    with pytest.raises(ValueError, match=r"share_every=4 is not offered for 3 layers"):
+        w.share_every.value = 4
+    w.n_layers.value = 1
+    assert [k for _, k in w.share_every.options] == [1] and w.share_every.value == 1
+    w.n_layers.value = 40  # every group is offered again; the value stays where it was
+    assert [k for _, k in w.share_every.options] == [1, 2, 3, 4] and w.share_every.value == 1
+    w.preset.value = "Gemma 3 1B"
+    assert w.share_every.value == 1 and len(w.share_every.options) == len(SHARING)
+
+
+def test_counts_agree_with_their_nouns_at_one():
+    w = widgets.kv_cache_calculator(CUSTOM, n_layers=2, n_heads=1, n_kv_heads=1, head_dim=8, share_every=2,
+                                    context=128, dtype="fp8")
+    lines = readout_text(w).splitlines()
+    assert lines[0] == "Kind: MHA (1 query head, 1 KV head (= 1 group), group size 1)"
+    assert lines[3] == "Layers: 2 global, 0 local; 1 of 2 layers stores K/V (2 adjacent layers share one)"
+    assert lines[4] == "Per token: 16 bytes (16 B) over the one storing layer, one sequence"
+    assert lines[6].startswith("Assumptions: batch 1, 128 tokens, fp8 = 1 byte per number;")
+    w.set(n_layers=1, share_every=1)
+    assert readout_text(w).splitlines()[3] == "Layers: 1 global, 0 local; the layer stores K/V"
+    assert "over the one layer" in readout_text(w)
+    w.set(cache_kind="mla", d_rope=0)
+    assert readout_text(w).splitlines()[0] == ("Kind: MLA (1 query head; a latent of 512 numbers per token and layer, "
+                                               "no RoPE key)")
+
+
+def test_the_reduction_against_mha_names_each_cause_with_its_factor():
+    gemma = widgets.kv_cache_calculator("Gemma 3 1B")  # 4 query heads share 1 KV head; 22 of 26 layers keep 512
+    v = gemma.readout_values()
+    assert v["heads_reduction"] == 4 == v["n_heads"] / v["n_kv_heads"]
+    assert v["layers_reduction"] == v["all_global_bytes"] / v["bytes"]  # no sharing: the windows alone
+    assert v["heads_reduction"] * v["layers_reduction"] == pytest.approx(v["reduction"], rel=1e-12)
+    assert readout_text(gemma).splitlines()[5] == (
+        "Reduction against MHA of the same shape: 23.94x = 4.00x from KV heads (4 query heads / 1 KV head) × 5.99x "
+        "from local layers; MHA would cache 3.49 GB (3.25 GiB)")
+    shared = widgets.kv_cache_calculator("Llama-3 8B", share_every=2, window=4096, pattern="LLLG", context=8192)
+    # 16 pairs share; a pair keeps what its wider layer needs: (L, L) 4,096 tokens, (L, G) 8,192, alternately
+    assert shared.readout_values()["layers_reduction"] == 32 * 8192 / (8 * 4096 + 8 * 8192)
+    assert " = 4.00x from KV heads (32 query heads / 8 KV heads) × 2.67x from local layers and K/V sharing;" in \
+        readout_text(shared)
+    deepseek = widgets.kv_cache_calculator("DeepSeek-V3 671B")  # 128 heads x (128 + 128) against 512 + 64
+    assert deepseek.readout_values()["heads_reduction"] == 128 * 2 * 128 / (512 + 64)
+    assert "56.89x, all from the latent instead of per-head K and V;" in readout_text(deepseek)
 
 
 def test_nearest_valid_kv_heads():

@@ -14,6 +14,7 @@ import math
 import re
 
 import ipywidgets as ipw
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -45,7 +46,7 @@ def expected_bytes(w) -> int:
     if window and "L" not in pattern:
         pattern = "L" + pattern[1:]
     kept = sum(min(ctx, window) if pattern[i % len(pattern)] == "L" else ctx
-               for i in range(0, n_layers, min(w.share_every.value, n_layers)))
+               for i in range(0, n_layers, w.share_every.value))
     return per_layer * kept * w.batch.value
 
 
@@ -56,6 +57,13 @@ def oracle(w) -> None:
     line = f"Cache: {auto_format_bytes(n)} ({auto_format_bytes(n, binary=True)}) = {n:,} bytes, as built"
     assert line in text.splitlines(), f"readout lacks {line!r}:\n{text}"
     assert list(w.n_kv_heads.options) == divisors(w.n_heads.value) and w.n_kv_heads.value in w.n_kv_heads.options
+    offered_shares = [k for _, k in w.share_every.options]  # no group larger than the model: nothing to clamp
+    assert offered_shares == [k for k in (1, 2, 3, 4) if k <= w.n_layers.value]
+    assert w.share_every.value in offered_shares
+    v = w.readout_values()  # the reduction against MHA is the KV heads' factor times the layers' factor
+    if w.cache_kind.value == "kv":
+        assert v["heads_reduction"] == w.n_heads.value / w.n_kv_heads.value
+    assert v["heads_reduction"] * v["layers_reduction"] == pytest.approx(v["reduction"], rel=1e-12)
     if w.preset.value != CUSTOM:
         spec = get_model(w.preset.value)
         assert (w.n_layers.value, w.n_heads.value, w.head_dim.value) == (spec.n_layers, spec.n_heads, spec.head_dim)

@@ -23,26 +23,28 @@ a control does not offer is refused with the valid range or values (nothing is c
   64; 0: one per vector, i.e. per token, per KV head, per K and per V).
 - ``.window``: Dropdown, 0 (no local layers) or the tokens a local layer keeps; ``.pattern``:
   which layers are local, a string of 'L'/'G' repeated from layer 0 (Gemma 3: "LLLLLG").
-- ``.share_every``: Dropdown, adjacent layers that share one layer's K/V (1: no sharing).
+- ``.share_every``: Dropdown, adjacent layers that share one layer's K/V (1: no sharing). It offers only
+  groups no larger than ``.n_layers.value``; when the layers drop below the chosen group it takes the
+  largest group still offered, and a larger value set from code is refused naming the layer count.
 
 Outputs: ``.readout`` (HTML), ``.plot`` (an Image: cache against context, log-log, as built, all
 layers global and MHA of the same shape, with lines for common GPU memory sizes and a marker at the
 chosen context), and ``readout_values()``, a dict of the numbers shown. Every number comes from
 ``gqa_lib.core.cache_math.CacheRecipe``.
 
-Why one module of about 550 lines: fifteen controls that constrain each other (a preset sets them all,
+Why one module of about 600 lines: fifteen controls that constrain each other (a preset sets them all,
 KV heads follow query heads, MLA greys out KV heads, quantized types enable their scale groups) and one
 readout and plot of all of them; every number still comes from ``core.cache_math``.
 
 Readout format (stable; tests parse it). The text of ``.readout.value`` with tags removed has these
-seven lines, in this order (Llama-3 8B shown)::
+seven lines, in this order (Llama-3 8B shown; line 6 ends ``MHA would cache 4.29 GB (4.00 GiB)``)::
 
     Kind: GQA (32 query heads, 8 KV heads (= 8 groups), group size 4)
     Cache: 1.07 GB (1.00 GiB) = 1,073,741,824 bytes, as built
     All layers global: the same (no local layers)
     Layers: 32 global, 0 local; all 32 layers store K/V (no sharing)
     Per token: 131,072 bytes (128.00 KiB) over all 32 layers, one sequence
-    Reduction against MHA of the same shape: 4.00x (MHA would cache 4.29 GB (4.00 GiB))
+    Reduction against MHA of the same shape: 4.00x, all from KV heads (32 query heads / 8 KV heads); MHA ...
     Assumptions: batch 1, 8,192 tokens, bf16 = 2 bytes per number; GB = 10^9 bytes, GiB = 2^30 bytes
 
 With local layers line 3 reads ``All layers global: <size> = <n> bytes, an upper bound (<r>x the
@@ -50,9 +52,15 @@ cache as built)`` and line 4 ``Layers: 4 global, 22 local keeping the last 512 t
 sharing, line 4 ends ``13 of 26 layers store K/V (2 adjacent layers share one)`` (MLA: ``store a
 latent``). "Per token" is what one more token adds before any window fills, over the storing layers.
 MHA of the same shape has every query head's own K and V in every layer, all global, no sharing, in
-the same number format. For int8/int4 the assumptions read ``int8 = 1 byte per number + one 2-byte
+the same number format. Line 6 splits the reduction into its two causes, each computed from bytes:
+the KV heads (MHA's cache over the same model with all layers global and unshared: n_heads /
+n_kv_heads) and, where there are any, the local layers and K/V sharing (that over the cache as
+built), e.g. for Gemma 3 1B ``23.94x = 4.00x from KV heads (4 query heads / 1 KV head) × 5.99x from
+local layers; MHA would cache ...``; for MLA the first factor is ``from the latent instead of per-head
+K and V``. For int8/int4 the assumptions read ``int8 = 1 byte per number + one 2-byte
 scale and one 2-byte minimum per 64 channels`` (or ``per vector (...)``). For MLA line 1 reads
 ``Kind: MLA (128 query heads; a latent of 512 + a RoPE key of 64 numbers per token and layer)``.
+Counts agree with their nouns at 1 ("1 of 2 layers stores K/V", "over the one storing layer").
 
 Sizes: the first on a "Cache:" line is in the largest decimal unit (B, KB, MB, GB, TB; powers of
 1000) that keeps the number at or above 1, the second in the binary unit (B, KiB, MiB, GiB, TiB;
@@ -106,6 +114,15 @@ def cache_presets() -> dict[str, ModelSpec]:
 def nearest_valid_kv_heads(n_heads: int, wanted: int, keep_mha: bool = False) -> int:
     """The divisor of ``n_heads`` closest to ``wanted`` (ties go to the smaller); ``keep_mha`` returns ``n_heads``."""
     return n_heads if keep_mha else closest_divisor(n_heads, wanted)
+
+
+def share_options(n_layers: int) -> list[tuple[str, int]]:
+    """(label, layers) pairs for the sharing dropdown: only groups a model of ``n_layers`` layers can have."""
+    return [(t, k) for k, t in SHARING.items() if k <= n_layers]
+
+
+def _share_why(n_layers: int) -> str:
+    return f"for {plural(n_layers, 'layer')} (a group of layers sharing K/V is at most the number of layers)"
 
 
 def context_options(extra: int | None = None) -> list[tuple[str, int]]:
@@ -200,14 +217,15 @@ class KVCacheCalculator(widgets.VBox):
                                      description="sliding window", **dd)
         self.pattern = StrictDropdown(name="pattern", options=[(t, p) for p, t in PATTERNS.items()], value="L",
                                       description="local layers", **dd)
-        self.share_every = StrictDropdown(name="share_every", options=[(t, k) for k, t in SHARING.items()], value=1,
-                                          description="K/V shared by", **dd)
+        self.share_every = StrictDropdown(name="share_every", options=share_options(32), value=1,
+                                          why=_share_why(32), description="K/V shared by", **dd)
         self.readout = widgets.HTML()
         self.plot = widgets.Image(format="png", layout=widgets.Layout(align_self="flex-start"))  # natural size
         self.preset.observe(self._on_preset, "value")
         self.n_heads.observe(self._on_n_heads, "value")
+        self.n_layers.observe(self._on_n_layers, "value")
         for control in self._shape_controls() + (self.context, self.batch, self.dtype, self.scale_group):
-            if control is not self.n_heads:
+            if control not in (self.n_heads, self.n_layers):
                 control.observe(self._on_change, "value")
 
     def _shape_controls(self):
@@ -273,6 +291,13 @@ class KVCacheCalculator(widgets.VBox):
         self._sync_preset()
         self.update()
 
+    def _on_n_layers(self, change):
+        if self._holding:
+            return
+        self._set_share_options(change["new"])
+        self._sync_preset()
+        self.update()
+
     def _on_change(self, change):
         if self._holding:
             return
@@ -283,6 +308,17 @@ class KVCacheCalculator(widgets.VBox):
         """Offer exactly the divisors of ``n_heads``; select the valid value nearest ``wanted``."""
         with self._hold():
             self.n_kv_heads.follow(n_heads, nearest_valid_kv_heads(n_heads, wanted, keep_mha))
+
+    def _set_share_options(self, n_layers: int):
+        """Offer only sharing groups of at most ``n_layers``; keep the value, or take the largest group offered."""
+        options = share_options(n_layers)
+        values = [k for _, k in options]
+        keep = self.share_every.value if self.share_every.value in values else values[-1]
+        with self._hold(), self.share_every.hold_sync():
+            if list(self.share_every._options_values) != values:
+                self.share_every.options = options  # resets the value: hence the hold, and the value set after
+            self.share_every.why = _share_why(n_layers)
+            self.share_every.value = keep
 
     def _shape(self) -> tuple:
         mla = self.cache_kind.value == "mla"
@@ -319,6 +355,7 @@ class KVCacheCalculator(widgets.VBox):
         with self._hold():
             self.preset.value = spec.name
             self.n_layers.value = spec.n_layers
+            self._set_share_options(spec.n_layers)
             self.n_heads.value = spec.n_heads
             self.head_dim.value = spec.head_dim
             self.cache_kind.value = "mla" if spec.mla else "kv"
@@ -347,11 +384,14 @@ class KVCacheCalculator(widgets.VBox):
         if unknown:
             raise ValueError(f"setting(s) {', '.join(map(repr, unknown))} not known (valid: {', '.join(SETTINGS)})")
         with self._hold():
+            if "n_layers" in settings:
+                self.n_layers.value = settings["n_layers"]
+                self._set_share_options(self.n_layers.value)  # a given share_every is checked against it next
             if "n_heads" in settings:
                 self.n_heads.value = settings["n_heads"]
                 self._set_kv_options(self.n_heads.value, self.n_kv_heads.value)  # a given n_kv_heads is checked next
             for name in SETTINGS:
-                if name in settings and name != "n_heads":
+                if name in settings and name not in ("n_layers", "n_heads"):
                     getattr(self, name).value = settings[name]
             self._sync_preset()
         self.update()
@@ -367,7 +407,7 @@ class KVCacheCalculator(widgets.VBox):
         group = self.scale_group.value or None
         quantized = self.dtype.value in QUANTIZED
         element = ElementType(self.dtype.value, group) if quantized else ElementType(self.dtype.value)
-        share = min(self.share_every.value, n_layers)
+        share = self.share_every.value  # offered only up to n_layers: nothing to clamp
         if self.cache_kind.value == "mla":
             return CacheRecipe(n_layers, element=element, pattern=pattern, window=window, share_every=share,
                                d_c=self.d_c.value, d_rope=self.d_rope.value)
@@ -380,6 +420,10 @@ class KVCacheCalculator(widgets.VBox):
         mha = CacheRecipe(r.n_layers, n_heads, self.head_dim.value, r.element)
         kind = "MLA" if r.is_mla else attention_kind(n_heads, r.n_kv_heads)
         n_bytes = r.cache_bytes(tokens, batch)
+        # the same heads or latent with every layer global and none shared: splits the reduction into its causes
+        plain = CacheRecipe(r.n_layers, element=r.element, d_c=r.d_c, d_rope=r.d_rope) if r.is_mla else \
+            CacheRecipe(r.n_layers, r.n_kv_heads, self.head_dim.value, r.element)
+        plain_bytes = plain.cache_bytes(tokens, batch)
         storing = sum(1 for t in r.tokens_per_layer(1) if t)
         return {
             "n_layers": r.n_layers, "n_heads": n_heads, "n_kv_heads": r.n_kv_heads, "head_dim": self.head_dim.value,
@@ -389,61 +433,58 @@ class KVCacheCalculator(widgets.VBox):
             "group_size": None if r.is_mla else n_heads // r.n_kv_heads,
             "bytes": n_bytes, "all_global_bytes": r.cache_bytes(tokens, batch, windowed=False),
             "bytes_per_token": r.cache_bytes(1), "mha_bytes": mha.cache_bytes(tokens, batch),
-            "reduction": mha.cache_bytes(tokens, batch) / n_bytes,
+            "reduction": mha.cache_bytes(tokens, batch) / n_bytes, "plain_bytes": plain_bytes,
+            "heads_reduction": mha.cache_bytes(tokens, batch) / plain_bytes,  # n_heads / n_kv_heads for K and V
+            "layers_reduction": plain_bytes / n_bytes,  # local layers and sharing; 1 without them
         }
 
     def readout_lines(self, v: dict | None = None) -> list[str]:
         """The seven readout lines as plain text (the format is in the module docstring)."""
         v = self.readout_values() if v is None else v
-
-        def size(n):
-            return f"{auto_format_bytes(n)} ({auto_format_bytes(n, binary=True)})"
-
-        if v["kind"] == "MLA":
-            kind = (f"Kind: MLA ({plural(v['n_heads'], 'query head')}; a latent of {v['d_c']:,} + a RoPE key of "
-                    f"{v['d_rope']:,} numbers per token and layer)")
+        mla = v["kind"] == "MLA"
+        if mla:
+            rope = f" + a RoPE key of {v['d_rope']:,}" if v["d_rope"] else ""
+            kind = (f"Kind: MLA ({plural(v['n_heads'], 'query head')}; a latent of {v['d_c']:,}{rope} numbers per "
+                    f"token and layer{'' if v['d_rope'] else ', no RoPE key'})")
         else:
             kind = (f"Kind: {v['kind']} ({plural(v['n_heads'], 'query head')}, "
                     f"{plural(v['n_kv_heads'], 'KV head')} (= {plural(v['n_kv_heads'], 'group')}), "
                     f"group size {v['group_size']})")
-        L, local = v["n_layers"], v["local_layers"]
+        L, local, storing = v["n_layers"], v["local_layers"], v["storing_layers"]
         if local:
             ratio = v["all_global_bytes"] / v["bytes"]
-            all_global = (f"All layers global: {size(v['all_global_bytes'])} = {v['all_global_bytes']:,} bytes, an "
-                          f"upper bound ({ratio:.2f}x the cache as built)")
+            all_global = (f"All layers global: {_size(v['all_global_bytes'])} = {plural(v['all_global_bytes'], 'byte')}"
+                          f", an upper bound ({ratio:.2f}x the cache as built)")
             if ratio == 1:
-                all_global = f"All layers global: the same ({v['context']:,} tokens fit in the window)"
-            layers = f"Layers: {L - local:,} global, {local:,} local keeping the last {v['window']:,} tokens"
+                all_global = f"All layers global: the same ({plural(v['context'], 'token')} fit in the window)"
+            layers = f"Layers: {L - local:,} global, {local:,} local keeping the last {plural(v['window'], 'token')}"
         else:
             all_global = "All layers global: the same (no local layers)"
             layers = f"Layers: {L:,} global, 0 local"
-        what = "a latent" if v["kind"] == "MLA" else "K/V"
+        what = "a latent" if mla else "K/V"
         if v["share_every"] > 1:
-            layers += f"; {v['storing_layers']:,} of {L:,} layers store {what} ({v['share_every']} adjacent layers " \
-                      "share one)"
+            layers += (f"; {storing:,} of {L:,} layers {'stores' if storing == 1 else 'store'} {what} "
+                       f"({v['share_every']} adjacent layers share one)")
         else:
             layers += f"; all {L:,} layers store {what} (no sharing)" if L > 1 else f"; the layer stores {what}"
-        over = f"all {L:,} layers" if v["storing_layers"] == L else f"the {v['storing_layers']:,} storing layers"
-        if L == 1:
-            over = "the one layer"
-        r = v["reduction"]
-        versus = f"{r:.2f}x" if r >= 1 else f"{1 / r:.2f}x larger,"
+        over = f"all {L:,} layers" if storing == L else f"the {storing:,} storing layers"
+        if storing == 1:
+            over = "the one layer" if L == 1 else "the one storing layer"
         e = v["element"]
         if v["dtype"] in QUANTIZED:
             per_number = "1 byte" if e.bits == 8 else f"{e.bits / 8:g} bytes"
-            number = f"{v['dtype']} = {per_number} per number + {e.stored()}"
+            number = f"{v['dtype']} = {per_number} per number + {_stored(e, v)}"
         else:
-            b = e.bits // 8
-            number = f"{v['dtype']} = {b} byte{'s' if b > 1 else ''} per number"
+            number = f"{v['dtype']} = {plural(e.bits // 8, 'byte')} per number"
         return [
             kind,
-            f"Cache: {size(v['bytes'])} = {v['bytes']:,} bytes, as built",
+            f"Cache: {_size(v['bytes'])} = {plural(v['bytes'], 'byte')}, as built",
             all_global,
             layers,
-            f"Per token: {v['bytes_per_token']:,} bytes ({auto_format_bytes(v['bytes_per_token'], binary=True)}) "
-            f"over {over}, one sequence",
-            f"Reduction against MHA of the same shape: {versus} (MHA would cache {size(v['mha_bytes'])})",
-            f"Assumptions: batch {v['batch']:,}, {v['context']:,} tokens, {number}; GB = 10^9 bytes, "
+            f"Per token: {plural(v['bytes_per_token'], 'byte')} "
+            f"({auto_format_bytes(v['bytes_per_token'], binary=True)}) over {over}, one sequence",
+            _reduction_line(v),
+            f"Assumptions: batch {v['batch']:,}, {plural(v['context'], 'token')}, {number}; GB = 10^9 bytes, "
             "GiB = 2^30 bytes",
         ]
 
@@ -502,6 +543,40 @@ class KVCacheCalculator(widgets.VBox):
         if self._ax.get_ylim() != ylim:
             self._ax.set_ylim(*ylim)
         self.plot.value = self._blit.render(ylim)
+
+
+def _size(n: int) -> str:
+    return f"{auto_format_bytes(n)} ({auto_format_bytes(n, binary=True)})"
+
+
+def _stored(e: ElementType, v: dict) -> str:
+    """What an integer format stores beside its integers; an MLA cache has no KV heads, K or V to name."""
+    if v["kind"] != "MLA" or e.scale_group is not None:
+        return e.stored()
+    minimum = f" and one {e.scale_bytes}-byte minimum" if e.minimum else ""
+    vectors = "the latent and the RoPE key" if v["d_rope"] else "the latent"
+    return f"one {e.scale_bytes}-byte scale{minimum} per vector (per token and layer: {vectors})"
+
+
+def _reduction_line(v: dict) -> str:
+    """Line 6: the reduction against MHA of the same shape, and the factor each cause gives (each from bytes)."""
+    total = v["reduction"]
+    if v["kind"] == "MLA":
+        causes = [(v["heads_reduction"], "the latent instead of per-head K and V")]
+    else:
+        causes = [(v["heads_reduction"], f"KV heads ({plural(v['n_heads'], 'query head')} / "
+                                         f"{plural(v['n_kv_heads'], 'KV head')})")]
+    levers = [name for name, used in (("local layers", v["local_layers"]), ("K/V sharing", v["share_every"] > 1))
+              if used]
+    if levers:
+        causes.append((v["layers_reduction"], " and ".join(levers)))
+    larger = "" if total >= 1 else f" (the cache is {1 / total:.2f}x larger)"
+    if len(causes) == 1:
+        how = f", all from {causes[0][1]}"
+    else:
+        how = " = " + " × ".join(f"{factor:.2f}x from {cause}" for factor, cause in causes)
+    mha = _size(v["mha_bytes"])
+    return f"Reduction against MHA of the same shape: {total:.2f}x{larger}{how}; MHA would cache {mha}"
 
 
 def _dtype_label(name: str) -> str:

@@ -80,8 +80,7 @@ def expected_lines(v: dict) -> dict[int, str]:
         return f"{auto_format_bytes(n)} ({auto_format_bytes(n, binary=True)})"
 
     h, kv = v["n_heads"], v["n_kv_heads"]
-    lines = {1: f"Cache: {size(total)} = {total:,} bytes, as built",
-             5: f"Reduction against MHA of the same shape: {mha / total:.2f}x (MHA would cache {size(mha)})"}
+    lines = {1: f"Cache: {size(total)} = {total:,} bytes, as built", 5: reduction_line(v, r, mha, total)}
     if not v["mla"]:
         plural = "s" if kv > 1 else ""
         lines[0] = (f"Kind: {attention_kind(h, kv)} ({h} query head{'s' if h > 1 else ''}, {kv} KV head{plural} "
@@ -94,6 +93,26 @@ def expected_lines(v: dict) -> dict[int, str]:
         lines[6] = (f"Assumptions: batch {v['batch']:,}, {v['context']:,} tokens, {v['dtype']} = {b} "
                     f"byte{'s' if b > 1 else ''} per number; GB = 10^9 bytes, GiB = 2^30 bytes")
     return lines
+
+
+def reduction_line(v: dict, r: CacheRecipe, mha: int, total: int) -> str:
+    """Line 6: the reduction against MHA, split into the KV heads' (or latent's) factor and the layers' factor."""
+    plain = CacheRecipe(v["n_layers"], element=r.element, d_c=v["d_c"], d_rope=v["d_rope"]) if v["mla"] else \
+        CacheRecipe(v["n_layers"], v["n_kv_heads"], v["head_dim"], r.element)  # all layers global, none shared
+    first = plain.cache_bytes(v["context"], v["batch"])
+    h, kv = v["n_heads"], v["n_kv_heads"]
+    heads = "the latent instead of per-head K and V" if v["mla"] else \
+        f"KV heads ({h} query head{'s' if h > 1 else ''} / {kv} KV head{'s' if kv > 1 else ''})"
+    levers = " and ".join(n for n, on in (("local layers", r.local_layers()), ("K/V sharing", v["share_every"] > 1))
+                          if on)
+    larger = "" if mha >= total else f" (the cache is {total / mha:.2f}x larger)"
+    how = f" = {mha / first:.2f}x from {heads} × {first / total:.2f}x from {levers}" if levers else \
+        f", all from {heads}"
+    return f"Reduction against MHA of the same shape: {mha / total:.2f}x{larger}{how}; MHA would cache {size_of(mha)}"
+
+
+def size_of(n: int) -> str:
+    return f"{auto_format_bytes(n)} ({auto_format_bytes(n, binary=True)})"
 
 
 def check(nb, root, what: str) -> dict:
