@@ -11,7 +11,8 @@ the CSVs record).
 - ``smollm_conversion``: SmolLM2 from 3 KV heads to fewer (``benchmarks/convert_smollm.py``);
 - ``latent_conversion``: SmolLM2 to latent attention (``benchmarks/mla_smollm.py``);
 - ``cache_shrink`` and ``cache_pareto``: every way to shrink SmolLM2's cache, bytes against loss
-  (``benchmarks/cache_pareto.py``);
+  (``benchmarks/cache_pareto.py``); ``token_eviction``: H2O, SnapKV, key norm and an oracle top-k, each
+  scored per KV head or per query head (the GQA question), checked against step-by-step decoding;
 - shared by them: ``machine`` (the machine's ceilings), ``stats`` (bootstrap, t, Holm), ``results`` (the CSVs:
   written whole or not at all, read back with ``results.load(name)``), ``bench_cli`` (the options, parsing and
   printing every benchmark command shares).
