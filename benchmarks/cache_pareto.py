@@ -20,7 +20,13 @@ intervals over windows (scipy), for the loss and for its change from the origina
 
     .venv/bin/python benchmarks/cache_pareto.py                 # the shipped table
     .venv/bin/python benchmarks/cache_pareto.py --eval-windows 2 --window 256 --score-from 128 \
-        --uptrain-steps 1 --out /tmp/p.csv
+        --sliding 64 128 --uptrain-steps 1 --out /tmp/p.csv
+
+Refused before any work, so that no row looks complete when it is not: a --score-from below one KIVI block
+(64 tokens; every scored prediction must have a finished, quantized block of keys, or the per-channel rows
+score a cache that was never quantized), a --sliding window above --score-from (it must be in force for
+every scored prediction), a largest --sliding that with --sinks keeps no more than one block (the combined
+per-channel row would never hold a quantized block), and a --window past SmolLM2's context.
 """
 
 from __future__ import annotations
@@ -38,12 +44,16 @@ from tqdm.auto import tqdm  # noqa: E402
 
 from gqa_lib.experiments import bench_cli, results  # noqa: E402
 from gqa_lib.experiments.cache_pareto import default_methods, score_methods, summarise  # noqa: E402
+from gqa_lib.experiments.cache_shrink import CachePolicy  # noqa: E402
 from gqa_lib.experiments.latent_conversion import input_second_moments, latent_decoders  # noqa: E402
 from gqa_lib.experiments.smollm_conversion import convert_kv_heads, uptrain, window_token_ids  # noqa: E402
 from gqa_lib.models.smollm import MODEL_FILE_INFO  # noqa: E402
 from gqa_lib.models.smollm_decoder import SmolLMDecoder  # noqa: E402
 
 BASELINE = "original (3 KV heads, bf16)"
+BLOCK = CachePolicy.block  # 64: tokens per KIVI key block of the per-channel rows (gqa_lib.experiments.cache_shrink)
+LOSSES = ("kv_bytes_per_token", "bytes_vs_original", "val_nll", "ci_low", "ci_high", "delta_nll", "delta_ci_low",
+          "delta_ci_high")
 
 
 def parse_args(argv=None):
@@ -51,11 +61,20 @@ def parse_args(argv=None):
     p = bench_cli.command_parser(__doc__)
     p.add_argument("--eval-windows", type=bench_cli.int_at_least(2), default=6,
                    help="held-out windows, 2 or more: the bootstrap resamples them (default 6)")
-    p.add_argument("--window", type=bench_cli.int_at_least(4), default=2048, help="tokens per window (default 2048)")
+    p.add_argument("--window", default=2048,
+                   type=bench_cli.int_at_least(BLOCK + 2, bench_cli.SMOLLM2_CONTEXT,
+                                               f"{BLOCK + 2}: the per-channel rows need predictions made after a "
+                                               f"finished KIVI block of {BLOCK} tokens; {bench_cli.SMOLLM2_CONTEXT}: "
+                                               "SmolLM2-135M's context"),
+                   help=f"tokens per window, {BLOCK + 2} to SmolLM2's context of {bench_cli.SMOLLM2_CONTEXT} "
+                        "(default 2048)")
     p.add_argument("--score-from", type=bench_cli.positive_int, default=1024,
-                   help="score only predictions made with at least this many tokens of context (default 1024)")
-    p.add_argument("--ranks", type=bench_cli.positive_int, nargs="+", default=[64, 128, 192, 256],
-                   help="latent ranks (default 64 128 192 256; 384 would be the original)")
+                   help="score only predictions made with at least this many tokens of context, at least one KIVI "
+                        f"block ({BLOCK}) and at least the largest --sliding (default 1024)")
+    p.add_argument("--ranks", type=bench_cli.int_at_least(1, bench_cli.SMOLLM2_FULL_RANK, "the full rank of "
+                                                                 "SmolLM2's [W_k; W_v]"),
+                   nargs="+", default=[64, 128, 192, 256],
+                   help=f"latent ranks (default 64 128 192 256; {bench_cli.SMOLLM2_FULL_RANK} would be the original)")
     p.add_argument("--sliding", type=bench_cli.positive_int, nargs="+", default=[256, 512, 1024],
                    help="sliding-window sizes in tokens (default 256 512 1024)")
     p.add_argument("--sinks", type=bench_cli.non_negative_int, default=4,
@@ -75,6 +94,21 @@ def parse_args(argv=None):
     args = bench_cli.parse_options(p, argv, "cache_pareto.csv", corpus=True)
     if args.score_from >= args.window - 1:
         p.error(f"--score-from={args.score_from} must be below --window={args.window} - 1 (something must be scored)")
+    if args.score_from < BLOCK:
+        p.error(f"--score-from {args.score_from} is too small: a prediction made before the first KIVI block of "
+                f"{BLOCK} tokens is finished sees no quantized key, so the per-channel rows would partly score a "
+                f"cache that was never quantized; smallest valid --score-from is {BLOCK}")
+    widest = max(args.sliding)
+    if widest > args.score_from:
+        p.error(f"--sliding {widest} is more than --score-from={args.score_from}: the window would not be in force "
+                f"for every scored prediction, and its row would count a window's bytes for a loss measured partly "
+                f"without one; largest valid --sliding is {args.score_from} (or raise --score-from)")
+    if widest + args.sinks <= BLOCK:
+        p.error(f"--sliding {widest} with --sinks {args.sinks} keeps {widest + args.sinks} tokens, no more than one "
+                f"KIVI block of {BLOCK}: the row 'window {widest} + {args.sinks} sinks + int4 per channel' would "
+                f"never hold a quantized block; the largest --sliding must be at least {BLOCK + 1 - args.sinks} with "
+                f"--sinks {args.sinks}")
+    bench_cli.refuse_repeats(p, args, ("ranks", "sliding"))
     bench_cli.check_output_option(p, args)
     return args
 
@@ -139,12 +173,8 @@ def score_in_parallel(args, decoder, sources, methods, windows, bar) -> dict:
     return {m.name: out[m.name] for m in methods}  # the methods' own order
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    torch.set_grad_enabled(False)
-    start = time.perf_counter()
-    corpus, model, tok = bench_cli.load_corpus_and_smollm(args)
+def run(args, model, tok, corpus) -> list[dict]:
+    """Every method scored on the same held-out windows: one row each (``summarise``), with its scored tokens."""
     val_text = bytes(corpus.val.tolist()).decode("utf-8", errors="replace")
     windows = window_token_ids(tok, val_text, args.eval_windows, args.window)  # (eval_windows, window)
     decoder = SmolLMDecoder.from_transformers(model)
@@ -155,15 +185,37 @@ def main(argv=None) -> int:
     scores = score_in_parallel(args, decoder, sources, methods, windows, bar)
     bar.close()
     rows = summarise(scores, BASELINE, seed=args.seed)
-    scored = args.eval_windows * (args.window - 1 - args.score_from)
     for r in rows:
-        r["scored_tokens"] = scored
-    print(f"\n{'method':<44} {'bytes/token':>11} {'x orig':>7} {'loss':>7} {'95% CI':>17} {'Δloss':>8} "
-          f"{'95% CI of Δ':>19} pareto")
+        r["scored_tokens"] = scored_tokens(args)
+    return rows
+
+
+def scored_tokens(args) -> int:
+    """Predictions scored in all: positions score_from .. window - 2 of every evaluation window."""
+    return args.eval_windows * (args.window - 1 - args.score_from)
+
+
+def print_summary(rows: list[dict]) -> None:
+    """The table, largest cache first (ASCII only: 'delta' for the change from the original; '*' on the front)."""
+    print(f"\n{'method':<44} {'bytes/token':>11} {'x orig':>7} {'loss':>7} {'95% CI':>17} {'delta':>8} "
+          f"{'95% CI of delta':>19} pareto")
     for r in sorted(rows, key=lambda r: -r["kv_bytes_per_token"]):
         print(f"{r['method']:<44} {r['kv_bytes_per_token']:>11,.0f} {r['bytes_vs_original']:>7.3f} "
               f"{r['val_nll']:>7.3f} [{r['ci_low']:.3f}, {r['ci_high']:.3f}] {r['delta_nll']:>+8.3f} "
               f"[{r['delta_ci_low']:+.3f}, {r['delta_ci_high']:+.3f}] {'*' if r['pareto'] else ''}")
+    print("(loss in nats per token; delta = loss - the original's, paired by window)")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    start = time.perf_counter()
+    corpus, model, tok = bench_cli.load_corpus_and_smollm(args, needs=[
+        ("validation", args.eval_windows, args.window, "--window or --eval-windows"),
+        ("training", args.calib_windows, 256, "--calib-windows")])
+    rows = run(args, model, tok, corpus)
+    scored = scored_tokens(args)
     meta = {
         "what": "SmolLM2-135M with its KV cache shrunk each way; loss (nats per token) on held-out text against "
                 "KV bytes per token",
@@ -184,7 +236,8 @@ def main(argv=None) -> int:
         **results.corpus_metadata(corpus),
         **results.end_metadata(start),
     }
-    return results.save_and_report(args, rows, meta)
+    return results.save_and_report(args, rows, meta, finite=LOSSES, label="method",
+                                   summary=lambda: print_summary(rows))
 
 
 if __name__ == "__main__":

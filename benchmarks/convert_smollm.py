@@ -71,8 +71,9 @@ def parse_args(argv=None):
     p = bench_cli.command_parser(__doc__)
     p.add_argument("--eval-windows", type=bench_cli.positive_int, default=64,
                    help="held-out windows to score, 2 or more: the bootstrap resamples them (default 64)")
-    p.add_argument("--window", type=bench_cli.int_at_least(2), default=256,
-                   help="tokens per window, 2 or more: every token after the first is predicted (default 256)")
+    p.add_argument("--window", type=bench_cli.smollm_window(2), default=256,
+                   help="tokens per window, 2 or more: every token after the first is predicted; at most SmolLM2's "
+                        f"context of {bench_cli.SMOLLM2_CONTEXT} (default 256)")
     p.add_argument("--uptrain-steps", type=bench_cli.positive_int, default=30,
                    help="uptraining steps of every model, conversions and control alike (default 30)")
     p.add_argument("--eval-every", type=bench_cli.positive_int, default=None,
@@ -102,6 +103,21 @@ def check_text_is_long_enough(args, corpus) -> str | None:
             return (f"--window {args.window} x {n_windows} {what} windows needs more tokens than the corpus's "
                     f"{what} text has bytes ({n_bytes:,}); lower --window or --eval-windows")
     return None
+
+
+LOSSES = ("val_nll", "se", "ci_low", "ci_high", "val_ppl", "delta_nll_vs_original", "delta_se", "delta_ci_low",
+          "delta_ci_high")
+RECOVERED = ("recovered_fraction", "recovered_se", "recovered_ci_low", "recovered_ci_high")
+
+
+def is_uptrained_conversion(row: dict) -> bool:
+    """A converted model after uptraining: its recovered fraction must be a number (other rows have none)."""
+    return row["method"] not in ("none", "copy") and int(row["uptrain_steps"]) > 0
+
+
+def is_expansion(row: dict) -> bool:
+    """The expansion to MHA: its largest logit change must be a number (other rows have none)."""
+    return row["method"] == "copy"
 
 
 def kv_bytes_per_token(n_kv_heads: int, n_layers: int = 30, head_dim: int = 64, bytes_per_elem: int = 2) -> int:
@@ -198,7 +214,7 @@ def print_summary(rows: list[dict], args) -> None:
         low, high = r[f"{key}_ci_low" if key else "ci_low"], r[f"{key}_ci_high" if key else "ci_high"]
         return "" if low != low else f"[{scale * low:{fmt}}, {scale * high:{fmt}}]"
 
-    print(f"\n{'condition':<44} {'KV':>2} {'steps':>5} {'loss':>6} {'se':>5} {'95% CI':>16} {'Δloss':>7} "
+    print(f"\n{'condition':<44} {'KV':>2} {'steps':>5} {'loss':>6} {'se':>5} {'95% CI':>16} {'delta':>7} "
           f"{'95% CI':>17} {'recovered':>9} {'95% CI':>11}")
     for r in rows:
         rec = "" if r["recovered_fraction"] != r["recovered_fraction"] else f"{100 * r['recovered_fraction']:.0f}%"
@@ -206,7 +222,8 @@ def print_summary(rows: list[dict], args) -> None:
               f"{r['se']:>5.3f} {ci(r, ''):>16} {r['delta_nll_vs_original']:>+7.3f} {ci(r, 'delta'):>17} "
               f"{rec:>9} {ci(r, 'recovered', 100, '.0f'):>11}")
     print(f"(loss in nats per token over {rows[0]['eval_tokens']:,} predicted held-out tokens; se and 95% BCa "
-          "intervals from 2000 bootstrap resamples of the windows; Δloss paired by window; recovered = share of "
+          "intervals from 2000 bootstrap resamples of the windows; delta = loss - the original's, paired by window; "
+          "recovered = share of "
           "the conversion's loss won back, minus the control's own change)")
     print(ranking_line(rows))
     print(f"expansion to MHA: largest logit change {rows[1]['max_abs_logit_diff']:.3g}")
@@ -232,7 +249,6 @@ def main(argv=None) -> int:
     print(f"SmolLM2 loaded: {len(kv_heads_of(model))} layers, KV heads {kv_heads_of(model)[0]}; corpus: "
           f"{corpus.describe()}")
     rows = run(args, model, tok, corpus)
-    print_summary(rows, args)
     tokens = uptrain_tokens(args)
     meta = {
         "what": "SmolLM2-135M converted from 3 to 1 KV heads per layer three ways, each uptrained the same way, "
@@ -258,7 +274,10 @@ def main(argv=None) -> int:
         **results.corpus_metadata(corpus), "seed": str(args.seed),
         **results.end_metadata(start),
     }
-    return results.save_and_report(args, rows, meta)
+    return results.save_and_report(args, rows, meta, finite=LOSSES, label=("condition", "uptrain_steps"),
+                                   finite_if={**dict.fromkeys(RECOVERED, is_uptrained_conversion),
+                                              "max_abs_logit_diff": is_expansion},
+                                   summary=lambda: print_summary(rows, args))
 
 
 if __name__ == "__main__":

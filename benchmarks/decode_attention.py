@@ -48,6 +48,9 @@ from gqa_lib.experiments.attention_roofline import (  # noqa: E402
 from gqa_lib.experiments.machine import CacheFlusher, clock_for, last_level_cache, measure_ceilings  # noqa: E402
 
 MIN_FLUSH_FACTOR, MIN_BANDWIDTH_FACTOR = 2, 4
+TIMES = ("median_ms", "q1_ms", "q3_ms", "min_ms", "median_wall_ms", "median_cpu_ms", "effective_GBps",
+         "attained_GFLOPs", "max_abs_diff", "read_GBps", "peak_GFLOPs", "memory_bound_ms", "compute_bound_ms",
+         "bound_ms", "pct_of_bound")
 
 
 def parse_args(argv=None):
@@ -61,9 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch thread counts (default 1 2)")
     p.add_argument("--reps", type=int, default=11, help="timed calls per implementation and case (default 11)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls first (default 2)")
-    p.add_argument("--flush-factor", type=float, default=2.0,
+    p.add_argument("--flush-factor", type=bench_cli.finite_float, default=2.0,
                    help=f"cache flush buffer, in last-level caches (default 2, at least {MIN_FLUSH_FACTOR})")
-    p.add_argument("--bandwidth-factor", type=float, default=4.0,
+    p.add_argument("--bandwidth-factor", type=bench_cli.finite_float, default=4.0,
                    help=f"bandwidth buffer, in last-level caches (default 4, at least {MIN_BANDWIDTH_FACTOR})")
     p.add_argument("--gemm-size", type=int, default=2048, help="side of the square GEMM for the peak (default 2048)")
     p.add_argument("--variants", action="store_true",
@@ -94,7 +97,37 @@ def parse_args(argv=None):
     if args.bandwidth_factor < MIN_BANDWIDTH_FACTOR:
         p.error(f"--bandwidth-factor={args.bandwidth_factor} must be at least {MIN_BANDWIDTH_FACTOR}: a smaller "
                 "buffer is partly read from the last-level cache")
+    # A value given twice would make two rows of one case, and the targets (one row per case) could not be read.
+    bench_cli.refuse_repeats(p, args, ("seq_lens", "kv_heads", "dtypes", "threads"))
+    problem = memory_problem(args)
+    if problem:
+        p.error(problem)
     return args
+
+
+def memory_problem(args) -> str | None:
+    """Why the largest case cannot fit in the memory free now, or None (also None where it cannot be known).
+
+    A lower bound, so that nothing that fits is refused: K and V of the largest --seq-lens at the most --kv-heads
+    in the widest of --dtypes (the implementations copy them to --n-heads heads on top), or the three
+    --gemm-size squared fp32 matrices of the peak's product.
+    """
+    try:
+        import psutil  # a dependency of the notebook stack; without it the allocation itself reports
+    except ImportError:  # pragma: no cover
+        return None
+    free = psutil.virtual_memory().available
+    widest = max(DTYPES[d].itemsize for d in args.dtypes)
+    cache = 2 * max(args.kv_heads) * max(args.seq_lens) * args.head_dim * widest
+    if cache > free:
+        return (f"--seq-lens {max(args.seq_lens)}: K and V alone at --kv-heads {max(args.kv_heads)}, --head-dim "
+                f"{args.head_dim} in {widest} bytes a number need {cache / 1e9:,.1f} GB, and {free / 1e9:,.1f} GB "
+                "is free; lower --seq-lens")
+    gemm = 3 * args.gemm_size ** 2 * 4
+    if gemm > free:
+        return (f"--gemm-size {args.gemm_size}: three {args.gemm_size} x {args.gemm_size} float32 matrices need "
+                f"{gemm / 1e9:,.1f} GB, and {free / 1e9:,.1f} GB is free; lower --gemm-size")
+    return None
 
 
 def print_ceilings(c: dict) -> None:
@@ -169,10 +202,6 @@ def main(argv=None) -> int:
     del flush
     for r in rows:
         r["role"] = "variant" if r["impl"] in VARIANTS else "compared"
-    bench_cli.print_table(rows, TABLE, table_cells)
-    target_len = 16384 if 16384 in args.seq_lens else max(args.seq_lens)
-    if {args.n_heads, 8, 1} <= set(args.kv_heads) and 1 in args.threads and "fp32" in args.dtypes:
-        print_targets(rows, ceilings, target_len, args.n_heads)
     meta = {
         "what": "one decode step of attention (batch 1, one new token) against a KV cache; median over reps",
         "command": results.command_line(), **results.environment_metadata(),
@@ -196,7 +225,17 @@ def main(argv=None) -> int:
                  "loadavg_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
                  "wall_seconds": f"{time.perf_counter() - start:.0f}",
                  "cpu_seconds": f"{time.process_time():.0f}"})
-    return results.save_and_report(args, rows, meta)
+    return results.save_and_report(args, rows, meta, finite=TIMES,
+                                   label=("dtype", "threads", "seq_len", "n_kv_heads", "impl"),
+                                   summary=lambda: print_summary(rows, ceilings, args))
+
+
+def print_summary(rows: list[dict], ceilings: dict, args) -> None:
+    """The table, then issue 13's targets where the run has their cases (printed after the CSV is saved)."""
+    bench_cli.print_table(rows, TABLE, table_cells)
+    target_len = 16384 if 16384 in args.seq_lens else max(args.seq_lens)
+    if {args.n_heads, 8, 1} <= set(args.kv_heads) and 1 in args.threads and "fp32" in args.dtypes:
+        print_targets(rows, ceilings, target_len, args.n_heads)
 
 
 def flush_bytes(args, llc) -> int:

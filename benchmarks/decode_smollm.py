@@ -67,11 +67,15 @@ def parse_args(argv=None):
         if n + args.new_tokens > CONTEXT:
             p.error(f"--seq-lens {n} plus --new-tokens {args.new_tokens} is {n + args.new_tokens} tokens, past "
                     f"SmolLM2's context of {CONTEXT}; use at most {CONTEXT - args.new_tokens}")
+    bench_cli.refuse_repeats(p, args, ("seq_lens", "paths"))
+    bench_cli.check_cpu_count(p, "--threads", args.threads)  # a timing: more threads than cores times the scheduler
     if args.clock == "auto":
         args.clock = "cpu" if args.threads == 1 else "wall"
     return args
 
 
+SPEEDS = ("mean_context", "bytes_per_token", "tokens_per_s", "tokens_per_s_q1", "tokens_per_s_q3", "ms_per_token",
+          "ms_per_token_wall", "ms_per_token_cpu", "predicted_tokens_per_s", "pct_of_prediction", "read_GBps")
 TABLE = {"prompt": 6, "model": 9, "KV": 3, "path": 12, "MB/token": 9, "tok/s": 7, "IQR tok/s": 13, "predicted": 9,
          "% of pred.": 10, "same tokens": 11}  # the printed table's column titles and widths
 
@@ -116,8 +120,6 @@ def main(argv=None) -> int:
                             read_bps, args.paths, args.hf_attention, args.prefill_threads, progress)
     for r in rows:
         r["read_GBps"] = round(read_bps / 1e9, 4)
-    bench_cli.print_table(rows, TABLE, table_cells)
-    print_target(rows, max(args.seq_lens), args.paths)
     meta = {
         "what": "SmolLM2-135M-Instruct greedy decode after a prompt: tokens/s, bytes read per token, "
                 "bandwidth prediction; variants " + ", ".join(VARIANTS),
@@ -134,7 +136,14 @@ def main(argv=None) -> int:
         "loadavg_after": " ".join(f"{x:.2f}" for x in os.getloadavg()),
         "wall_seconds": f"{time.perf_counter() - start:.0f}",
     }
-    return results.save_and_report(args, rows, meta)
+    return results.save_and_report(args, rows, meta, finite=SPEEDS, label=("prompt_tokens", "variant", "path"),
+                                   summary=lambda: print_summary(rows, args))
+
+
+def print_summary(rows: list[dict], args) -> None:
+    """The table, then the target at the longest prompt (printed after the CSV is saved)."""
+    bench_cli.print_table(rows, TABLE, table_cells)
+    print_target(rows, max(args.seq_lens), args.paths)
 
 
 if __name__ == "__main__":

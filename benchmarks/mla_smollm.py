@@ -40,6 +40,8 @@ from gqa_lib.models.smollm_decoder import SmolLMDecoder  # noqa: E402
 
 SMOLLM = get_model("SmolLM2-135M")  # shapes from data/models.json
 HEAD_DIM, N_LAYERS = SMOLLM.head_dim, SMOLLM.n_layers
+FULL_RANK = bench_cli.SMOLLM2_FULL_RANK  # 384: the original model exactly
+LOSSES = ("kv_heads_equivalent", "val_nll", "ci_low", "ci_high", "delta_nll", "delta_ci_low", "delta_ci_high")
 
 
 def parse_args(argv=None):
@@ -56,6 +58,14 @@ def parse_args(argv=None):
     bench_cli.require_at_least_one(p, args, ("eval_windows", "window", "calib_windows", "threads"))
     if args.eval_windows < 2:
         p.error(f"--eval-windows={args.eval_windows} must be at least 2 (the bootstrap resamples windows)")
+    # Every other bound, here, before the corpus and the model are loaded (issue 25): a 1-token window predicts
+    # nothing (every loss nan); rank 384 is the full rank, checked for exactness and never scored (it gave no row),
+    # and a rank past it is none of this layer's; a repeated rank gave one row where two were counted.
+    bench_cli.check_range(p, "--window", args.window, 2, bench_cli.SMOLLM2_CONTEXT, bench_cli.CONTEXT_WHY)
+    bench_cli.check_range(p, "--ranks", args.ranks, 1, FULL_RANK - 1,
+                          f"rank {FULL_RANK} is the full rank: checked for exactness, not scored")
+    bench_cli.refuse_repeats(p, args, ("ranks",))
+    bench_cli.check_range(p, "--seed", args.seed, 0, why="numpy's default_rng takes no negative seed")
     return args
 
 
@@ -88,15 +98,16 @@ def run(args, model, tok, corpus) -> list[dict]:
     bar.update(1)
     base = window_losses(decoder, val)
     bar.update(1)
-    rows = [row("original (3 KV heads)", 384, "", base, None, args.seed, n_tokens)]
+    rows = [row("original (3 KV heads)", 2 * SMOLLM.n_kv_heads * HEAD_DIM, "", base, None, args.seed, n_tokens)]
     pooled = SmolLMDecoder.from_transformers(convert_kv_heads(model, 1, "mean"))
-    rows.append(row("mean-pooled to 1 KV head", 128, "", window_losses(pooled, val), base, args.seed, n_tokens))
+    rows.append(row("mean-pooled to 1 KV head", 2 * HEAD_DIM, "", window_losses(pooled, val), base, args.seed,
+                    n_tokens))
     del pooled
     bar.update(1)
     check = val[:1, :32]  # a short window: float32 rounding grows with length; this checks the algebra
     for name, m in (("plain", None), ("input-weighted", moments)):
-        converted = latent_decoders(decoder, [*args.ranks, 384], m)
-        full_diff = (converted.pop(384)(check) - decoder(check)).abs().max().item()
+        converted = latent_decoders(decoder, [*args.ranks, FULL_RANK], m)
+        full_diff = (converted.pop(FULL_RANK)(check) - decoder(check)).abs().max().item()
         for rank, latent in converted.items():
             losses = window_losses(latent, val)
             rows.append(row(f"latent, {name} SVD", rank, rank, losses, base, args.seed, n_tokens,
@@ -106,6 +117,25 @@ def run(args, model, tok, corpus) -> list[dict]:
     return rows
 
 
+def print_summary(rows: list[dict], args) -> None:
+    """The table (ASCII only: 'delta' for the change from the original) and the full-rank check of each SVD."""
+    print(f"\n{'method':<28} {'rank':>5} {'cache':>6} {'loss':>7} {'95% CI':>17} {'delta':>8} "
+          f"{'95% CI of delta':>19}")
+    for r in rows:
+        print(f"{r['method']:<28} {r['rank']!s:>5} {r['cache_numbers_per_token_layer']:>6} {r['val_nll']:>7.3f} "
+              f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] {r['delta_nll']:>+8.3f} "
+              f"[{r['delta_ci_low']:+.3f}, {r['delta_ci_high']:+.3f}]")
+    print("(loss in nats per token; delta = loss - the original's, paired by window)")
+    for r in rows[2::len(args.ranks)]:
+        print(f"{r['method']} at full rank ({FULL_RANK}): largest logit change "
+              f"{r['max_abs_logit_diff_full_rank']:.2g} (32 tokens, float32)")
+
+
+def is_latent(row: dict) -> bool:
+    """A latent row: its full-rank check must be a number (the baselines have none)."""
+    return str(row["method"]).startswith("latent")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if bench_cli.output_blocked(args.out, args.overwrite):
@@ -113,16 +143,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     start = time.perf_counter()
-    corpus, model, tok = bench_cli.load_corpus_and_smollm(args)
+    corpus, model, tok = bench_cli.load_corpus_and_smollm(args, needs=[
+        ("validation", args.eval_windows, args.window, "--window or --eval-windows"),
+        ("training", args.calib_windows, args.window, "--window or --calib-windows")])
     rows = run(args, model, tok, corpus)
-    print(f"\n{'method':<28} {'rank':>5} {'cache':>6} {'loss':>7} {'95% CI':>17} {'Δloss':>8} {'95% CI of Δ':>19}")
-    for r in rows:
-        print(f"{r['method']:<28} {r['rank']!s:>5} {r['cache_numbers_per_token_layer']:>6} {r['val_nll']:>7.3f} "
-              f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}] {r['delta_nll']:>+8.3f} "
-              f"[{r['delta_ci_low']:+.3f}, {r['delta_ci_high']:+.3f}]")
-    for r in rows[2::len(args.ranks)]:
-        print(f"{r['method']} at full rank (384): largest logit change {r['max_abs_logit_diff_full_rank']:.2g} "
-              "(32 tokens, float32)")
     meta = {
         "what": "SmolLM2-135M with every layer's K/V replaced by a rank-r latent (SVD of [W_k; W_v], plain or "
                 "weighted by calibration inputs), vs mean-pooled KV heads; loss in nats per token on held-out text",
@@ -137,7 +161,9 @@ def main(argv=None) -> int:
         **results.corpus_metadata(corpus),
         **results.end_metadata(start),
     }
-    return results.save_and_report(args, rows, meta)
+    return results.save_and_report(args, rows, meta, finite=LOSSES, label="method",
+                                   finite_if={"max_abs_logit_diff_full_rank": is_latent},
+                                   summary=lambda: print_summary(rows, args))
 
 
 if __name__ == "__main__":

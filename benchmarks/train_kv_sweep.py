@@ -35,6 +35,7 @@ from gqa_lib.models.tiny_lm import TinyLMConfig  # noqa: E402
 MODEL = dict(d_model=128, n_layers=2, n_heads=8, d_ff=384)
 TRAIN = dict(steps=600, batch=32, seq_len=64, lr=3e-3, warmup=30, eval_windows=2048)
 REPORT_EVERY = 25  # steps between progress messages from a worker
+LOSSES = ("val_loss", "val_bits_per_byte", "final_train_loss", "kv_bytes_per_token", "n_params")
 
 _worker = {}  # per worker process: the corpus and the progress queue
 
@@ -112,8 +113,8 @@ def run_sweep(args) -> tuple[list[dict], float]:
 
 def print_summary(summary: list[dict], tests: list[dict]) -> None:
     print("\nValidation loss (nats per byte) by KV heads; difference = variant - MHA at the same seed")
-    print(f"{'KV heads':>8} {'params':>8} {'KV B/token':>10} {'loss mean':>10} {'± std':>7} {'diff mean':>10} "
-          f"{'± std':>7} {'95% CI of diff':>20} {'worse/seeds':>11} {'diff %':>7}")
+    print(f"{'KV heads':>8} {'params':>8} {'KV B/token':>10} {'loss mean':>10} {'+/- std':>7} {'diff mean':>10} "
+          f"{'+/- std':>7} {'95% CI of diff':>20} {'worse/seeds':>11} {'diff %':>7}")
     for s in summary:
         ci = f"[{s['ci95_low']:+.4f}, {s['ci95_high']:+.4f}]"
         print(f"{s['n_kv_heads']:>8} {s['n_params']:>8} {s['kv_bytes_per_token']:>10} {s['val_loss_mean']:>10.4f} "
@@ -145,7 +146,9 @@ def main(argv=None) -> int:
         "loss_unit": "nats per byte (val_bits_per_byte = val_loss / ln 2)",
         "kv_bytes_per_token": "fp32, all layers, K and V",
     }
-    path = results.save_rows(args.out, rows, meta, overwrite=args.overwrite)  # never loses the rows
+    if results.refuse_non_finite(args.out, rows, LOSSES, label=("seed", "n_kv_heads")):
+        return 1
+    path = results.save_rows(args.out, rows, meta, overwrite=args.overwrite)  # never loses the rows; then print
     print_summary(summarize_sweep(rows), pairwise_tests(rows))
     if path is None:
         return 1

@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 _PROBE = r"""
-import contextlib, importlib.util, io, json, sys
+import contextlib, importlib.util, io, json, sys, time
 cases, modules, out = json.loads(sys.argv[1]), {}, []
 for script, argv in cases:
     if script not in modules:
@@ -26,18 +26,21 @@ for script, argv in cases:
         modules[script] = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(modules[script])
     stdout, stderr, code = io.StringIO(), io.StringIO(), None
+    start = time.perf_counter()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         try:
             code = modules[script].main(argv)
         except SystemExit as e:
             code = e.code
-    out.append({"code": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue()})
+    out.append({"code": code, "stdout": stdout.getvalue(), "stderr": stderr.getvalue(),
+                "seconds": time.perf_counter() - start})
 print(json.dumps(out))
 """
 
 
 def run_mains(cases: list[tuple[Path, list[str]]], timeout: float = 180) -> list[dict]:
-    """{'code', 'stdout', 'stderr'} of ``main(argv)`` for each (script, argv), in order, from one process."""
+    """{'code', 'stdout', 'stderr', 'seconds'} of ``main(argv)`` for each (script, argv), in order, from one
+    process; 'seconds': how long that call of ``main`` took (the script's imports, done once, not counted)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-c", _PROBE, json.dumps([[str(s), a] for s, a in cases])], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=timeout)

@@ -102,3 +102,56 @@ def test_the_table_right_aligns_titles_and_cells(capsys):
 def test_a_row_with_the_wrong_number_of_cells_is_refused(capsys):
     with pytest.raises(ValueError, match="2 cells for a row of 3 columns"):
         bench_cli.print_table([{"a": 1}], {"a": 3, "b": 3, "c": 3}, lambda r: (r["a"], 2))
+
+
+def test_a_corpus_too_short_for_the_windows_stops_before_the_model(monkeypatch, capsys):
+    """Issue 25: a window count the text cannot give is refused right after the corpus is read (milliseconds),
+    not after the model's seconds of loading."""
+    corpus = SimpleNamespace(val=range(1000), train=range(5000), describe=lambda: "short")
+
+    def load_smollm():
+        raise AssertionError("the model was loaded for windows the text cannot give")
+
+    monkeypatch.setattr(bench_cli, "load_corpus", lambda strict: corpus)
+    monkeypatch.setattr(bench_cli.smollm, "load_smollm", load_smollm)
+    with pytest.raises(SystemExit) as info:
+        bench_cli.load_corpus_and_smollm(SimpleNamespace(allow_other_corpus=True), needs=[
+            ("validation", 4, 256, "--window or --eval-windows"), ("training", 1, 256, "--calib-windows")])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == ("4 validation windows of 256 tokens need more tokens than the corpus's "
+                                       "validation text has bytes (1,000); lower --window or --eval-windows\n")
+    assert bench_cli.text_problem(corpus, [("validation", 3, 256, "x"), ("training", 19, 256, "y")]) is None
+
+
+def _stopped(check, capsys) -> str:
+    with pytest.raises(SystemExit) as info:
+        check()
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_checks_after_parsing_name_the_option_the_value_and_the_range(capsys):
+    p = bench_cli.command_parser("Doc.")
+    p.add_argument("--ranks", type=int, nargs="+", default=[1])
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(["--ranks", "1", "400", "--seed", "-1"])
+    err = _stopped(lambda: bench_cli.check_range(p, "--ranks", args.ranks, 1, 383, "rank 384 is the full rank"),
+                   capsys)
+    assert "--ranks 400 is not valid: must be a whole number, 1 or more and 383 or less (rank 384 is the full rank)" \
+        in err
+    assert "--seed -1 is not valid: must be a whole number, 0 or more" in _stopped(
+        lambda: bench_cli.check_range(p, "--seed", args.seed, 0), capsys)
+    bench_cli.check_range(p, "--ranks", [1, 383], 1, 383)  # the bounds themselves are valid
+
+
+def test_a_value_given_twice_and_more_threads_than_cpus_are_refused(capsys, monkeypatch):
+    p = bench_cli.command_parser("Doc.")
+    p.add_argument("--seq-lens", type=int, nargs="+")
+    p.add_argument("--kv-heads", type=int, nargs="+", default=None)
+    args = p.parse_args(["--seq-lens", "8", "16", "8"])
+    assert "--seq-lens 8 is given twice" in _stopped(lambda: bench_cli.refuse_repeats(p, args, ("seq_lens",)), capsys)
+    bench_cli.refuse_repeats(p, args, ("kv_heads",))  # not given: nothing to refuse
+    monkeypatch.setattr(bench_cli.os, "cpu_count", lambda: 2)
+    assert "--threads 3 is more than the 2 CPUs this machine has" in _stopped(
+        lambda: bench_cli.check_cpu_count(p, "--threads", [1, 3]), capsys)
+    bench_cli.check_cpu_count(p, "--threads", 2)

@@ -22,6 +22,13 @@ A bad value stops the command with argparse's usage error, exit status 2, naming
 value, and what is valid:  "argument --lr: -1 is not valid: must be a finite number above 0".
 
 Rule two: a command never replaces a results file unless given ``--overwrite`` (``--out`` writes elsewhere).
+
+Rule three: a command saves its CSV before it prints any summary of it (``results.save_and_report(...,
+summary=...)``), and prints only ASCII: a stdout that cannot encode a character (a latin-1 locale, a
+redirected Windows console) must not end a long run without its results. Write 'delta', '+/-', 'x'.
+
+Bounds that come from SmolLM2-135M (its 8,192-token context, its full latent rank) are read from
+``gqa_lib.models.catalog`` (data/models.json), never typed: ``SMOLLM2_CONTEXT``, ``SMOLLM2_FULL_RANK``.
 """
 
 from __future__ import annotations
@@ -36,6 +43,13 @@ from pathlib import Path
 from gqa_lib.experiments.corpus import load_corpus
 from gqa_lib.experiments.results import RESULTS_DIR
 from gqa_lib.models import smollm
+from gqa_lib.models.catalog import get_model
+
+SMOLLM2 = get_model("SmolLM2-135M")  # shapes and context from data/models.json
+SMOLLM2_CONTEXT = SMOLLM2.context  # 8192: the positions SmolLM2 was trained on; a window past it runs on untrained ones
+# The rank of a layer's [W_k; W_v] (384 = 2 x 3 KV heads x 64): a latent of this rank is the original model
+SMOLLM2_FULL_RANK = min(2 * SMOLLM2.n_kv_heads * SMOLLM2.head_dim, SMOLLM2.d_model)
+CONTEXT_WHY = "SmolLM2-135M's context: positions past it were never trained"
 
 
 def command_parser(doc: str) -> argparse.ArgumentParser:
@@ -70,25 +84,40 @@ def parse_options(parser: argparse.ArgumentParser, argv: list[str] | None, resul
     return parser.parse_args(argv)
 
 
-def int_at_least(minimum: int):
-    """An argparse ``type`` that accepts whole numbers >= ``minimum`` (written as digits, e.g. '256').
+def valid_range(minimum: int, maximum: int | None = None, why: str = "") -> str:
+    """How a refusal states the valid whole numbers: 'a whole number, 2 or more' or
+    'a whole number, 2 or more and 8192 or less (why)'."""
+    text = f"a whole number, {minimum} or more"
+    if maximum is not None:
+        text += f" and {maximum} or less"
+    return text + (f" ({why})" if why else "")
+
+
+def int_at_least(minimum: int, maximum: int | None = None, why: str = ""):
+    """An argparse ``type`` that accepts whole numbers >= ``minimum`` (written as digits, e.g. '256'), and
+    <= ``maximum`` when one is given (``why`` says where that bound comes from, such as a model's context).
 
     The returned function raises argparse.ArgumentTypeError naming the value and the valid range for anything
-    else ('2.5', '1e3', a number below ``minimum``); argparse turns that into a usage error naming the option.
+    else ('2.5', '1e3', a number outside the range); argparse turns that into a usage error naming the option.
     """
+    valid = valid_range(minimum, maximum, why)
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not valid: must be a whole number, "
-                                             f"{minimum} or more") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"{value} is not valid: must be a whole number, {minimum} or more")
+            raise argparse.ArgumentTypeError(f"{text!r} is not valid: must be {valid}") from None
+        if value < minimum or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"{value} is not valid: must be {valid}")
         return value
 
-    parse.__name__ = f"int_at_least_{minimum}"
+    parse.__name__ = f"int_at_least_{minimum}" + (f"_at_most_{maximum}" if maximum is not None else "")
     return parse
+
+
+def smollm_window(minimum: int):
+    """argparse ``type``: tokens per window of SmolLM2, ``minimum`` to SmolLM2's context (``SMOLLM2_CONTEXT``)."""
+    return int_at_least(minimum, SMOLLM2_CONTEXT, CONTEXT_WHY)
 
 
 positive_int = int_at_least(1)
@@ -110,6 +139,66 @@ def positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"{text} is not valid: must be a finite number above 0, such as 1e-3")
     return value
+
+
+def finite_float(text: str) -> float:
+    """argparse ``type``: any finite number; 'nan', 'inf' and '1e999' are refused (a comparison such as
+    ``value < 2`` is False for nan, so a check after parsing lets it through).
+
+    Raises argparse.ArgumentTypeError naming the value and what is valid.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not valid: must be a finite number, such as 2.5") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} is not valid: must be a finite number, such as 2.5")
+    return value
+
+
+def check_range(parser, option: str, values, minimum: int, maximum: int | None = None, why: str = "") -> None:
+    """Stop with argparse's usage error (exit 2) if a value of ``option`` (one number or a list) is outside
+    ``minimum``..``maximum``, naming the option as typed, the value and the valid range. For options whose type
+    is plain ``int`` (their older refusals keep their words); a new option should use :func:`int_at_least`."""
+    for value in values if isinstance(values, list | tuple) else [values]:
+        if value < minimum or (maximum is not None and value > maximum):
+            parser.error(f"{option} {value} is not valid: must be {valid_range(minimum, maximum, why)}")
+
+
+def refuse_repeats(parser, args, names) -> None:
+    """Stop with argparse's usage error if a list option among ``names`` (attribute names of ``args``) holds a
+    value twice: each value makes its own rows, and a repeated one would give two rows of one case (or one row
+    where two were counted)."""
+    for name in names:
+        values = getattr(args, name) or []
+        seen = set()
+        for value in values:
+            if value in seen:
+                parser.error(f"--{name.replace('_', '-')} {value} is given twice; give each value once "
+                             f"(each makes its own rows)")
+            seen.add(value)
+
+
+def check_cpu_count(parser, option: str, values) -> None:
+    """Stop with argparse's usage error if a thread count of ``option`` is more than this machine's CPUs: a
+    timing with more threads than cores measures the scheduler, not the code."""
+    cpus = os.cpu_count() or 1
+    for t in values if isinstance(values, list | tuple) else [values]:
+        if t > cpus:
+            parser.error(f"{option} {t} is more than the {cpus} CPUs this machine has")
+
+
+def text_problem(corpus, needs) -> str | None:
+    """Why the corpus cannot give the token windows asked for, or None. ``needs``: (what, n_windows, window,
+    options) for each text, ``what`` 'validation' or 'training' (``corpus.val``, ``corpus.train``) and
+    ``options`` the options to lower. A token spans at least one byte, so the byte counts bound the token counts:
+    this catches impossible sizes right after the corpus is read (milliseconds), before the model is loaded."""
+    for what, n_windows, window, options in needs:
+        n_bytes = len(corpus.val if what == "validation" else corpus.train)
+        if n_windows * window > n_bytes:
+            return (f"{n_windows} {what} windows of {window} tokens need more tokens than the corpus's {what} text "
+                    f"has bytes ({n_bytes:,}); lower {options}")
+    return None
 
 
 def output_problem(path: str | Path, overwrite: bool, option: str = "--out",
@@ -176,15 +265,21 @@ def output_blocked(path: Path, overwrite: bool) -> bool:
     return False
 
 
-def load_corpus_and_smollm(args):
+def load_corpus_and_smollm(args, needs=()):
     """(corpus, model, tokenizer): the corpus of ``gqa_lib.experiments.corpus`` and SmolLM2-135M, in that order,
-    so that a corpus that is not the shipped one stops the run before the model's seconds of loading.
+    so that a corpus that is not the shipped one, or too short, stops the run before the model's seconds of loading.
 
+    ``needs``: the token windows the command will cut from the corpus, as :func:`text_problem` takes them; when
+    the text is too short for them, says why on stderr and raises SystemExit(2) before the model is loaded.
     Prints the corpus's one-line description. ``args.allow_other_corpus`` False: raises CorpusMismatchError
     when this Python's standard library is not the shipped corpus; True: goes on with it. Raises the model
     loader's ModelFileError when the model file is missing or damaged.
     """
     corpus = load_corpus(strict=not args.allow_other_corpus)
+    problem = text_problem(corpus, needs)
+    if problem:
+        print(problem, file=sys.stderr)
+        raise SystemExit(2)
     model, tok = smollm.load_smollm()  # looked up at each call: tests replace it with one that refuses to load
     print(f"corpus: {corpus.describe()}")
     return corpus, model, tok

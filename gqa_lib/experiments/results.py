@@ -5,6 +5,10 @@ versions, the machine, the corpus hash), then an ordinary CSV table. Writing goe
 file in the same folder that is renamed over the target only when complete, so an interrupted run
 never leaves half a file; and a file that already exists is never replaced unless the caller says
 ``overwrite=True`` (the benchmark commands expose that as ``--overwrite``).
+
+Why one module of about 380 lines: writing a results file safely (metadata, atomic rename, no overwrite,
+no nan written) and reading it back (``load``, with its ceilings as numbers) are the two halves of one
+format; the command-line options around them are in ``bench_cli``.
 """
 
 from __future__ import annotations
@@ -305,10 +309,77 @@ def end_metadata(start: float) -> dict[str, str]:
             "loadavg_after": " ".join(f"{x:.2f}" for x in os.getloadavg())}
 
 
-def save_and_report(args, rows: list[dict], metadata: dict[str, str]) -> int:
-    """Write ``rows`` to ``args.out`` (``args.overwrite``) with :func:`save_rows`, say where; the exit status."""
-    path = save_rows(args.out, rows, metadata, overwrite=args.overwrite)  # never loses the rows
-    if path is None:
+def non_finite_cells(rows: list[dict], columns=(), label=(), columns_if=None) -> list[str]:
+    """Every cell that should hold a finite number and does not: 'row 3 (method='window 256'): val_nll=nan'.
+
+    ``columns``: checked in every row. ``columns_if``: {column: predicate(row)}, checked only in the rows the
+    predicate accepts (a column that is blank by design elsewhere, such as a recovered fraction of a model that
+    was not uptrained). ``label``: the columns that name a row in the message. A cell that is not a number
+    (None, '', text) counts as not finite. Returns [] when every checked cell is finite.
+    """
+    checks = [(c, None) for c in columns] + list((columns_if or {}).items())
+    names = (label,) if isinstance(label, str) else tuple(label)
+    out = []
+    for i, row in enumerate(rows):
+        bad = []
+        for column, applies in checks:
+            if applies is not None and not applies(row):
+                continue
+            value = row.get(column)
+            try:
+                number = float(value)
+            except (TypeError, ValueError):  # None, '', text: not a number at all
+                bad.append(f"{column}={_shown(value)}")
+                continue
+            if not math.isfinite(number):
+                bad.append(f"{column}={number}")
+        if bad:
+            named = ", ".join(f"{n}={_shown(row.get(n))}" for n in names)
+            out.append(f"row {i}{f' ({named})' if named else ''}: {', '.join(bad)}")
+    return out
+
+
+def _shown(value) -> str:
+    """A cell as a message shows it: text quoted, numbers (numpy's too) as plain digits."""
+    return repr(value) if isinstance(value, str) or value is None else str(value)
+
+
+def refuse_non_finite(path: str | Path, rows: list[dict], columns=(), label=(), columns_if=None) -> bool:
+    """True (after saying which rows and columns on stderr) when a loss or metric of ``rows`` is nan or inf.
+
+    A table with a nan in it looks complete but is not (a nan sorts and plots as if it were a number, and a
+    nan loss lands on no chart at all), so a command checks this before it writes and writes nothing if so.
+    See :func:`non_finite_cells` for the arguments.
+    """
+    problems = non_finite_cells(rows, columns, label, columns_if)
+    if not problems:
+        return False
+    shown = problems[:20] + ([f"... and {len(problems) - 20} more rows"] if len(problems) > 20 else [])
+    print(f"refusing to write {path}: {len(problems)} of {len(rows)} rows hold a value that is not a finite number "
+          "(nan or inf), so the table would look complete but is not:\n  " + "\n  ".join(shown), file=sys.stderr)
+    return True
+
+
+def save_and_report(args, rows: list[dict], metadata: dict[str, str], finite=(), label=(), finite_if=None,
+                    summary=None) -> int:
+    """End a command: check, write ``rows`` to ``args.out`` (``args.overwrite``), then print; the exit status.
+
+    1. ``finite`` (columns), ``finite_if`` ({column: predicate(row)}): the losses and metrics that must be finite
+       numbers; if one is nan or inf nothing is written, stderr names the rows (``label``: the columns that name
+       a row) and the status is 1 (:func:`refuse_non_finite`).
+    2. The rows are written with :func:`save_rows`, which never loses them (a temporary file if ``args.out``
+       cannot be written; status 1 then).
+    3. Only then ``summary()`` (the command's printed table, if given) runs, and 'wrote <path>' is printed (also
+       when the summary fails): a stdout that fails (it cannot encode a character, a closed pipe) cannot lose a
+       long run's results.
+    """
+    if refuse_non_finite(args.out, rows, finite, label, finite_if):
         return 1
-    print(f"wrote {path}")
-    return 0
+    path = save_rows(args.out, rows, metadata, overwrite=args.overwrite)  # never loses the rows
+    try:
+        if summary is not None:
+            summary()
+    finally:  # where the file is, even when the summary fails
+        if path is not None:
+            print(f"wrote {path}")
+    return 0 if path is not None else 1
