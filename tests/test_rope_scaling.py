@@ -91,3 +91,19 @@ def test_bad_scaling_is_refused_naming_the_field(kwargs, named):
 def test_a_layer_refuses_a_scaling_that_is_not_one():
     with pytest.raises(TypeError, match="scaling="):
         GroupedQueryAttention(32, 4, 2, rope_scaling={"rope_type": "linear", "factor": 4.0})
+
+
+def test_positions_past_the_context_are_refused_before_any_work():
+    """A prompt past the model's context ran on positions it was never trained on, without a word."""
+    decoder = SmolLMDecoder.from_transformers(tiny_model())  # max_position_embeddings=256
+    with pytest.raises(ValueError, match=r"0 cached \+ 257 new ids \+ 0 to generate = 257 positions, past the model's "
+                                         r"context of 256 tokens"):
+        decoder(torch.zeros(1, 257, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"250 new ids \+ 10 to generate = 260 positions.*use at most 246 ids"):
+        decoder.generate(torch.zeros(1, 250, dtype=torch.long), n_new=10)
+    caches = decoder.new_caches(1, 256)
+    decoder(torch.zeros(1, 200, dtype=torch.long), caches)
+    with pytest.raises(ValueError, match=r"200 cached \+ 60 new ids"):
+        decoder(torch.zeros(1, 60, dtype=torch.long), caches)
+    with pytest.raises(ValueError, match=r"token ids are 0\.\.63"):
+        decoder(torch.full((1, 3), 64, dtype=torch.long))

@@ -93,10 +93,21 @@ class SmolLMDecoder(nn.Module):
         """Bytes all the caches hold (allocated for max_len tokens)."""
         return sum(c.nbytes for c in caches)
 
-    def _check_ids(self, ids) -> None:
+    def _check_ids(self, ids, start: int = 0, n_new: int = 0) -> None:
+        """Refuse ids that are not (batch, seq) int64 token ids of the vocabulary, or that with ``start`` tokens
+        before them and ``n_new`` to come would reach past the positions the model was trained on."""
         if not isinstance(ids, torch.Tensor) or ids.ndim != 2 or ids.dtype != torch.long or ids.shape[1] == 0:
             got = tuple(ids.shape) if isinstance(ids, torch.Tensor) else type(ids).__name__
             raise ValueError(f"ids={got} must be a (batch, seq) tensor of int64 token ids with seq >= 1")
+        vocab = self.embed_tokens.num_embeddings
+        if ids.min() < 0 or ids.max() >= vocab:
+            raise ValueError(f"ids hold {int(ids.min())}..{int(ids.max())}; token ids are 0..{vocab - 1}")
+        context = self.config.max_position_embeddings
+        end = start + ids.shape[1] + n_new
+        if end > context:
+            raise ValueError(f"{start} cached + {ids.shape[1]} new ids + {n_new} to generate = {end} positions, past "
+                             f"the model's context of {context:,} tokens (config.max_position_embeddings): positions "
+                             f"it was never trained on; use at most {context - start - n_new} ids")
 
     def hidden_states(self, ids: torch.Tensor, caches: list | None = None, inputs_of: list | None = None):
         """The final normalised hidden states (batch, seq, d_model).
@@ -104,9 +115,9 @@ class SmolLMDecoder(nn.Module):
         ``inputs_of``: if given a list, each layer's attention input (after ``input_layernorm``) is
         appended to it, (batch, seq, d_model) each: what a calibration needs.
         """
-        self._check_ids(ids)
         if caches is not None and len(caches) != self.n_layers:
             raise ValueError(f"caches has {len(caches)} entries; the model has {self.n_layers} layers")
+        self._check_ids(ids, start=0 if caches is None else getattr(caches[0], "length", 0))
         x = self.embed_tokens(ids)  # (batch, seq, d_model)
         for i, attn in enumerate(self.attention):
             h = self.input_norms[i](x)
@@ -127,7 +138,7 @@ class SmolLMDecoder(nn.Module):
         Returns the ``n_new`` new token ids, (batch, n_new).
         """
         check_positive_int("n_new", n_new)
-        self._check_ids(ids)
+        self._check_ids(ids, n_new=n_new)  # before the prefill: a too long request is refused at once
         caches = self.new_caches(ids.shape[0], ids.shape[1] + n_new)
         logits = self(ids, caches)[:, -1]  # (batch, vocab)
         new = []
