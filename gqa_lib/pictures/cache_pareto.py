@@ -77,11 +77,13 @@ def family_style(family: str) -> tuple[str, str]:
 # Points named on the chart besides the front, and where their names go (points, from the marker).
 LABELLED = ("window 1024", "window 1024 + 4 sinks", "window 512", "window 512 + 4 sinks",
             "latent rank 128", "latent rank 256", "1 KV head, mean-pooled", "1 KV head, mean-pooled, uptrained",
-            "layer pairs share K/V (CLA-2)", "int4 per token")
-LABEL_OFFSETS = {"window 256": (6, 6), "window 256 + 4 sinks": (6, 6), "window 1024": (6, 4),
+            "layer pairs share K/V (CLA-2)", "int4 per token", "int8 per channel")
+LABEL_OFFSETS = {"original (3 KV heads, bf16)": (-105, 6), "window 256": (6, 6), "window 256 + 4 sinks": (6, 6),
+                 "window 1024": (6, 4),
                  "window 1024 + 4 sinks": (-40, -16), "window 512 + 4 sinks": (-20, -16), "window 512": (6, 4),
                  "latent rank 128": (6, 4), "int4 per token": (6, 4), "int4 per channel": (6, 6),
-                 "int8 per channel": (-30, 10), "layer pairs share K/V (CLA-2)": (-60, 8),
+                 "int8 per channel": (-80, 6),  # left: int8 per token sits on nearly the same point
+                 "layer pairs share K/V (CLA-2)": (-60, 8),
                  "1 KV head, mean-pooled": (-130, 4), "1 KV head, mean-pooled, uptrained": (-175, 4),
                  "latent rank 256": (6, 4)}
 OTHER_COLOURS = {"sliding window": "#E69F00", "quantized": "#56B4E9", "cross-layer": "#000000",
