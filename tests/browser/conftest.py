@@ -34,7 +34,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from lab_page import NotebookPage
+from lab_page import NO_MOTION_SCRIPT, NotebookPage
 from lab_settings import make_lab_home
 from series import ALL_NOTEBOOKS, NOTEBOOKS, ROOT, SHARD, SHARDS, in_this_shard
 
@@ -137,6 +137,7 @@ def executed(lab, browser):
     """``executed(name)``: the notebook open in its tab after Run All; all widget notebooks start together."""
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, device_scale_factor=1)
     ctx.set_default_timeout(30_000)
+    ctx.add_init_script(NO_MOTION_SCRIPT)
     external: list[str] = []
     ctx.on("request", lambda r: external.append(r.url) if urllib.parse.urlparse(r.url).hostname not in
            (None, "127.0.0.1", "localhost") and not r.url.startswith(("data:", "blob:")) else None)

@@ -18,6 +18,19 @@ RUN_ALL_TIMEOUT_S = 600  # all notebooks run at once on 2 cores; several load Sm
 QUIET_MS = 100
 LATENCY_QUIET_MS = 200
 
+
+# CSS animations and transitions off in every page: while eight notebooks run, JupyterLab's busy indicators and
+# the editor's blinking cursor repaint many times a second in every tab, which costs the kernels CPU time; and a
+# redraw that animates would have to be waited for. Nothing the tests check is an animation.
+NO_MOTION_SCRIPT = """(() => {
+  const add = () => {
+    const style = document.createElement('style');
+    style.textContent = '*, *::before, *::after { animation: none !important; transition: none !important; }';
+    document.head.appendChild(style);
+  };
+  if (document.head) add(); else document.addEventListener('DOMContentLoaded', add);
+})()"""
+
 _ERROR_SCRIPT = """(root) => {
   const found = [];
   for (const el of root.querySelectorAll('.jp-OutputArea-output')) {
