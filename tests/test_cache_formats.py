@@ -61,3 +61,29 @@ def test_inf_given_is_not_called_an_overflow():
     k[0, 0, 0, 0] = float("inf")
     stored, _ = cache.append(k, k)
     assert torch.isinf(stored).any()
+
+
+def _mla_cache(dtype):
+    from gqa_lib.core.mla import MLACache
+
+    return MLACache(1, 16, 8, 4, dtype=dtype)
+
+
+def _latent_cache(dtype):
+    from gqa_lib.experiments.latent_conversion import LatentCache
+
+    return LatentCache(1, 16, 4, dtype=dtype)
+
+
+@pytest.mark.parametrize("make", [_mla_cache, _latent_cache], ids=["MLACache", "LatentCache"])
+def test_every_cache_refuses_what_it_cannot_hold(make):
+    """The same kind as KVCache's: the latent caches took fp8 and int8, and stored values past fp16 as inf."""
+    for bad in (torch.float8_e4m3fn, torch.int8):
+        with pytest.raises(ValueError, match="dtype=torch"):
+            make(bad)
+    cache = make(torch.float16)
+    big = torch.full((1, 1, 16), 1e6)
+    args = (big, torch.zeros(1, 1, 8)) if hasattr(cache, "k_rope") else (big,)
+    with pytest.raises(OverflowError, match=r"latent holds 1e\+06, past torch\.float16's largest number 65,504"):
+        cache.append(*args)
+    assert cache.length == 0

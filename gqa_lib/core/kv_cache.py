@@ -21,6 +21,20 @@ def _available_bytes(device: torch.device) -> int | None:
     return None
 
 
+def store(name: str, slots: torch.Tensor, values: torch.Tensor) -> None:
+    """Copy ``values`` into the cache's ``slots`` (a view of its buffer), rounding to the cache's dtype, and raise
+    OverflowError naming ``name`` if a finite value became inf: past the dtype's largest number (65,504 in
+    float16). Checked on what was stored, not against finfo.max: a value a little past it still rounds down to
+    it. Every cache of the series stores through here (KVCache, MLACache, LatentCache)."""
+    slots.copy_(values)
+    overflow = torch.isinf(slots) & torch.isfinite(values.to(slots.device))
+    if overflow.any():
+        largest = values[overflow.to(values.device)].abs().max().item()
+        raise OverflowError(f"{name} holds {largest:,.6g}, past {slots.dtype}'s largest number "
+                            f"{torch.finfo(slots.dtype).max:,.6g}: it would be stored as inf and make the output "
+                            "NaN; keep this cache in torch.float32 or torch.bfloat16, or scale the values")
+
+
 class KVCache:
     """Keys and values of the tokens seen so far, for one attention layer.
 
@@ -79,18 +93,9 @@ class KVCache:
             raise ValueError(
                 f"cache is full: {self.length} stored + {new} new > max_len={self.max_len}; make a larger KVCache")
         end = self.length + new
-        self.k[:, :, self.length:end] = k
-        self.v[:, :, self.length:end] = v
-        for name, t, stored in (("k", k, self.k), ("v", v, self.v)):
-            # Checked on what was stored, not against finfo.max: a value a little past it still rounds down to it.
-            overflow = torch.isinf(stored[:, :, self.length:end]) & torch.isfinite(t.to(stored.device))
-            if overflow.any():
-                largest = t[overflow.to(t.device)].abs().max().item()
-                raise OverflowError(f"{name} holds {largest:,.6g}, past {stored.dtype}'s largest number "
-                                    f"{torch.finfo(stored.dtype).max:,.6g}: it would be stored as inf and make the "
-                                    "output NaN; keep this cache in torch.float32 or torch.bfloat16, or scale the "
-                                    "values")
-        self.length = end
+        store("k", self.k[:, :, self.length:end], k)
+        store("v", self.v[:, :, self.length:end], v)
+        self.length = end  # only once both fit: a refused token is not counted
         return self.k[:, :, :self.length], self.v[:, :, :self.length]
 
     def reset(self) -> None:

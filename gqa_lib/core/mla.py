@@ -40,7 +40,8 @@ from torch import nn
 
 from gqa_lib.core.attention import causal_mask
 from gqa_lib.core.cache_math import mla_cache_bytes
-from gqa_lib.core.checks import check_even_positive, check_layer_input, check_positive_int
+from gqa_lib.core.checks import check_even_positive, check_float_dtype, check_layer_input, check_positive_int
+from gqa_lib.core.kv_cache import store
 from gqa_lib.core.rope import RotaryEmbedding
 
 MODES = ("explicit", "absorbed")
@@ -63,6 +64,7 @@ class MLACache:
                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
         for name, v in (("batch", batch), ("d_c", d_c), ("d_rope", d_rope), ("max_len", max_len)):
             check_positive_int(name, v)
+        dtype = check_float_dtype("dtype", dtype)  # as KVCache: no integer or fp8 type, which need scales
         self.batch, self.d_c, self.d_rope, self.max_len = batch, d_c, d_rope, max_len
         self.latent = torch.zeros(batch, max_len, d_c, dtype=dtype, device=device)  # c^KV, after kv_norm
         self.k_rope = torch.zeros(batch, max_len, d_rope, dtype=dtype, device=device)  # k^R, already rotated
@@ -88,8 +90,8 @@ class MLACache:
         if self.length + new > self.max_len:
             raise ValueError(
                 f"cache is full: {self.length} stored + {new} new > max_len={self.max_len}; make a larger MLACache")
-        self.latent[:, self.length:self.length + new] = latent
-        self.k_rope[:, self.length:self.length + new] = k_rope
+        store("latent", self.latent[:, self.length:self.length + new], latent)  # OverflowError past the dtype
+        store("k_rope", self.k_rope[:, self.length:self.length + new], k_rope)
         self.length += new
         return self.latent[:, :self.length], self.k_rope[:, :self.length]
 

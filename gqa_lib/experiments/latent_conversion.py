@@ -35,7 +35,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from gqa_lib.core.attention import GroupedQueryAttention, grouped_attention
-from gqa_lib.core.checks import check_layer_input, check_positive_int
+from gqa_lib.core.checks import check_float_dtype, check_layer_input, check_positive_int
+from gqa_lib.core.kv_cache import store
 from gqa_lib.core.layout import AttentionLayout
 from gqa_lib.core.rope import RopeScaling, RotaryEmbedding
 
@@ -47,6 +48,7 @@ class LatentCache:
                  device: str | torch.device = "cpu"):
         for name, v in (("batch", batch), ("rank", rank), ("max_len", max_len)):
             check_positive_int(name, v)
+        dtype = check_float_dtype("dtype", dtype)  # as KVCache: no integer or fp8 type, which need scales
         self.batch, self.rank, self.max_len = batch, rank, max_len
         self.latent = torch.zeros(batch, max_len, rank, dtype=dtype, device=device)
         self.length = 0
@@ -63,7 +65,7 @@ class LatentCache:
         new = latent.shape[1]
         if self.length + new > self.max_len:
             raise ValueError(f"cache is full: {self.length} stored + {new} new > max_len={self.max_len}")
-        self.latent[:, self.length:self.length + new] = latent
+        store("latent", self.latent[:, self.length:self.length + new], latent)  # OverflowError past the dtype
         self.length += new
         return self.latent[:, :self.length]
 
