@@ -27,6 +27,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import torch
 from command_probe import run_mains
 
 from gqa_lib.experiments import bench_cli, results
@@ -39,6 +40,17 @@ def _load(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(autouse=True)
+def torch_state_kept():
+    """A command's main() sets process-wide torch state (grad mode off, thread count), as an entry point may;
+    run in this process, it must not leak into the tests that follow in the same worker (it turned training
+    tests' gradients off)."""
+    grad, threads = torch.is_grad_enabled(), torch.get_num_threads()
+    yield
+    torch.set_grad_enabled(grad)
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
