@@ -195,7 +195,7 @@ def test_latent_layers_refuse_inputs_as_the_gqa_layer_does(build):
     every later token's output without a word (GroupedQueryAttention refused both, naming them)."""
     layer = build()
     x = torch.randn(1, 6, 32)
-    with pytest.raises(TypeError, match=r"x\.dtype=torch\.bfloat16 must be the layer's dtype torch\.float32"):
+    with pytest.raises(TypeError, match=r"x\.dtype=torch\.bfloat16 does not match the layer's dtype torch\.float32"):
         layer(x.to(torch.bfloat16))
     x[0, 3, 5] = float("nan")
     with pytest.raises(ValueError, match=r"x .*position 3"):

@@ -98,3 +98,12 @@ def test_one_head_labels_read_as_sentences():
     labels = w._labels()
     assert labels[:3] == ["MHA\n1 KV head", "GQA\n1 KV head", "MQA\n1 KV head"]
     assert "1 KV heads" not in "".join(labels)
+
+
+def test_the_readout_says_what_an_integer_format_stores():
+    from gqa_lib import widgets
+
+    w = widgets.mla_cache_comparison()
+    assert "Number format: bf16 (2 bytes a number)" in w.readout.value
+    w.dtype.value = "int4"
+    assert "int4 + one 2-byte scale and one 2-byte minimum per 64 numbers of each cached vector" in w.readout.value

@@ -12,7 +12,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from gqa_lib.core.checks import NON_FINITE_WHY, check_finite, check_positive_int, check_qkv, refuse_dtype_names
+from gqa_lib.core.checks import (
+    NON_FINITE_WHY,
+    check_finite,
+    check_layer_input,
+    check_positive_int,
+    check_qkv,
+    refuse_dtype_names,
+)
 from gqa_lib.core.kv_cache import KVCache
 from gqa_lib.core.layout import AttentionLayout
 from gqa_lib.core.rope import RopeScaling, RotaryEmbedding, check_rope_base, check_start_pos
@@ -167,18 +174,9 @@ class GroupedQueryAttention(nn.Module):
                        w.device if device is None else device)
 
     def check_input(self, x: torch.Tensor) -> None:
-        """Raise unless ``x`` is a (batch, seq, d_model) tensor in the dtype of the layer's weights."""
-        w = self.q_proj.weight
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x={type(x).__name__} must be a tensor (batch, seq, d_model={self.d_model})")
-        if x.ndim != 3 or x.shape[-1] != self.d_model:
-            raise ValueError(f"x.shape={tuple(x.shape)} must be (batch, seq, d_model={self.d_model})")
-        if not x.is_floating_point():
-            raise TypeError(f"x.dtype={x.dtype} must be the layer's dtype {w.dtype}: token ids go through an "
-                            "embedding (nn.Embedding) first, other numbers through x.to(" + str(w.dtype) + ")")
-        if x.dtype != w.dtype and not torch.is_autocast_enabled(x.device.type):  # autocast mixes dtypes on purpose
-            raise TypeError(f"x.dtype={x.dtype} does not match the layer's dtype {w.dtype}; pass x.to({w.dtype}) "
-                            f"or cast the layer with layer.to({x.dtype})")
+        """Raise unless ``x`` is a (batch, seq, d_model) tensor in the dtype of the layer's weights. Finiteness
+        is checked later, on the output only (one pass; see ``forward``)."""
+        check_layer_input(x, self.d_model, self.q_proj.weight.dtype, finite=False)
 
     def qkv(self, x: torch.Tensor, start_pos: int = 0):
         """Project and rotate: q (batch, n_heads, seq, head_dim), k and v (batch, n_kv_heads, seq, head_dim).

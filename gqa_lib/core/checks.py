@@ -229,14 +229,20 @@ def check_qkv(q, k, v, causal: bool = True) -> None:
         raise ValueError(f"causal attention needs s_q <= s_k, got q.shape[2]={s_q} queries for k.shape[2]={s_k} keys")
 
 
-def check_layer_input(x, d_model: int, dtype: torch.dtype) -> None:
-    """Raise unless ``x`` is a finite (batch, seq, ``d_model``) tensor in the layer's ``dtype``: ValueError naming
-    the shape or the first non-finite position, TypeError naming the dtype (torch's own error names neither)."""
+def check_layer_input(x, d_model: int, dtype: torch.dtype, finite: bool = True) -> None:
+    """Raise unless ``x`` is a (batch, seq, ``d_model``) tensor in the layer's ``dtype`` (under autocast, any
+    floating dtype) and, with ``finite``, holds no nan or inf: ValueError naming the shape or the first
+    non-finite position, TypeError naming the dtype (torch's own error names neither). Every attention layer
+    of the series checks its input here."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x={type(x).__name__} must be a tensor of shape (batch, seq, d_model={d_model})")
+        raise TypeError(f"x={type(x).__name__} must be a tensor (batch, seq, d_model={d_model})")
     if x.ndim != 3 or x.shape[-1] != d_model:
         raise ValueError(f"x.shape={tuple(x.shape)} must be (batch, seq, d_model={d_model})")
-    if x.dtype != dtype:
-        raise TypeError(f"x.dtype={x.dtype} must be the layer's dtype {dtype}: convert one of them "
-                        f"(x.to({dtype}) or layer.to({x.dtype}))")
-    check_finite("x", x, 1, NON_FINITE_WHY)
+    if not x.is_floating_point():
+        raise TypeError(f"x.dtype={x.dtype} must be the layer's dtype {dtype}: token ids go through an "
+                        f"embedding (nn.Embedding) first, other numbers through x.to({dtype})")
+    if x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):  # autocast mixes dtypes on purpose
+        raise TypeError(f"x.dtype={x.dtype} does not match the layer's dtype {dtype}; pass x.to({dtype}) "
+                        f"or cast the layer with layer.to({x.dtype})")
+    if finite:
+        check_finite("x", x, 1, NON_FINITE_WHY)

@@ -101,7 +101,8 @@ PATTERNS = {"L": "every layer local", "LLLLLG": "5 local : 1 global", "LLLG": "3
             "LG": "1 local : 1 global"}
 SHARING = {1: "none (each layer)", 2: "pairs of layers", 3: "3 adjacent layers", 4: "4 adjacent layers"}
 # Channels that share one scale and one minimum (0: the whole vector); QUANT_GROUP (64) is ElementType's default.
-SCALE_GROUPS = {0: "1 per vector", 128: "1 per 128 channels", 64: "1 per 64 channels", 32: "1 per 32 channels"}
+# One 2-byte scale and one 2-byte minimum per group: the control names both, as the readout does.
+SCALE_GROUPS = {0: "per vector", 128: "per 128 channels", 64: "per 64 channels", 32: "per 32 channels"}
 SETTINGS = ("n_layers", "n_heads", "n_kv_heads", "head_dim", "cache_kind", "d_c", "d_rope", "context", "batch",
             "dtype", "scale_group", "window", "pattern", "share_every")
 
@@ -212,7 +213,7 @@ class KVCacheCalculator(widgets.VBox):
         self.dtype = StrictDropdown(name="dtype", options=[(_dtype_label(n), n) for n in ELEMENT_BITS], value="bf16",
                                     description="dtype", **dd)
         self.scale_group = StrictDropdown(name="scale_group", options=[(t, g) for g, t in SCALE_GROUPS.items()],
-                                          value=QUANT_GROUP, description="fp16 scales", **dd)
+                                          value=QUANT_GROUP, description="scale + min", **dd)
         self.window = StrictDropdown(name="window", options=window_options(), value=0,
                                      description="sliding window", **dd)
         self.pattern = StrictDropdown(name="pattern", options=[(t, p) for p, t in PATTERNS.items()], value="L",

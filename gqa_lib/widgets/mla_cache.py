@@ -196,7 +196,8 @@ class MLACacheComparison(widgets.VBox):
             f"{rows}</table>"
             f"MLA caches {self.d_c.value} + {self.d_rope.value} numbers per layer: as much as GQA with "
             f"<b>{v['mla_as_gqa_kv_heads']:.2f}</b> KV heads of dim {self.head_dim.value}. "
-            f"KV heads offered: divisors of {self.n_heads.value}.")
+            f"KV heads offered: divisors of {self.n_heads.value}. "
+            f"Number format: {element_of(self.dtype.value).describe('numbers of each cached vector')}.")
         self.image.value = self._draw(per)
         self.last_update_s = time.perf_counter() - start
 

@@ -22,7 +22,7 @@ NOTEBOOK = notebook_showing("kv_cache_calculator")
 nearest_valid_kv_heads = importlib.import_module(widgets.kv_cache_calculator.__module__).nearest_valid_kv_heads
 LAYERS, HEADS, KV, HEAD_DIM, CONTEXT, BATCH = "layers", "query heads", "KV heads (groups)", "head dim", \
     "context (tokens)", "batch"
-MODEL, DTYPE, SCALES, WINDOW, LOCAL, SHARED, STORES = "model", "dtype", "fp16 scales", "sliding window", \
+MODEL, DTYPE, SCALES, WINDOW, LOCAL, SHARED, STORES = "model", "dtype", "scale + min", "sliding window", \
     "local layers", "K/V shared by", "cache stores"
 LATENT, ROPE = "MLA latent", "MLA RoPE key"
 _module = importlib.import_module(widgets.kv_cache_calculator.__module__)
@@ -171,7 +171,7 @@ def test_keyboard_moves_keep_readout_and_kv_choices_right(calculator):
     v = check(nb, root, "dtype fp32")
     assert v["dtype"] == "fp32"
     for label, option in [(WINDOW, "1,024 tokens"), (LOCAL, "5 local : 1 global"), (SHARED, "pairs of layers"),
-                          (DTYPE, "int4 (0.5 byte + scales)"), (SCALES, "1 per 32 channels"), (STORES,
+                          (DTYPE, "int4 (0.5 byte + scales)"), (SCALES, "per 32 channels"), (STORES,
                           "MLA latent + RoPE key"), (WINDOW, "none (all global)"), (SHARED, "none (each layer)"),
                           (STORES, "K and V per KV head"), (DTYPE, "fp32 (4 bytes)")]:
         nb.choose(root, label, option)
