@@ -1,11 +1,11 @@
-"""Solutions to notebook 02's exercises: MHA from scratch, RoPE, one cached decode step."""
+"""Solutions to notebook 02's exercises: MHA over a left-padded batch, RoPE, one cached decode step."""
 
 import math
 
 import torch
 
 
-def mha(x, W_q, W_k, W_v, W_o, n_heads):
+def mha_left_padded(x, W_q, W_k, W_v, W_o, n_heads, n_pad):
     b, s, _ = x.shape
 
     def split(t):  # (b, s, n_heads * head_dim) -> (b, n_heads, s, head_dim)
@@ -13,8 +13,11 @@ def mha(x, W_q, W_k, W_v, W_o, n_heads):
 
     q, k, v = split(W_q(x)), split(W_k(x)), split(W_v(x))
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])  # (b, n_heads, s, s); head_dim from q
-    mask = torch.ones(s, s, dtype=torch.bool).tril()
-    weights = scores.masked_fill(~mask, float("-inf")).softmax(dim=-1)
+    is_pad = torch.arange(s)[None, :] < torch.tensor(n_pad)[:, None]  # (b, s): the first n_pad[b] tokens
+    causal = torch.ones(s, s, dtype=torch.bool).tril()  # (s, s)
+    allowed = causal[None] & ~is_pad[:, None, :]  # (b, s, s): no query sees a pad key
+    weights = scores.masked_fill(~allowed[:, None], float("-inf")).softmax(dim=-1)  # pad queries' rows: all NaN
+    weights = weights.masked_fill(is_pad[:, None, :, None], 0.0)  # a pad position sees nothing: weights 0, not NaN
     out = (weights @ v).transpose(1, 2).reshape(b, s, -1)  # (b, s, n_heads * head_dim)
     return W_o(out)
 

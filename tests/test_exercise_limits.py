@@ -88,8 +88,9 @@ def test_the_learners_except_exception_cannot_swallow_the_stop():
             except Exception:  # noqa: BLE001 - what a learner might write
                 pass
 
-    result = ex.EXERCISES["mqa"].evaluate(stubborn, time_limit=LIMIT)
-    _assert_stopped_message(result.message, ex.EXERCISES["mqa"], ex.EXERCISES["mqa"].cases()[0].label)
+    exercise = ex.EXERCISES["mqa_decode_ragged"]
+    result = exercise.evaluate(lambda q, k, v, lengths: stubborn(q, k, v), time_limit=LIMIT)
+    _assert_stopped_message(result.message, exercise, exercise.cases()[0].label)
 
 
 def _solution(notebook: str, name: str):

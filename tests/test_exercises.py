@@ -16,7 +16,7 @@ from torch.nn import functional as F
 
 import gqa_lib.exercises as ex
 from gqa_lib import MultiHeadLatentAttention, causal_mask
-from gqa_lib.exercises import museum
+from gqa_lib.exercises import checking, museum
 from gqa_lib.exercises.checking import compare
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -120,15 +120,20 @@ def test_int_cache_reference_counts_a_scale_and_a_minimum_per_64_numbers():
 
 
 # ---------------------------------------------------------------- other valid formulations must pass
-def _mha_loop(x, W_q, W_k, W_v, W_o, n_heads):
-    b, s, _ = x.shape
+def _mha_loop(x, W_q, W_k, W_v, W_o, n_heads, n_pad):
+    b, s, d_model = x.shape
     head_dim = W_q.out_features // n_heads
-    outs = []
-    for h in range(n_heads):  # one head at a time, through PyTorch's fused kernel
-        cols = slice(h * head_dim, (h + 1) * head_dim)
-        q, k, v = (W(x)[..., cols][:, None] for W in (W_q, W_k, W_v))
-        outs.append(F.scaled_dot_product_attention(q, k, v, is_causal=True)[:, 0])
-    return W_o(torch.cat(outs, dim=-1))
+    out = torch.zeros(b, s, d_model, dtype=x.dtype)
+    for i, pad in enumerate(n_pad):  # each sequence's real tokens alone, one head at a time, through SDPA
+        xs, heads = x[i:i + 1, pad:], []
+        if pad == s:
+            continue
+        for h in range(n_heads):
+            cols = slice(h * head_dim, (h + 1) * head_dim)
+            q, k, v = (W(xs)[..., cols][:, None] for W in (W_q, W_k, W_v))
+            heads.append(F.scaled_dot_product_attention(q, k, v, is_causal=True)[:, 0])
+        out[i, pad:] = W_o(torch.cat(heads, dim=-1))[0]
+    return out
 
 
 def _rope_complex(x, start_pos, base=10000.0):
@@ -146,9 +151,12 @@ def _decode_sdpa(q, k, v, k_cache, v_cache, rope):
     return F.scaled_dot_product_attention(rope(q, n), keys, values)
 
 
-def _mqa_expand(q, k, v):
+def _mqa_ragged_loop(q, k_cache, v_cache, lengths):
     h = q.shape[1]
-    return F.scaled_dot_product_attention(q, k.expand(-1, h, -1, -1), v.expand(-1, h, -1, -1), is_causal=True)
+    rows = [F.scaled_dot_product_attention(q[i:i + 1], k_cache[i:i + 1, :, :n].expand(-1, h, -1, -1),
+                                           v_cache[i:i + 1, :, :n].expand(-1, h, -1, -1))
+            for i, n in enumerate(lengths)]  # each sequence's own keys, handed to every head as a view
+    return torch.cat(rows)
 
 
 def _new_tokens_loop(q, k, v):
@@ -226,10 +234,10 @@ def _round_trip_loop(x, bits):
 ALTERNATIVES = {
     "cache_bytes": lambda m, t, b=1, n=2: m.cache_bytes(t, b, DTYPE_NAME[n]),
     "sliding_window_cache_bytes": _sliding_loop,
-    "mha": _mha_loop,
+    "mha_left_padded": _mha_loop,
     "rope": _rope_complex,
     "decode_step": _decode_sdpa,
-    "mqa": _mqa_expand,
+    "mqa_decode_ragged": _mqa_ragged_loop,
     "attend_new_tokens": _new_tokens_loop,
     "kv_head_of": lambda i, h, kv: i * kv // h,
     "expand_kv": lambda x, g: x[:, torch.arange(x.shape[1] * g) // g],
@@ -306,7 +314,7 @@ def test_an_unknown_mistake_gets_the_smallest_input_expected_and_received():
 
 
 def test_not_a_function_and_a_checker_defect_never_raise(capsys):
-    ex.EXERCISES["mqa"].check(42)
+    ex.EXERCISES["mqa_decode_ragged"].check(42)
     assert "expected a function" in capsys.readouterr().out
     broken = ex.Exercise("broken", "broken()", lambda: 1 / 0, lambda: [ex.Case("no input", ())])
     broken.check(lambda: 1)
@@ -322,8 +330,8 @@ def test_learner_cannot_change_the_checkers_inputs():
 
 
 # ---------------------------------------------------------------- the cases a careful reviewer would choose
-TENSOR_EXERCISES = ["mha", "rope", "decode_step", "mqa", "attend_new_tokens", "expand_kv", "gqa",
-                    "expand_kv_projection", "decode_attention", "mean_pool_kv", "mla_scores", "int_round_trip"]
+TENSOR_EXERCISES = ["mha_left_padded", "rope", "decode_step", "mqa_decode_ragged", "attend_new_tokens", "expand_kv",
+                    "gqa", "expand_kv_projection", "decode_attention", "mean_pool_kv", "mla_scores", "int_round_trip"]
 
 
 @pytest.mark.parametrize("name", TENSOR_EXERCISES)
@@ -406,14 +414,16 @@ def test_a_wrong_answer_as_a_numpy_integer_gets_the_same_named_mistake(exhibit, 
 
 def test_floats_posing_as_ints_are_refused_where_they_are_mistakes():
     cache_bytes, kv_head_of = ex.EXERCISES["cache_bytes"], ex.EXERCISES["kv_head_of"]
-    # a byte count computed with `/` has a whole value: right, as before
+    # a byte count computed with `/` has a whole value: right, as before; so is a float32 that holds it exactly
     assert cache_bytes.evaluate(lambda m, t, b=1, n=2: ex.ex01_kv_cache.reference_cache_bytes(m, t, b, n) / 1).status \
         == "correct"
-    # ... unless its value is not whole, or it comes as a float32 that cannot hold it exactly
+    assert cache_bytes.evaluate(
+        lambda m, t, b=1, n=2: np.float32(ex.ex01_kv_cache.reference_cache_bytes(m, t, b, n))).status == "correct"
+    # ... unless its value is not whole, or it comes as a float32 that cannot hold it exactly; the message prints
+    # the float's digits, so that it cannot read as the expected count
     msg = cache_bytes.evaluate(lambda m, t, b=1, n=2: ex.ex01_kv_cache.reference_cache_bytes(m, t, b, n) + 0.5).message
-    assert "expected 37,748,736, received 3.77487e+07 (float)" in msg
-    msg = cache_bytes.evaluate(lambda m, t, b=1, n=2: np.float32(ex.ex01_kv_cache.reference_cache_bytes(m, t, b, n)))
-    assert msg.status == "wrong" and "(float32)" in msg.message
+    assert "expected 37,748,736, received 37,748,736.5 (float)" in msg
+    assert compare(2**24 + 1, np.float32(2**24 + 1)) == "expected 16,777,217, received 16,777,216.0 (float32)"
     # an index is never a float: `/` in place of `//`
     for divided in (lambda i, h, kv: i / (h // kv), lambda i, h, kv: np.floor(i / (h // kv)),
                     lambda i, h, kv: torch.tensor(i // (h // kv), dtype=torch.float32)):
@@ -422,3 +432,164 @@ def test_floats_posing_as_ints_are_refused_where_they_are_mistakes():
         assert "expected 0, received 0.0 (float): an index must be an int, as `//` gives" in result.message
     for boolean in (lambda i, h, kv: i >= h, lambda i, h, kv: np.bool_(i >= h)):  # False is not KV head 0
         assert "expected 0, received False (bool)" in kv_head_of.evaluate(boolean).message
+
+
+# ---------------------------------------------------------------- naming only the mistake made (issue 23)
+def colliding_mistakes(exercise) -> list[tuple[str, str]]:
+    """Pairs of known mistakes whose outputs agree on EVERY case of ``exercise``: a checker could not tell which of
+    the two a learner made."""
+    cases = exercise.cases()
+    outputs = {m.name: [exercise.mistake_output(m, c) for c in cases] for m in exercise.mistakes}
+    names = list(outputs)
+    return [(a, b) for i, a in enumerate(names) for b in names[i + 1:]
+            if all(exercise.same(outputs[a][j], outputs[b][j], c) for j, c in enumerate(cases))]
+
+
+@pytest.mark.parametrize("name", sorted(ex.EXERCISES))
+def test_no_two_known_mistakes_give_the_same_outputs_on_every_case(name):
+    assert colliding_mistakes(ex.EXERCISES[name]) == []
+
+
+def test_the_collision_check_finds_notebook_07s_toy_collision():
+    # at notebook 07's toy sizes (4 heads, d_c 24, d_rope 8) "the latent twice" and "a RoPE key per head" are both
+    # 56 numbers a token: on that case alone the two cannot be told apart
+    mla = ex.EXERCISES["mla_cache_bytes"]
+    toy_only = ex.Exercise("mla_cache_bytes", mla.title, mla.reference, lambda: [mla.cases()[0]], mla.mistakes)
+    assert ("a RoPE key per head", "a latent for the keys and another for the values") in colliding_mistakes(toy_only)
+
+
+@pytest.mark.parametrize("exhibit", museum.EXHIBITS, ids=[f"{e.exercise}-{e.mistake.name}" for e in museum.EXHIBITS])
+def test_every_known_mistake_runs_on_every_case_and_differs_on_two(exhibit):
+    exercise = ex.EXERCISES[exhibit.exercise]
+    differs = 0
+    for case in exercise.cases():
+        out = exercise.mistake_output(exhibit.mistake, case)
+        assert out is not checking._FAILED, f"{exhibit.mistake.name} raised on {case.label}"
+        differs += not exercise.same(exercise.reference(*checking.clone(case.args)), out, case)
+    assert differs >= 2, f"{exhibit.mistake.name} differs from the reference on {differs} case(s): never named"
+
+
+# Wrong solutions that no exhibit is: each must be rejected, on the case that exposes it, with a message that is
+# true (no name, or the name of the mistake it is).
+def _cache_bytes_without_bytes(model, tokens, batch=1, bytes_per_number=2):
+    return 2 * model.n_layers * model.n_kv_heads * model.head_dim * tokens * batch  # bytes_per_number forgotten
+
+
+def _sliding_round(model, tokens, window, local_per_global, batch=1, bytes_per_number=2):
+    n_global = round(model.n_layers / (local_per_global + 1))  # 10.67 -> 11 for Llama-3 8B at 2 local per global
+    kept = n_global * tokens + (model.n_layers - n_global) * min(tokens, window)
+    return 2 * model.n_kv_heads * model.head_dim * kept * batch * bytes_per_number
+
+
+def _round_trip_constant_as_zero(x, bits):
+    solution = _solution_module("08")
+    g = x.float().unflatten(-1, (-1, 64))
+    constant = g.amax(-1, keepdim=True) == g.amin(-1, keepdim=True)  # "nothing to quantize": returned as 0
+    back = solution.int_round_trip(x, bits).float().unflatten(-1, (-1, 64))
+    return torch.where(constant, torch.zeros_like(back), back).flatten(-2).to(x.dtype)
+
+
+def _round_trip_in_bf16(x, bits):
+    solution = _solution_module("08")
+    levels = 2 ** bits - 1
+    g = x.unflatten(-1, (-1, 64))  # in x's own dtype: bf16 arithmetic for a bf16 input
+    low = solution.bf16_toward(g.amin(-1, keepdim=True).float(), -math.inf).to(x.dtype)
+    step = ((g.amax(-1, keepdim=True) - low) / levels).float().clamp_min(torch.finfo(torch.bfloat16).tiny)
+    scale = solution.bf16_toward(step, math.inf).to(x.dtype)
+    return (((g - low) / scale).round().clamp(0, levels) * scale + low).flatten(-2)
+
+
+def _rope_without_base(x, start_pos, base=10000.0):
+    return _solution_module("02").rope(x, start_pos)  # the base argument never reaches the frequencies
+
+
+def _gqa_copying(q, k, v):
+    g = q.shape[1] // k.shape[1]
+    mask = causal_mask(q.shape[2], k.shape[2])
+    return F.scaled_dot_product_attention(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1), attn_mask=mask)
+
+
+def _new_tokens_mask_upside_down(q, k, v):
+    s_q, s_k = q.shape[2], k.shape[2]
+    mask = torch.ones(s_q, s_k, dtype=torch.bool).tril(diagonal=s_q - s_k)  # the offset with the wrong sign
+    weights = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).masked_fill(~mask, float("-inf")).softmax(-1)
+    return weights @ v
+
+
+HOLES = {  # name: (exercise, wrong solution, what the message must say, the mistake it names or None)
+    "bytes_per_number forgotten, not 'keys only'": (
+        "cache_bytes", _cache_bytes_without_bytes, ["smallest failing input: GPT-2 small",
+                                                    "expected 37,748,736, received 18,874,368"], None),
+    "round() for the global layers": (
+        "sliding_window_cache_bytes", _sliding_round,
+        ["Llama-3 8B (32 layers", "2 local layers per global one, window 512, 8,192 tokens",
+         "expected 381,681,664, received 413,138,944"], None),
+    "a constant group returned as 0": (
+        "int_round_trip", _round_trip_constant_as_zero,
+        ["x of shape (1, 64), float32: 1 token of 64 numbers all equal to 0.5", "expected 0.5000, received 0.0000"],
+        None),
+    "a round trip in bf16 arithmetic": (
+        "int_round_trip", _round_trip_in_bf16, ["x of shape (2, 3, 5, 64), bfloat16", "(compared exactly)"], None),
+    "rope's base ignored": (
+        "rope", _rope_without_base, ["start_pos 5, base 500,000", "largest difference"], None),
+    "MLA's cache with d_rope = head_dim // 2": (
+        "mla_cache_bytes", museum.mla_cache_rope_half_head,
+        ["toy MLA B", "expected 960, received 1,120"], "d_rope taken as head_dim / 2"),
+    "MLA's latent cached twice": (
+        "mla_cache_bytes", museum.mla_cache_latent_twice,
+        ["toy MLA of notebook 07", "2 x d_c + d_rope = 56"], "a latent for the keys and another for the values"),
+    "gqa that copies K and V": (
+        "gqa", _gqa_copying,
+        ["4 query heads, 2 KV heads (GQA), 3 queries against 3 keys",
+         "the numbers are right on every input, but your function copied K", "2 times the 96 that K holds"], None),
+    "a causal mask whose offset has the wrong sign": (
+        "attend_new_tokens", _new_tokens_mask_upside_down,
+        ["received NaN at", "hint: softmax of a row whose scores are all -inf is 0 / 0 = NaN"], None),
+    "pad rows left to the softmax": (
+        "mha_left_padded", museum.padded_mha_nan_rows, ["received NaN at"], "pad rows left to the softmax (NaN)"),
+}
+
+
+@pytest.mark.parametrize("hole", HOLES, ids=list(HOLES))
+def test_each_hole_is_closed_with_a_true_message(hole):
+    name, fn, says, mistake = HOLES[hole]
+    result = ex.EXERCISES[name].evaluate(fn)
+    text = " ".join(result.message.split())
+    assert result.status == "wrong", result.message
+    assert result.mistake == mistake, result.message
+    for words in says:
+        assert words in text, (words, result.message)
+    if mistake is None:
+        assert "known mistake" not in text
+
+
+def test_a_mistake_matched_on_the_failing_case_only_is_not_named():
+    # forgetting bytes_per_number gives exactly the "keys only" number on GPT-2 at 2 bytes, the smallest case; the
+    # cases in 4 and 1 bytes tell the two apart, so the checker names neither
+    exercise, case = ex.EXERCISES["cache_bytes"], ex.EXERCISES["cache_bytes"].cases()[0]
+    assert _cache_bytes_without_bytes(*case.args) == museum.cache_bytes_keys_only(*case.args)
+    assert exercise.evaluate(_cache_bytes_without_bytes).mistake is None
+
+
+def test_a_correct_gqa_that_copies_nothing_passes_and_the_rule_is_said():
+    result = ex.EXERCISES["gqa"].evaluate(_solution_module("04").gqa)
+    assert result.status == "correct" and "without copying K or V" in result.message
+    result = ex.EXERCISES["gqa"].evaluate(ALTERNATIVES["gqa"])  # one SDPA call per query head, on views of K and V
+    assert result.status == "correct", result.message
+
+
+def test_right_answers_of_any_integer_or_float_kind_are_accepted():
+    kv_head_of, cache_bytes = ex.EXERCISES["kv_head_of"], ex.EXERCISES["cache_bytes"]
+    assert kv_head_of.evaluate(lambda i, h, kv: np.int64(i // (h // kv))).status == "correct"
+    # a count computed in floating point, a few float64 roundings off, is the same count
+    assert cache_bytes.evaluate(
+        lambda m, t, b=1, n=2: ex.ex01_kv_cache.reference_cache_bytes(m, t, b, n) * (1 + 4e-16)).status == "correct"
+    msg = compare(270_582_939_648, 270_582_939_648.5)
+    assert msg == "expected 270,582,939,648, received 270,582,939,648.5 (float)"
+
+
+def test_nan_must_sit_where_the_expected_nan_sits():
+    expected = torch.tensor([1.0, float("nan")])
+    assert compare(expected, expected.clone()) is None
+    assert compare(expected, torch.tensor([1.0, 2.0])) == "expected NaN at [1], received 2.0000"
+    assert compare(torch.tensor([1.0, 2.0]), expected).startswith("received NaN at [1]")

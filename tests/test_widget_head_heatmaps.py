@@ -143,3 +143,16 @@ def test_a_pasted_page_is_cut_before_the_model_and_memory_stays_bounded(widget, 
 def test_sliders_refuse_values_outside_their_range(widget):
     for control, value, message in not_offered(sliders={"layer": (0, 29), "head": (0, 8)}):
         refused_not_clamped(widget, control, value, message)
+
+
+def test_all_heads_view_describes_every_head_not_head_0(widget):
+    widget.text.value, widget.layer.value = DEFAULT_TEXT, 0
+    widget.all_heads.value = False
+    widget.head.value = 0
+    assert "query head 0 reads KV head 0, shared by query heads 0, 1, 2" in widget.readout.value
+    widget.all_heads.value = True
+    text = widget.readout.value
+    assert "Layer 0, all 9 query heads" in text and "query head 0" not in text
+    assert ("query heads 0, 1, 2 read KV head 0; query heads 3, 4, 5 read KV head 1; query heads 6, 7, 8 read "
+            "KV head 2") in text
+    widget.all_heads.value = False

@@ -7,8 +7,8 @@ wrong numbers) becomes a :class:`Result` with one of three statuses:
 
 - ``"not yet"``: ``fn`` raised ``NotImplementedError`` or returned None (an unfinished skeleton);
 - ``"wrong"``: the smallest input on which ``fn`` disagrees with the reference, the expected and the
-  received values and, when the received value is exactly what a known mistake gives, that mistake's
-  name and explanation;
+  received values and, when a known mistake reproduces what ``fn`` returns on every case, that mistake's
+  name and explanation (see :meth:`Exercise.recognise` for the rule);
 - ``"correct"``: every case agreed; the message lists what was checked.
 
 ``Exercise.check(fn)`` prints the message; that is the one call a notebook cell makes. The case builders
@@ -19,7 +19,7 @@ Each call of the learner's function runs under a time limit (:data:`TIME_LIMIT_S
 :func:`call_with_time_limit`): a function that never returns is stopped and reported as "wrong" with the
 input it was running on, instead of hanging the notebook.
 
-Why one module of about 530 lines: the case, the comparison, the messages, the time limit and the shared
+Why one module of about 680 lines: the case, the comparison, the messages, the time limit and the shared
 case builders make one checker that every exercise runs; each exercise module holds only its reference,
 its cases and its title.
 """
@@ -31,6 +31,7 @@ import ctypes
 import math
 import numbers
 import os
+import re
 import signal
 import textwrap
 import threading
@@ -48,6 +49,10 @@ import torch
 # a few units of bf16's 8-bit mantissa (2**-8 = 0.4 %) in bfloat16. Known mistakes differ by O(1).
 TOLERANCES = {torch.float32: (1e-4, 1e-4), torch.float64: (1e-8, 1e-8),
               torch.bfloat16: (5e-2, 2e-2), torch.float16: (1e-2, 1e-2)}
+# An int answer (a byte count) given as a float passes when it is this close, relative: float64 arithmetic on
+# counts below 2**53 rounds by a few parts in 1e16 per operation, and a real slip (half a byte at 37,748,736 is
+# 1.3e-8) is far above it.
+INT_AS_FLOAT_RTOL = 1e-12
 
 
 @dataclass
@@ -266,8 +271,20 @@ def _fmt_number(x) -> str:
     if isinstance(x, int):
         return f"{x:,}"
     if isinstance(x, float):
-        return f"{x:.6g}"
+        return _fmt_float(x)
     return repr(x)
+
+
+def _fmt_float(x: float) -> str:
+    """A float as a learner can compare it with an int printed as ``270,582,939,648``: thousands separators and
+    the digits after the point up to the sixth (``270,582,939,648.5``, ``0.000123``, ``1.5e-09``); never an
+    exponent that hides the last digits of a large number."""
+    if not math.isfinite(x):
+        return repr(x)
+    if x != 0 and abs(x) < 1e-4:
+        return f"{x:.6g}"
+    text = f"{x:,.6f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
 
 
 def describe(value: Any) -> str:
@@ -285,6 +302,8 @@ def describe(value: Any) -> str:
         return "(" + ", ".join(describe(v) for v in value) + ")"
     if isinstance(value, (np.integer, np.bool_)):  # np.int64(7) reads 7, as an int does
         value = _plain_number(value)
+    if isinstance(value, np.floating):  # np.float32(3.5) reads 3.5, with the digits of a float
+        return _fmt_float(float(value))
     return _fmt_number(value)
 
 
@@ -311,9 +330,12 @@ def compare(expected: Any, received: Any, tol: tuple[float, float] | None = None
     ``tol``: (atol, rtol) for floating-point tensors instead of ``TOLERANCES``.
 
     Where an int is expected, an integer of any kind with the right value matches: a Python int, a numpy integer
-    (np.int64, np.int32, ...), a one-element integer tensor or array; so does a float with a whole value (3.0: a
-    byte count computed with ``/``), unless ``index`` says the int is an index, which a float cannot be. A float
-    with a fractional part, a bool, or any other type does not."""
+    (np.int64, np.int32, ...), a one-element integer tensor or array; so does a float of any kind equal to it within
+    the rounding of float64 arithmetic, relative 1e-12 (3.0, or 270582939647.99997 from a byte count computed
+    with ``/`` and ``*``), unless ``index`` says the int is an index, which a float cannot be. A float further
+    off (0.5 at 37,748,736 is 1.3e-8 relative; a float32 that cannot hold the count exactly), a bool, or any other
+    type does not, and the message prints the float with its digits (``270,582,939,648.5``) so that a learner
+    sees where it differs."""
     if isinstance(expected, torch.Tensor):
         if not isinstance(received, torch.Tensor):
             return f"expected a tensor of shape {tuple(expected.shape)}, received a {type(received).__name__}"
@@ -333,15 +355,23 @@ def compare(expected: Any, received: Any, tol: tuple[float, float] | None = None
                     f"{dtype_name(received.dtype)}")
         atol, rtol = tol or TOLERANCES.get(expected.dtype, (1e-4, 1e-4))
         e, r = expected.detach().double(), received.detach().double()
-        if torch.isnan(r).any() and not torch.isnan(e).any():
-            idx = tuple((torch.isnan(r)).nonzero()[0].tolist())
+        nan_r, nan_e = torch.isnan(r), torch.isnan(e)
+        if (nan_r & ~nan_e).any():
+            idx = tuple((nan_r & ~nan_e).nonzero()[0].tolist())
             return f"received NaN at {_index_str(idx)} where {e[idx].item():.4f} was expected"
+        if (nan_e & ~nan_r).any():  # only where a mistake's output is the expected value
+            idx = tuple((nan_e & ~nan_r).nonzero()[0].tolist())
+            return f"expected NaN at {_index_str(idx)}, received {r[idx].item():.4f}"
+        e, r = e.nan_to_num(0.0), r.nan_to_num(0.0)  # NaN in the same places: equal there
         excess = (r - e).abs() - (atol + rtol * e.abs())
         if not (excess > 0).any():
             return None
         idx = tuple(int(i) for i in torch.unravel_index(excess.argmax(), excess.shape))
-        return (f"largest difference at index {_index_str(idx)}: expected {e[idx].item():.4f}, received "
-                f"{r[idx].item():.4f} (tolerance {atol:g} + {rtol:g} x |expected|)")
+        allowed = "compared exactly" if atol == rtol == 0 else f"tolerance {atol:g} + {rtol:g} x |expected|"
+        shown_e, shown_r = f"{e[idx].item():.4f}", f"{r[idx].item():.4f}"
+        if shown_e == shown_r:  # apart by less than the fourth decimal: show the digits where they differ
+            shown_e, shown_r = f"{e[idx].item():.9g}", f"{r[idx].item():.9g}"
+        return f"largest difference at index {_index_str(idx)}: expected {shown_e}, received {shown_r} ({allowed})"
     if isinstance(expected, (tuple, list)):
         if not isinstance(received, (tuple, list)) or len(received) != len(expected):
             return f"expected {len(expected)} values {describe(expected)}, received {describe(received)}"
@@ -352,11 +382,16 @@ def compare(expected: Any, received: Any, tol: tuple[float, float] | None = None
         return None
     if isinstance(expected, bool) or isinstance(expected, int):
         received = _plain_number(received)
-        if isinstance(received, float) and received.is_integer():
-            if index:
-                return (f"expected {_fmt_number(expected)}, received {float(received)!r} (float): an index must be "
+        if isinstance(received, (float, np.floating)) and not isinstance(expected, bool):
+            kind = "float" if isinstance(received, float) else type(received).__name__  # np.float64 is a float
+            value = float(received)
+            if index and value.is_integer():
+                return (f"expected {_fmt_number(expected)}, received {value!r} ({kind}): an index must be "
                         "an int, as `//` gives (`/` gives a float, which cannot index a list or a tensor)")
-            received = int(received)
+            close = math.isfinite(value) and abs(value - expected) <= INT_AS_FLOAT_RTOL * max(abs(expected), 1)
+            if close and not index:
+                return None  # the same count, computed in floating point
+            return f"expected {_fmt_number(expected)}, received {_fmt_float(value)} ({kind})"
         if not isinstance(received, int) or isinstance(received, bool) != isinstance(expected, bool):
             return f"expected {_fmt_number(expected)}, received {describe(received)} ({type(received).__name__})"
         return None if received == expected else f"expected {_fmt_number(expected)}, received {_fmt_number(received)}"
@@ -382,17 +417,51 @@ def _expected_received(expected: Any, received: Any, why: str) -> list[str]:
     return [f"  expected: {describe(expected)}", f"  received: {describe(received)}"]
 
 
-def _call(fn: Callable, case: Case, limit: float | None) -> Any:
+def _call(fn: Callable, case: Case, limit: float | None, rule: Rule | None = None) -> tuple[Any, Watch | None]:
     """Run ``fn`` on fresh copies of the case's inputs within ``limit`` seconds (None: no limit; running longer
-    raises _TimeLimit); NotImplementedError or None becomes _NotYet."""
+    raises _TimeLimit); NotImplementedError or None becomes _NotYet. With a ``rule``, ``fn`` runs inside the
+    rule's watch (in the thread that runs it), which is returned beside the output."""
     args = clone(case.args)
+    watch = rule.watch(args) if rule is not None else None
+
+    def watched(*a):
+        with watch:
+            return fn(*a)
+
     try:
-        out = call_with_time_limit(fn, args, limit)
+        out = call_with_time_limit(fn if watch is None else watched, args, limit)
     except NotImplementedError as e:
         raise _NotYet(f"it raised NotImplementedError{': ' + str(e) if str(e) else ''}") from None
     if out is None:
         raise _NotYet("it returned None (is a `return` missing?)")
-    return out
+    return out, watch
+
+
+class Watch:
+    """What a :class:`Rule` watches during one call of the learner's function: a context manager entered around
+    the call, and afterwards ``broken()``, the line that says how the call broke the rule, or None."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def broken(self) -> str | None:
+        return None
+
+
+@dataclass
+class Rule:
+    """A condition on how the answer is computed, beyond what it returns (notebook 04's ``gqa`` must not copy K and
+    V): ``watch(args)`` gives the :class:`Watch` for one call on ``args``, the very tensors the function receives.
+    ``what`` says the rule in a few words, for the "correct" message."""
+
+    what: str
+    watch: Callable[[tuple], Watch]
+
+
+_FAILED = object()  # a function raised, ran out of time or returned nothing on a case
 
 
 def _where_in_learner_code(err: BaseException, fn: Callable) -> str:
@@ -407,29 +476,73 @@ def _where_in_learner_code(err: BaseException, fn: Callable) -> str:
 
 
 class Exercise:
-    """One exercise: a reference, its cases (built on demand) and the mistakes it recognises."""
+    """One exercise: a reference, its cases (built on demand) and the mistakes it recognises.
+
+    ``nan_hint(case, index)``: a sentence added where the learner's output holds NaN that the reference does not
+    (attention: a row whose every score was masked). ``rule``: a :class:`Rule` on how the answer is computed,
+    checked on every case whose output is right."""
 
     def __init__(self, name: str, title: str, reference: Callable, cases: Callable[[], list[Case]],
                  mistakes: list[Mistake] | None = None, reference_name: str = "", summary: str = "",
-                 index: bool = False):
+                 index: bool = False, nan_hint: Callable[[Case, tuple[int, ...]], str] | None = None,
+                 rule: Rule | None = None):
         """``index``: the answer is an index (a head number), so a float such as 1.0 is wrong (see :func:`compare`)."""
         self.name, self.title, self.reference, self.summary = name, title, reference, summary
         self._cases, self.mistakes, self.index = cases, list(mistakes or []), index
+        self.nan_hint, self.rule = nan_hint, rule
         self.reference_name = reference_name or f"the reference `{reference.__module__}.{reference.__name__}`"
 
     def cases(self) -> list[Case]:
         return sorted(self._cases(), key=lambda c: c.size)
 
-    def _recognise(self, case: Case, expected: Any, received: Any) -> Mistake | None:
-        for mistake in self.mistakes:
-            try:
-                buggy = mistake.fn(*clone(case.args))
-            except Exception:  # a mistake that cannot run on this input did not make this output
-                continue
-            if (compare(expected, buggy, case.tol, self.index) is not None
-                    and compare(buggy, received, case.tol, self.index) is None):
-                return mistake
+    def mistake_output(self, mistake: Mistake, case: Case) -> Any:
+        """What ``mistake`` returns on ``case`` (fresh copies of its inputs), or _FAILED if it raises."""
+        try:
+            return mistake.fn(*clone(case.args))
+        except Exception:  # a mistake that cannot run on this input did not make any output there
+            return _FAILED
+
+    def same(self, a: Any, b: Any, case: Case) -> bool:
+        """Whether two outputs on ``case`` agree, as the checker compares (``b`` measured against ``a``)."""
+        return a is not _FAILED and b is not _FAILED and compare(a, b, case.tol, self.index) is None
+
+    def recognise(self, fn: Callable, cases: list[Case], failing: int, received: Any,
+                  expected: Callable[[int], Any], limit: float | None) -> Mistake | None:
+        """The known mistake that ``fn`` makes, or None.
+
+        A mistake is named only when it reproduces ``fn``'s output on EVERY case of the exercise, and differs from
+        the reference on at least two of them. The cases are chosen so that no two known mistakes agree on all of
+        them (``tests/test_exercises.py`` checks it), so at most one mistake can be named, and an output that a
+        mistake matches on the failing case by coincidence (forgetting ``bytes_per_number`` gives the "keys only"
+        number wherever it is 2) is not named: the message then gives the smallest failing input, the expected and
+        the received values, and no name. ``fn`` is run on the other cases only when some mistake matches the
+        failing one; where it raises or runs out of time there, no mistake is named.
+        """
+        case = cases[failing]
+        candidates = [m for m in self.mistakes
+                      if not self.same(expected(failing), out := self.mistake_output(m, case), case)
+                      and self.same(out, received, case)]
+        learner: dict[int, Any] = {failing: received}
+        for mistake in candidates:
+            differs = 0
+            for i, other in enumerate(cases):
+                buggy = self.mistake_output(mistake, other)
+                if i not in learner:
+                    learner[i] = self._quiet_call(fn, other, limit)
+                if not self.same(buggy, learner[i], other):
+                    break
+                differs += not self.same(expected(i), buggy, other)
+            else:
+                if differs >= 2:
+                    return mistake
         return None
+
+    @staticmethod
+    def _quiet_call(fn: Callable, case: Case, limit: float | None) -> Any:
+        try:
+            return _call(fn, case, limit)[0]
+        except (Exception, _NotYet, _TimeLimit):
+            return _FAILED
 
     def evaluate(self, fn: Callable, time_limit: float | None = None) -> Result:
         """Run ``fn`` on every case, smallest first; never raises for anything ``fn`` does. Each call of ``fn`` may
@@ -443,10 +556,17 @@ class Exercise:
 
     def _evaluate(self, fn: Callable, title: str, limit: float | None) -> Result:
         cases = self.cases()
-        for case in cases:
-            expected = self.reference(*clone(case.args))
+        references: dict[int, Any] = {}
+
+        def expected(i: int) -> Any:
+            if i not in references:
+                references[i] = self.reference(*clone(cases[i].args))
+            return references[i]
+
+        rule_broken: str | None = None  # the message for the first case that broke the rule, kept until every
+        for i, case in enumerate(cases):  # case's numbers are checked: wrong numbers are told first
             try:
-                received = _call(fn, case, limit)
+                received, watch = _call(fn, case, limit, self.rule)
             except _TimeLimit as e:
                 return Result("wrong", _time_limit_message(self.name, title, case, limit, e, fn))
             except _NotYet as e:
@@ -456,20 +576,28 @@ class Exercise:
                 return Result("wrong", f"wrong: {title}\n  smallest failing input: {case.label}\n"
                                        f"  your function raised {type(e).__name__}{_where_in_learner_code(e, fn)}: "
                                        f"{' '.join(str(e).split())[:400]}")
-            why = compare(expected, received, case.tol, self.index)
+            why = compare(expected(i), received, case.tol, self.index)
             if why is None:
+                broken = watch.broken() if watch is not None else None
+                if broken and rule_broken is None:
+                    rule_broken = "\n".join([f"wrong: {title}", f"  smallest failing input: {case.label}",
+                                             _wrap(f"the numbers are right on every input, but {broken}")])
                 continue
             lines = [f"wrong: {title}", f"  smallest failing input: {case.label}", f"  {why}"]
-            lines += _expected_received(expected, received, why)
-            mistake = self._recognise(case, expected, received)
+            lines += _expected_received(expected(i), received, why)
+            mistake = self.recognise(fn, cases, i, received, expected, limit)
             if mistake is not None:
-                lines.append(textwrap.fill(f"known mistake, {mistake.name}: {mistake.message(case)}", 110,
-                                           initial_indent="  ", subsequent_indent="    ", break_long_words=False,
-                                           break_on_hyphens=False))
+                lines.append(_wrap(f"known mistake, {mistake.name}: {mistake.message(case)}"))
+            elif self.nan_hint is not None and why.startswith("received NaN at "):
+                idx = tuple(int(k) for k in re.findall(r"\d+", why.removeprefix("received NaN at ").split("]")[0]))
+                lines.append(_wrap(self.nan_hint(case, idx)))
             return Result("wrong", "\n".join(lines), mistake.name if mistake else None)
+        if rule_broken is not None:
+            return Result("wrong", rule_broken)
         shown = [f"  - {self.summary}"] if self.summary else [f"  - {c.label}" for c in cases]
+        rule = [f"  and {self.rule.what} on every input"] if self.rule is not None else []
         return Result("correct", f"correct: {title}\n  {len(cases)} inputs agree with {self.reference_name}:\n"
-                                 + "\n".join(shown))
+                                 + "\n".join(shown + rule))
 
     def check(self, fn: Callable, time_limit: float | None = None) -> None:
         """Print whether ``fn`` is correct, not yet written, or wrong (and how); ``time_limit`` as in
@@ -480,6 +608,28 @@ class Exercise:
             print(f"the checker for {self.title!r} failed ({type(e).__name__}: {e}); please report this")
             return
         print(result.message)
+
+
+def _wrap(text: str) -> str:
+    return textwrap.fill(text, 110, initial_indent="  ", subsequent_indent="    ", break_long_words=False,
+                         break_on_hyphens=False)
+
+
+def masked_row_hint(case: Case, idx: tuple[int, ...]) -> str:
+    """The NaN hint of the attention exercises: NaN is what softmax gives a row whose every score is -inf.
+
+    ``idx`` is the first NaN's index in an output of shape (batch, heads, queries, head_dim) or, after the output
+    projection, (batch, queries, d_model)."""
+    if len(idx) == 4:
+        who = f"query {idx[2]} of head {idx[1]} in sequence {idx[0]}"
+    elif len(idx) == 3:
+        who = f"query {idx[1]} of sequence {idx[0]}"
+    else:
+        who = "that query"
+    return (f"hint: softmax of a row whose scores are all -inf is 0 / 0 = NaN. If your mask hid every key from "
+            f"{who}, its row of scores has nothing to attend to: check which keys your mask leaves it. A causal "
+            "query always sees at least its own key; where a row may really be empty (a pad position), set its "
+            "weights or its output to 0 instead of leaving it to the softmax.")
 
 
 def attention_label(batch: int, n_heads: int, n_kv_heads: int, s_q: int, s_k: int, head_dim: int,

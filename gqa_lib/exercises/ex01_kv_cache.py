@@ -23,8 +23,12 @@ def _describe(m) -> str:
 
 
 def _cache_cases() -> list[Case]:
+    # Two models whose head_dim is not d_model / n_heads (Gemma 3 1B, PaLM 540B), and bytes per number other
+    # than 2 (Qwen2.5-0.5B in fp32, Llama-3.1 405B in one byte), so that leaving a factor out never gives the
+    # number of another mistake on every case.
     rows = [("GPT-2 small", 1024, 1, 2), ("Llama-3 8B", 8192, 1, 2), ("Gemma 3 1B", 32768, 1, 2),
-            ("Falcon-7B", 2048, 4, 2), ("Qwen2.5-0.5B", 1, 1, 4), ("Llama-3.1 405B", 131072, 8, 1)]
+            ("Falcon-7B", 2048, 4, 2), ("Qwen2.5-0.5B", 1, 1, 4), ("PaLM 540B", 2048, 2, 2),
+            ("Llama-3.1 405B", 131072, 8, 1)]
     cases = []
     for i, (name, tokens, batch, nbytes) in enumerate(rows):
         m = get_model(name)
@@ -54,10 +58,14 @@ def reference_sliding_window_cache_bytes(model, tokens, window, local_per_global
 
 def _sliding_cases() -> list[Case]:
     gemma, llama = get_model("Gemma 3 1B"), get_model("Llama-3 8B")
+    # Llama-3 8B with 2 local layers per global one: 32 / 3 = 10.67 global layers, which `round` makes 11 and
+    # `//` 10 (layers 2, 5, ..., 29): only a fraction of a half or more tells the two apart.
     rows = [(llama, 8192, 4096, 0, 1, 2, "every layer global"),
             (gemma, 100, 512, 5, 1, 2, "5 local layers per global one, window 512"),
             (gemma, 32768, 512, 5, 1, 2, "5 local layers per global one, window 512"),
             (llama, 8192, 4096, 1, 2, 2, "local and global layers alternating, window 4,096"),
+            (llama, 8192, 512, 2, 1, 2, "2 local layers per global one, window 512"),
+            (llama, 1000, 4096, 1, 1, 2, "local and global layers alternating, window 4,096"),
             (gemma, 1000, 512, 5, 4, 4, "5 local layers per global one, window 512")]
     return [Case(f"{_describe(m)}, {why}, {tokens:,} tokens, batch {b}, {nb} bytes per number",
                  (m, tokens, w, k, b, nb), size=i) for i, (m, tokens, w, k, b, nb, why) in enumerate(rows)]

@@ -1,4 +1,4 @@
-"""Exercises of notebook 02: multi-head attention from scratch, RoPE, and one cached decode step."""
+"""Exercises of notebook 02: multi-head attention over a left-padded batch, RoPE, and one cached decode step."""
 
 from __future__ import annotations
 
@@ -6,7 +6,15 @@ import torch
 
 from gqa_lib.core.attention import GroupedQueryAttention, grouped_attention
 from gqa_lib.core.rope import RotaryEmbedding
-from gqa_lib.exercises.checking import Case, Exercise, dtype_name, generator, randn, seeded_cases
+from gqa_lib.exercises.checking import (
+    Case,
+    Exercise,
+    dtype_name,
+    generator,
+    masked_row_hint,
+    randn,
+    seeded_cases,
+)
 from gqa_lib.exercises.museum import mistakes_for
 
 
@@ -19,6 +27,18 @@ def reference_mha(x, W_q, W_k, W_v, W_o, n_heads):
     return lib(x)
 
 
+def reference_mha_left_padded(x, W_q, W_k, W_v, W_o, n_heads, n_pad):
+    """Each sequence on its own: sequence b's real tokens, ``x[b, n_pad[b]:]``, through :func:`reference_mha`
+    (gqa_lib's MHA), and 0 at its ``n_pad[b]`` pad positions. A left-padded batch computed right gives exactly
+    this: padding changes nothing for the real tokens, and a pad position has no key it may see."""
+    b, s, _ = x.shape
+    out = torch.zeros(b, s, W_o.out_features, dtype=x.dtype)  # (batch, seq, d_model)
+    for i, pad in enumerate(n_pad):
+        if pad < s:
+            out[i, pad:] = reference_mha(x[i:i + 1, pad:], W_q, W_k, W_v, W_o, n_heads)[0]
+    return out
+
+
 def _linear(gen, n_in, n_out, dtype):
     lin = torch.nn.Linear(n_in, n_out, bias=False)
     with torch.no_grad():
@@ -26,26 +46,34 @@ def _linear(gen, n_in, n_out, dtype):
     return lin.to(dtype)
 
 
-def _mha_cases() -> list[Case]:
-    # (batch, seq, d_model, n_heads, head_dim, dtype)
-    rows = [(1, 1, 8, 2, 4, torch.float32), (2, 5, 32, 4, 8, torch.float32), (2, 6, 24, 4, 8, torch.float32),
-            (3, 4, 16, 1, 16, torch.float32), (2, 7, 32, 4, 8, torch.bfloat16)]
-    return seeded_cases("mha", rows, _mha_case)
+def _padded_cases() -> list[Case]:
+    # (seq, d_model, n_heads, head_dim, n_pad per sequence, dtype): no padding, one pad, a sequence that is all
+    # padding (3 pads of 3 tokens), two layers whose n_heads x head_dim is not d_model, one head, bf16
+    rows = [(1, 8, 2, 4, [0], torch.float32), (4, 16, 2, 8, [0, 2], torch.float32),
+            (5, 24, 4, 8, [1, 0, 3], torch.float32), (3, 16, 4, 4, [3, 1], torch.float32),
+            (6, 32, 1, 16, [2, 4], torch.float32), (7, 32, 4, 8, [0, 3], torch.bfloat16)]
+    return seeded_cases("mha_left_padded", rows, _padded_case)
 
 
-def _mha_case(gen, b, s, d_model, h, hd, dtype) -> Case:
-    """x (b, s, d_model), W_q, W_k, W_v (d_model -> h * hd), W_o (h * hd -> d_model) and n_heads = h."""
+def _padded_case(gen, s, d_model, h, hd, n_pad, dtype) -> Case:
+    """x (b, s, d_model) with pad tokens drawn like the others, W_q, W_k, W_v (d_model -> h * hd), W_o
+    (h * hd -> d_model), n_heads = h and n_pad, a list of b ints."""
+    b = len(n_pad)
     x = randn(gen, b, s, d_model, dtype=dtype)
     ws = [_linear(gen, d_model, h * hd, dtype) for _ in range(3)] + [_linear(gen, h * hd, d_model, dtype)]
     note = "" if h * hd == d_model else f" (n_heads x head_dim = {h * hd} is not d_model)"
-    return Case(f"batch {b}, {s} token{'s' * (s > 1)}, d_model {d_model}, {h} head{'s' * (h > 1)} of "
-                f"head_dim {hd}{note}, {dtype_name(dtype)}",
-                (x, *ws, h), size=b * s * d_model * h, info={"d_model": d_model, "n_heads": h, "head_dim": hd})
+    label = (f"batch {b}, {s} token{'s' * (s > 1)} a sequence, n_pad {n_pad}, d_model {d_model}, "
+             f"{h} head{'s' * (h > 1)} of head_dim {hd}{note}, {dtype_name(dtype)}")
+    return Case(label, (x, *ws, h, list(n_pad)), size=b * s * d_model * h,
+                info={"d_model": d_model, "n_heads": h, "head_dim": hd, "seq": s, "n_pad": list(n_pad)})
 
 
-mha = Exercise("mha", "mha(x, W_q, W_k, W_v, W_o, n_heads)", reference_mha, _mha_cases, mistakes_for("mha"),
-               reference_name="gqa_lib.GroupedQueryAttention(n_kv_heads=n_heads, rope=False) with your four matrices")
-check_mha = mha.check
+mha_left_padded = Exercise(
+    "mha_left_padded", "mha_left_padded(x, W_q, W_k, W_v, W_o, n_heads, n_pad)", reference_mha_left_padded,
+    _padded_cases, mistakes_for("mha_left_padded"), nan_hint=masked_row_hint,
+    reference_name="gqa_lib.GroupedQueryAttention(n_kv_heads=n_heads, rope=False) run on each sequence's real "
+                   "tokens alone, 0 at the pad positions")
+check_mha_left_padded = mha_left_padded.check
 
 
 def reference_rope(x, start_pos, base=10000.0):
@@ -55,16 +83,21 @@ def reference_rope(x, start_pos, base=10000.0):
 
 def _rope_cases() -> list[Case]:
     gen = generator("rope")
-    rows = [(1, 1, 1, 2, 0, torch.float32), (1, 2, 3, 8, 0, torch.float32), (2, 3, 4, 8, 5, torch.float32),
-            (1, 2, 2, 16, 100_000, torch.float32), (2, 2, 3, 64, 4093, torch.bfloat16)]
+    # (batch, heads, seq, head_dim, start_pos, dtype, base): base 500,000 is Llama-3's; two bf16 cases, at positions
+    # bf16 cannot all hold (it has 8 significant bits: 301 and 4,095 are not bf16 numbers)
+    rows = [(1, 1, 1, 2, 0, torch.float32, None), (1, 2, 3, 8, 0, torch.float32, None),
+            (2, 3, 4, 8, 5, torch.float32, None), (1, 2, 3, 8, 5, torch.float32, 500_000.0),
+            (1, 2, 2, 16, 100_000, torch.float32, None), (2, 2, 3, 16, 300, torch.bfloat16, None),
+            (2, 2, 3, 64, 4093, torch.bfloat16, None)]
     cases = []
-    for i, (b, h, s, d, start, dtype) in enumerate(rows):
+    for i, (b, h, s, d, start, dtype, base) in enumerate(rows):
         label = (f"x of shape ({b}, {h}, {s}, {d}) = (batch, heads, seq, head_dim), "
-                 f"{dtype_name(dtype)}, start_pos {start:,}")
+                 f"{dtype_name(dtype)}, start_pos {start:,}" + (f", base {base:,.0f}" if base else ""))
         # float32 angles at position 100,000 are only good to about 1e-2 rad (its float32 spacing is 2**-7), so
         # a correct float64 computation differs from the float32 reference that much; known mistakes differ by O(1).
         tol = (3e-2, 1e-2) if start >= 100_000 else None
-        cases.append(Case(label, (randn(gen, b, h, s, d, dtype=dtype), start), size=i, tol=tol))
+        args = (randn(gen, b, h, s, d, dtype=dtype), start) + ((base,) if base else ())
+        cases.append(Case(label, args, size=i, tol=tol))
     return cases
 
 
@@ -98,6 +131,6 @@ def _decode_case(gen, b, h, n_cached, d, dtype) -> Case:
 
 
 decode_step = Exercise("decode_step", "decode_step(q, k, v, k_cache, v_cache, rope)", reference_decode_step,
-                       _decode_cases, mistakes_for("decode_step"),
+                       _decode_cases, mistakes_for("decode_step"), nan_hint=masked_row_hint,
                        reference_name="RoPE at the cache length, then gqa_lib.grouped_attention")
 check_decode_step = decode_step.check

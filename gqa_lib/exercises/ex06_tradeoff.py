@@ -6,7 +6,7 @@ import torch
 
 from gqa_lib.core.attention import GroupedQueryAttention, grouped_attention
 from gqa_lib.core.kv_head_conversion import reduce_kv_heads
-from gqa_lib.exercises.checking import Case, Exercise, attention_case, kv_projection_case, seeded_cases
+from gqa_lib.exercises.checking import Case, Exercise, attention_case, kv_projection_case, masked_row_hint, seeded_cases
 from gqa_lib.exercises.museum import mistakes_for
 
 _DTYPE_OF_BYTES = {1: torch.int8, 2: torch.bfloat16, 4: torch.float32}
@@ -50,7 +50,7 @@ def _decode_cases() -> list[Case]:
 
 
 decode_attention = Exercise("decode_attention", "decode_attention(q, k, v)", reference_decode_attention,
-                            _decode_cases, mistakes_for("decode_attention"),
+                            _decode_cases, mistakes_for("decode_attention"), nan_hint=masked_row_hint,
                             reference_name="gqa_lib.grouped_attention")
 check_decode_attention = decode_attention.check
 

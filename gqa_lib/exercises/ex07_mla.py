@@ -58,11 +58,19 @@ def reference_mla_cache_bytes(model, tokens, batch=1, bytes_per_number=2):
 
 TOY = ModelSpec(name="toy MLA of notebook 07", n_layers=1, d_model=64, n_heads=4, n_kv_heads=None, head_dim=16,
                 context=6, attention="MLA", source="notebook 07, section 2", mla=MLADims(24, 8, 32, 16))
+# Two more toys whose d_rope is not head_dim / 2 (in DeepSeek-V2 and V3 it is: 64 of 128), sized so that each known
+# mistake gives its own number per token and layer: TOY_B's right answer is 24 (20 + 4), the mistakes' 84 (per-head
+# keys and values), 32 (a RoPE key per head), 20 (no RoPE key), 44 (the latent twice), 28 (head_dim / 2 for d_rope).
+# On notebook 07's toy "the latent twice" and "a RoPE key per head" are both 56, and "head_dim / 2" is right.
+TOY_B = ModelSpec(name="toy MLA B", n_layers=2, d_model=48, n_heads=3, n_kv_heads=None, head_dim=16, context=8,
+                  attention="MLA", source="the checker of notebook 07", mla=MLADims(20, 4, 24, 8))
+TOY_C = ModelSpec(name="toy MLA C", n_layers=3, d_model=16, n_heads=2, n_kv_heads=None, head_dim=8, context=8,
+                  attention="MLA", source="the checker of notebook 07", mla=MLADims(12, 6, 16, 8))
 
 
 def _cache_cases() -> list[Case]:
-    rows = [(TOY, 6, 1, 4), (get_model("DeepSeek-V2 236B"), 1, 1, 2), (get_model("DeepSeek-V3 671B"), 100_000, 1, 2),
-            (get_model("DeepSeek-V3 671B"), 131_072, 4, 1)]
+    rows = [(TOY, 6, 1, 4), (TOY_B, 5, 2, 2), (TOY_C, 7, 1, 1), (get_model("DeepSeek-V2 236B"), 1, 1, 2),
+            (get_model("DeepSeek-V3 671B"), 100_000, 1, 2), (get_model("DeepSeek-V3 671B"), 131_072, 4, 1)]
     cases = []
     for i, (m, tokens, batch, nb) in enumerate(rows):
         label = (f"{m.name} ({m.n_layers} layer{'s' * (m.n_layers > 1)}, {m.n_heads} heads, head_dim {m.head_dim}, "

@@ -1,15 +1,17 @@
 """The museum of real bugs: wrong implementations of the exercises, each a mistake made in public code.
 
 Every exhibit is a function with the same signature as the exercise it belongs to, and a docstring
-that says what the mistake is. The checkers run these exhibits on the failing input: when a learner's
-result equals an exhibit's result, the checker names the mistake and explains it. Run one yourself::
+that says what the mistake is. When a learner's function fails, the checker runs the exhibits on every
+case of the exercise: one that gives the learner's result on all of them (and differs from the right
+answer on at least two) is named and explained; the cases are chosen so that no two exhibits agree on
+all of them. Run one yourself::
 
     from gqa_lib.exercises import museum, ex04_gqa
     ex04_gqa.check_expand_kv(museum.expand_kv_tiled_repeat)
 
 ``EXHIBITS`` lists them all, by exercise, with the name each checker gives them.
 
-Why one module of about 850 lines: 58 exhibits, each a few lines with its story; kept in one
+Why one module of about 980 lines: 68 exhibits, each a few lines with its story; kept in one
 file so that a reader can browse every known mistake in one place and a test can list them all.
 """
 
@@ -149,38 +151,111 @@ def _merge(t):
     return t.transpose(1, 2).reshape(b, s, h * d)
 
 
-@exhibit("mha", "heads split with view(b, n_heads, seq, head_dim)",
+def _padded_mha(x, W_q, W_k, W_v, W_o, n_heads, n_pad, split_wrong=False, scale_from_width=False, causal=True,
+                pad_keys=True, pad_rows="zero", right=False):
+    """Multi-head attention over a padded batch, with switches for the mistakes: ``split_wrong`` views the heads as
+    (b, n_heads, s, head_dim) straight away; ``scale_from_width`` scales by sqrt(d_model // n_heads); ``causal``
+    False leaves the causal mask out; ``pad_keys`` False lets queries see the pad keys; ``pad_rows`` is what a pad
+    position's row of weights becomes: "zero" (right), "nan" (the softmax of an all -inf row), "finite" (masked with
+    float32's most negative number instead of -inf: equal weights on every key), "keep" (whatever it attended to);
+    ``right`` takes the pads to be the LAST n_pad tokens."""
+    b, s, d_model = x.shape
+    if split_wrong:
+        q, k, v = (W(x).reshape(b, n_heads, s, -1) for W in (W_q, W_k, W_v))
+    else:
+        q, k, v = (_split(W(x), n_heads) for W in (W_q, W_k, W_v))  # (b, n_heads, s, head_dim)
+    scale = 1 / math.sqrt(d_model // n_heads if scale_from_width else q.shape[-1])
+    pads = torch.tensor(n_pad)[:, None]  # (b, 1)
+    pos = torch.arange(s)[None, :]  # (1, s)
+    is_pad = pos >= s - pads if right else pos < pads  # (b, s)
+    mask = (causal_mask(s, s) if causal else torch.ones(s, s, dtype=torch.bool))[None]  # (1, s, s)
+    if pad_keys:
+        mask = mask & ~is_pad[:, None, :]  # (b, s, s): no query sees a pad key
+    scores = (q.float() @ k.float().transpose(-2, -1)) * scale  # (b, n_heads, s, s)
+    fill = torch.finfo(torch.float32).min if pad_rows == "finite" else float("-inf")
+    weights = scores.masked_fill(~mask[:, None], fill).softmax(-1)
+    if pad_rows == "zero":
+        weights = weights.masked_fill(is_pad[:, None, :, None], 0.0)
+    out = (weights @ v.float()).to(x.dtype)  # (b, n_heads, s, head_dim)
+    return W_o(out.reshape(b, s, -1) if split_wrong else _merge(out))
+
+
+def _pads(c: Case) -> str:
+    return f"n_pad = {c.info['n_pad']}"
+
+
+@exhibit("mha_left_padded", "padding not masked", lambda c: (
+    f"with {_pads(c)}, the first n_pad[b] tokens of sequence b are padding, yet your real tokens attended to them "
+    "(and your pad positions' outputs are not 0). Mask the pad keys for every query: key j of sequence b may be "
+    "seen only when j >= n_pad[b] (and j <= the query's position)."))
+def padded_mha_pads_seen(x, W_q, W_k, W_v, W_o, n_heads, n_pad):
+    """Plain causal MHA over the padded batch: the pad tokens' keys and values mix into every real token's output,
+    so a sequence's result depends on how much padding its batch needed."""
+    return _padded_mha(x, W_q, W_k, W_v, W_o, n_heads, n_pad, pad_keys=False, pad_rows="keep")
+
+
+@exhibit("mha_left_padded", "pad rows left to the softmax (NaN)", lambda c: (
+    f"with {_pads(c)}, a pad position may see no key at all (every key up to it is padding), so its row of scores "
+    "is all -inf and the softmax gives 0 / 0 = NaN, which W_o then spreads over the whole output vector. Set the "
+    "weights (or the outputs) of pad positions to 0."))
+def padded_mha_nan_rows(x, W_q, W_k, W_v, W_o, n_heads, n_pad):
+    """Masks the pad keys with -inf and stops there: every pad query's row is fully masked and comes out NaN."""
+    return _padded_mha(x, W_q, W_k, W_v, W_o, n_heads, n_pad, pad_rows="nan")
+
+
+@exhibit("mha_left_padded", "a finite minimum in place of -inf", lambda c: (
+    "your real tokens are right, but your pad positions are not 0. With a large finite number in place of -inf "
+    "(torch.finfo(dtype).min, as transformers uses), a row whose keys are all masked gets equal weights on ALL its "
+    "keys, later ones included, so a pad position returns the mean of every value. transformers never reads those "
+    "positions; this exercise asks for 0 there: set their weights or outputs to 0."))
+def padded_mha_finite_min(x, W_q, W_k, W_v, W_o, n_heads, n_pad):
+    """Masks with float32's most negative number, as transformers' attention masks do: no NaN, but a row with no
+    visible key spreads its weight evenly over every key."""
+    return _padded_mha(x, W_q, W_k, W_v, W_o, n_heads, n_pad, pad_rows="finite")
+
+
+@exhibit("mha_left_padded", "padding taken to be on the right", lambda c: (
+    f"the batch is LEFT-padded: with {_pads(c)}, sequence b's pads are its FIRST n_pad[b] tokens and its text "
+    "ends at the last position. You masked (and zeroed) the last n_pad[b] positions instead."))
+def padded_mha_right(x, W_q, W_k, W_v, W_o, n_heads, n_pad):
+    """Treats the padding as right padding, the layout of training batches: for a left-padded batch (the usual
+    layout for generation, so that every sequence's next token is at the last position) it masks the text."""
+    return _padded_mha(x, W_q, W_k, W_v, W_o, n_heads, n_pad, right=True)
+
+
+@exhibit("mha_left_padded", "pad queries zeroed but pad keys seen", lambda c: (
+    f"your pad positions are 0, but your real tokens still attended to the pad keys ({_pads(c)}). A pad token must "
+    "be invisible as a KEY: mask the columns j < n_pad[b], not only the rows."))
+def padded_mha_rows_only(x, W_q, W_k, W_v, W_o, n_heads, n_pad):
+    """Zeroes the outputs at the pad positions but leaves the pad keys visible to the real tokens."""
+    return _padded_mha(x, W_q, W_k, W_v, W_o, n_heads, n_pad, pad_keys=False)
+
+
+@exhibit("mha_left_padded", "heads split with view(b, n_heads, seq, head_dim)",
          "`t.view(b, n_heads, seq, head_dim)` has the right shape but cuts memory in the wrong places: "
          "'head 0' gets the first tokens' whole vectors, mixing heads and positions. Split the last "
          "dimension first, then move the heads forward: `t.view(b, seq, n_heads, head_dim).transpose(1, 2)`.")
-def mha_split_without_transpose(x, W_q, W_k, W_v, W_o, n_heads):
+def padded_mha_split_without_transpose(x, W_q, W_k, W_v, W_o, n_heads, n_pad):
     """Reshapes (batch, seq, n_heads * head_dim) straight to (batch, n_heads, seq, head_dim) and back:
     no error, every shape right, every number wrong."""
-    b, s, _ = x.shape
-    q, k, v = (W(x).reshape(b, n_heads, s, -1) for W in (W_q, W_k, W_v))
-    out = _attention(q, k, v, causal_mask(s, s, x.device))
-    return W_o(out.reshape(b, s, -1))
+    return _padded_mha(x, W_q, W_k, W_v, W_o, n_heads, n_pad, split_wrong=True)
 
 
-@exhibit("mha", "head_dim taken as d_model / n_heads", lambda c: (
+@exhibit("mha_left_padded", "head_dim taken as d_model / n_heads", lambda c: (
     f"the scores must be divided by sqrt(head_dim) = sqrt({c.info['head_dim']}); d_model / n_heads = "
     f"{c.info['d_model']} / {c.info['n_heads']} = {c.info['d_model'] // c.info['n_heads']} is not this layer's "
     "head size. Take head_dim from the projections (`W_q.out_features // n_heads`) or from q's shape."))
-def mha_head_dim_from_width(x, W_q, W_k, W_v, W_o, n_heads):
+def padded_mha_head_dim_from_width(x, W_q, W_k, W_v, W_o, n_heads, n_pad):
     """Scales by sqrt(d_model // n_heads): right only when the heads share out the model width exactly."""
-    q, k, v = (_split(W(x), n_heads) for W in (W_q, W_k, W_v))
-    s = x.shape[1]
-    out = _attention(q, k, v, causal_mask(s, s, x.device), scale=1 / math.sqrt(x.shape[-1] // n_heads))
-    return W_o(_merge(out))
+    return _padded_mha(x, W_q, W_k, W_v, W_o, n_heads, n_pad, scale_from_width=True)
 
 
-@exhibit("mha", "no causal mask",
-         "token t attended to tokens after it. A decoder's token t may look at tokens 0..t only: mask the "
-         "scores above the diagonal with -inf before the softmax.")
-def mha_no_causal_mask(x, W_q, W_k, W_v, W_o, n_heads):
-    """Forgets the causal mask: every token sees the future, as in an encoder."""
-    q, k, v = (_split(W(x), n_heads) for W in (W_q, W_k, W_v))
-    return W_o(_merge(_attention(q, k, v)))
+@exhibit("mha_left_padded", "no causal mask",
+         "token t attended to tokens after it. A decoder's token t may look at tokens 0..t only (here: its own "
+         "sequence's real tokens up to t): mask the scores above the diagonal with -inf as well as the pad keys.")
+def padded_mha_no_causal_mask(x, W_q, W_k, W_v, W_o, n_heads, n_pad):
+    """Masks the padding but forgets the causal mask: every token sees the future, as in an encoder."""
+    return _padded_mha(x, W_q, W_k, W_v, W_o, n_heads, n_pad, causal=False)
 
 
 def _rope_tables(head_dim, positions, base=10000.0, dtype=torch.float32):
@@ -271,24 +346,61 @@ def _top_left_story(s_q: int, s_k: int) -> str:
 
 
 
-@exhibit("mqa", "softmax over the queries",
-         "softmax(dim=-2) normalised each key's column, over the queries; each query's row of weights must "
-         "sum to 1: softmax over the keys, dim=-1.")
-def mqa_softmax_over_queries(q, k, v):
-    """Normalises along the wrong axis; the masked entries even make whole columns uniform."""
-    s = q.shape[2]
-    scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.shape[-1])
-    scores = scores.masked_fill(~causal_mask(s, s, q.device), float("-inf"))
-    return (scores.softmax(dim=-2).nan_to_num() @ v.float()).to(q.dtype)
+def _ragged(q, k_cache, v_cache, lengths, scale=None, keep=None):
+    """One query per sequence against a padded cache; ``keep(slots, lengths)`` -> (batch, slots) bool says which
+    cached slots each sequence attends to (the right one: the first lengths[b])."""
+    slots = k_cache.shape[2]
+    keep = keep or (lambda n, ls: torch.arange(n)[None, :] < torch.tensor(ls)[:, None])
+    mask = keep(slots, lengths)[:, None, None, :]  # (batch, 1, 1, slots): broadcast over heads and the query
+    return _attention(q, k_cache, v_cache, mask, scale)
 
 
-@exhibit("mqa", "scores not scaled", lambda c: (
+def _lengths(c: Case) -> str:
+    return f"lengths = {c.info['lengths']} in a cache of {c.info['slots']} slots"
+
+
+@exhibit("mqa_decode_ragged", "leftover slots attended", lambda c: (
+    f"with {_lengths(c)}, sequence b's cache holds lengths[b] real keys; the slots after them hold leftovers from "
+    "other conversations, which your query attended to. Mask slot j of sequence b unless j < lengths[b]."))
+def ragged_all_slots(q, k_cache, v_cache, lengths):
+    """Attends to every slot of the padded cache, as if every sequence were as long as the longest."""
+    return _ragged(q, k_cache, v_cache, lengths, keep=lambda n, ls: torch.ones(len(ls), n, dtype=torch.bool))
+
+
+@exhibit("mqa_decode_ragged", "the longest length for every sequence", lambda c: (
+    f"with {_lengths(c)}, each sequence has its own length: you cut every cache at the longest, "
+    f"{max(c.info['lengths'])}, so the shorter sequences read slots that are not theirs. Build a mask of shape "
+    "(batch, 1, 1, slots) from the lengths, one row per sequence."))
+def ragged_longest(q, k_cache, v_cache, lengths):
+    """Slices the cache to ``max(lengths)`` slots for the whole batch: right only for the longest sequences."""
+    return _ragged(q, k_cache, v_cache, lengths,
+                   keep=lambda n, ls: (torch.arange(n) < max(ls))[None, :].expand(len(ls), n))
+
+
+@exhibit("mqa_decode_ragged", "one slot too many", lambda c: (
+    f"with {_lengths(c)}, sequence b's real keys are slots 0 .. lengths[b] - 1 (the new token's own key is the last "
+    "of them); your mask also kept slot lengths[b], a leftover. Use j < lengths[b], not j <= lengths[b]."))
+def ragged_one_too_many(q, k_cache, v_cache, lengths):
+    """``j <= lengths[b]``: counts the new token once more, and reads the first leftover slot."""
+    return _ragged(q, k_cache, v_cache, lengths,
+                   keep=lambda n, ls: torch.arange(n)[None, :] <= torch.tensor(ls)[:, None])
+
+
+@exhibit("mqa_decode_ragged", "the real keys taken to be the last slots", lambda c: (
+    f"with {_lengths(c)}, this cache fills its slots from the front: sequence b's keys are its FIRST lengths[b] "
+    "slots. You kept the last lengths[b] (the layout of a left-padded cache)."))
+def ragged_from_the_end(q, k_cache, v_cache, lengths):
+    """Keeps the last ``lengths[b]`` slots, as for left padding, in a cache written from slot 0 on."""
+    return _ragged(q, k_cache, v_cache, lengths,
+                   keep=lambda n, ls: torch.arange(n)[None, :] >= n - torch.tensor(ls)[:, None])
+
+
+@exhibit("mqa_decode_ragged", "scores not scaled", lambda c: (
     f"divide the scores by sqrt(head_dim) = sqrt({c.args[0].shape[-1]}) before the softmax; without it the "
     "softmax saturates as head_dim grows."))
-def mqa_no_scale(q, k, v):
+def ragged_no_scale(q, k_cache, v_cache, lengths):
     """Leaves out 1/sqrt(head_dim)."""
-    s = q.shape[2]
-    return _attention(q, k, v, causal_mask(s, s, q.device), scale=1.0)
+    return _ragged(q, k_cache, v_cache, lengths, scale=1.0)
 
 
 @exhibit("attend_new_tokens", "a causal mask for several new tokens against a longer cache, aligned top-left",
@@ -530,6 +642,26 @@ def mla_cache_rope_per_head(model, tokens, batch=1, bytes_per_number=2):
     """Counts n_heads RoPE keys per token."""
     m = _mla(model)
     return (m.d_c + model.n_heads * m.d_rope) * model.n_layers * tokens * batch * bytes_per_number
+
+
+@exhibit("mla_cache_bytes", "a latent for the keys and another for the values", lambda c: (
+    f"MLA compresses keys and values into ONE joint latent, c_KV, of d_c = {_mla(c.args[0]).d_c} numbers per token "
+    f"and layer; the keys' and the values' up-projections both read it. The cache holds it once, with the RoPE key: "
+    f"d_c + d_rope = {_mla(c.args[0]).d_c + _mla(c.args[0]).d_rope}, not 2 x d_c + d_rope = "
+    f"{2 * _mla(c.args[0]).d_c + _mla(c.args[0]).d_rope}."))
+def mla_cache_latent_twice(model, tokens, batch=1, bytes_per_number=2):
+    """Counts a latent for K and another for V, as if MLA were MHA's K and V cache with each compressed on its
+    own: 2 d_c + d_rope numbers per token and layer."""
+    m = _mla(model)
+    return (2 * m.d_c + m.d_rope) * model.n_layers * tokens * batch * bytes_per_number
+
+
+@exhibit("mla_cache_bytes", "d_rope taken as head_dim / 2", lambda c: (
+    f"the RoPE key has d_rope = {_mla(c.args[0]).d_rope} numbers here (`model.mla.d_rope`), not head_dim / 2 = "
+    f"{c.args[0].head_dim // 2}. DeepSeek-V2 and V3 chose d_rope = 64 = 128 / 2, but d_rope is a size of its own."))
+def mla_cache_rope_half_head(model, tokens, batch=1, bytes_per_number=2):
+    """Derives the RoPE key's size from the head size (DeepSeek's 64 = 128 / 2) instead of reading d_rope."""
+    return (_mla(model).d_c + model.head_dim // 2) * model.n_layers * tokens * batch * bytes_per_number
 
 
 @exhibit("mla_cache_bytes", "the RoPE key left out", lambda c: (

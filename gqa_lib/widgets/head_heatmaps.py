@@ -173,6 +173,19 @@ class HeadHeatmapExplorer(widgets.VBox):
                 "n_tokens": len(tokens), "n_tokens_in_text": capped.n_tokens, "kv_head": head // self.group_size,
                 "diversity": self.diversity(text, layer)}
 
+    def sharing(self, n_heads: int, head: int | None) -> str:
+        """The readout's line on which query heads read which KV head: for ``head``, or for every head (None)."""
+        g = self.group_size
+
+        def group(kv: int) -> str:
+            return ", ".join(map(str, range(kv * g, (kv + 1) * g)))
+
+        if head is not None:
+            return (f"SmolLM2 is GQA: query head {head} reads KV head {head // g}, shared by query heads "
+                    f"{group(head // g)}.")
+        groups = "; ".join(f"query heads {group(kv)} read KV head {kv}" for kv in range(n_heads // g))
+        return f"SmolLM2 is GQA: {groups} (each panel's title names its KV head)."
+
     def kept_bytes(self) -> int:
         """Bytes of the tensors the widget keeps between updates (the maps of the last few texts)."""
         return sum(s.weights.numel() * s.weights.element_size() for s in self._sentence.values())
@@ -197,18 +210,16 @@ class HeadHeatmapExplorer(widgets.VBox):
         tokens, weights, capped = self._layer_maps(text)
         layer, head = self.layer.value, self.head.value
         v = self.readout_values()
-        g = self.group_size
-        shared = ", ".join(map(str, range(v["kv_head"] * g, (v["kv_head"] + 1) * g)))
         if v["diversity"] is None:
             diversity = (f"Head diversity of layer {layer}: needs at least two tokens (this text has "
                          f"{len(tokens)}): the first token can only look at itself, in every head.")
         else:
             diversity = (f"Head diversity of layer {layer}: <b>{v['diversity']:.3f}</b> (mean Jensen-Shannon "
                          f"distance over pairs of its {weights.shape[1]} heads; 0 = identical maps, 1 = no overlap)")
+        shown = f"all {weights.shape[1]} query heads" if v["all_heads"] else f"query head {head}"
         self.readout.value = (
-            f"Layer {layer}, query head {head} &middot; {len(tokens)} token{'s' if len(tokens) != 1 else ''}"
-            f"{cut_note(capped)}<br>{diversity}<br>"
-            f"SmolLM2 is GQA: query head {head} reads KV head {v['kv_head']}, shared by query heads {shared}."
+            f"Layer {layer}, {shown} &middot; {len(tokens)} token{'s' if len(tokens) != 1 else ''}"
+            f"{cut_note(capped)}<br>{diversity}<br>{self.sharing(weights.shape[1], None if v['all_heads'] else head)}"
         )
         self.image.value = self._draw(tokens, weights[layer], layer, head)
         self.last_update_s = time.perf_counter() - start

@@ -9,12 +9,14 @@
 
 - ``executed``: on first use, every notebook of the series is opened in its own tab and run
   (Run > Run All Cells) at once, at this machine's full kernel width; ``executed(name)`` waits for that
-  one. The notebooks' run-all tests (errors, widgets drawn, checked outputs) are ordered first, so
-  the latency tests and interactions run once no notebook is running.
-- With GQA_BROWSER_SHARD=i/n (``make browser-tests`` runs 0/2 and 1/2 side by side) a process runs only its
-  share of the notebooks (series.py). The latency tests come right after the run-all checks, at the
-  widgets' first state; they wait (``quiet_machine``) until every process has run all its notebooks, and
-  the processes take turns timing while the others wait, so nothing else competes with a timed key press.
+  one. The tests go notebook by notebook, in the order the Run Alls should finish (their stored run
+  times): a notebook's run-all checks (errors, widgets drawn, checked outputs), then its interactions and
+  text walks, which mostly wait for the browser and so overlap the Run Alls of the notebooks still running.
+- The latency tests come last, at the state the text walks leave (every slider at its maximum, every
+  dropdown at its last option): they wait (``quiet_machine``) until every process has done all its other
+  tests, and with GQA_BROWSER_SHARD=i/n (``make browser-tests`` runs 0/2 and 1/2 side by side, each with its
+  share of the notebooks, series.py) the processes take turns timing while the others wait, so nothing
+  else competes with a timed key press.
 Any request the page makes to a host other than 127.0.0.1 fails the session.
 """
 
@@ -36,7 +38,7 @@ from pathlib import Path
 import pytest
 from lab_page import NO_MOTION_SCRIPT, NotebookPage
 from lab_settings import make_lab_home
-from series import ALL_NOTEBOOKS, NOTEBOOKS, ROOT, SHARD, SHARDS, in_this_shard
+from series import ALL_NOTEBOOKS, NOTEBOOKS, ROOT, SHARD, SHARDS, in_this_shard, stored_run_seconds
 
 BUILD = ROOT / "build"
 SCREENSHOTS = BUILD / "screenshots"
@@ -210,14 +212,27 @@ LATENCY_TEST = "test_keyboard_latency"
 
 
 def pytest_collection_modifyitems(config, items):
-    """This process's share of the notebooks only (series.py); run-all checks first (they start every
-    notebook), then the latency tests at the notebooks' first state, then the interactions and walks."""
+    """This process's share of the notebooks only (series.py), notebook by notebook in the order their Run
+    Alls should finish (the first test starts every notebook): run-all checks, interactions, text walks;
+    then the latency tests, at the state the walks leave."""
     if SHARDS > 1:
         kept = [item for item in items if in_this_shard(_notebook_of(item))]
         config.hook.pytest_deselected(items=[item for item in items if item not in kept])
         items[:] = kept
+    # Notebook by notebook, in the order their Run Alls should finish (the stored run times): a notebook's
+    # interactions and text walks, which mostly wait for the browser, then overlap the Run Alls still going.
+    # Tests of no notebook come after the first notebook's; the latency tests come last of all.
+    finish = sorted((n for n in ALL_NOTEBOOKS if in_this_shard(n)), key=lambda n: stored_run_seconds(NOTEBOOKS / n))
     first = ("test_runs_without_errors_and_draws_widgets", "test_checked_outputs_hold_at_full_width")
-    items.sort(key=lambda item: 0 if item.originalname in first else 1 if item.originalname == LATENCY_TEST else 2)
+
+    def place(item) -> tuple[float, int]:
+        if item.originalname == LATENCY_TEST:
+            return (len(finish) + 1, 0)
+        name = _notebook_of(item)
+        group = finish.index(name) if name in finish else 0.5
+        return (group, 0 if item.originalname in first else 1)
+
+    items.sort(key=place)  # a stable sort: within a notebook, the files' own order (text walks last)
     latency = [item.nodeid for item in items if item.originalname == LATENCY_TEST]
     _LAST_LATENCY_TEST[:] = latency[-1:]
     if SHARDS > 1 and not latency:  # nothing to time here: the others need not wait for this process
@@ -241,16 +256,17 @@ def _say(name: str) -> None:
 
 @pytest.fixture(scope="session")
 def quiet_machine(executed):
-    """Before the first latency measurement of this process: every process has run all its notebooks, and
-    the processes before this one have done their timing. While one process times key presses, the others
-    wait (``pytest_runtest_teardown``), so no other work competes with a timed key press."""
+    """Before the first latency measurement of this process (the latency tests run last): every process has
+    run all its notebooks and done its other tests, and the processes before this one have done their timing.
+    While one process times key presses, the others wait (``pytest_runtest_teardown``), so no other work
+    competes with a timed key press."""
     if SHARDS == 1:
         return
     for name in ALL_NOTEBOOKS:
         if in_this_shard(name):
             executed(name)
     _say("run-all-done")
-    _wait_for([SHARD_FILES / f"run-all-done-{i}" for i in range(SHARDS)], "every process's Run All")
+    _wait_for([SHARD_FILES / f"run-all-done-{i}" for i in range(SHARDS)], "every process's other tests")
     _wait_for([SHARD_FILES / f"latency-done-{i}" for i in range(SHARD)], "the other processes' timing")
 
 

@@ -44,6 +44,20 @@ def widget_calls(path) -> list[str]:
     return [name for name in shown if name]
 
 
+def stored_run_seconds(path) -> float:
+    """Seconds the notebook's cells took when ``make notebooks`` last ran it (their execution timestamps),
+    0.0 where none are stored: which notebooks a Run All finishes first."""
+    from datetime import datetime
+
+    total = 0.0
+    for cell in json.loads(path.read_text())["cells"]:
+        run = cell.get("metadata", {}).get("execution", {})
+        start, end = run.get("iopub.execute_input"), run.get("shell.execute_reply")
+        if start and end:
+            total += (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+    return total
+
+
 ALL_NOTEBOOKS = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
 WIDGET_NOTEBOOKS = [name for name in ALL_NOTEBOOKS if widget_calls(NOTEBOOKS / name)]
 

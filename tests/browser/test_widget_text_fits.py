@@ -6,7 +6,8 @@ each toggle button, every piece of widget text (labels, slider readouts, buttons
 a dropdown, HTML readouts) must fit its box and be on top (``NotebookPage.text_problems``) in a
 laptop's window (``WIDTHS[1]``: where a squeezed row of controls covered its slider values), and, after
 Run All and at the end of the walk, in a wide one too (``WIDTHS[0]``).
-The controls are left where the walk ends: this file runs after the others.
+The controls are left where the walk ends: this file runs after the other tests of the notebook, and the
+latency tests, which run last, time key presses from there (conftest.py).
 
 A screenshot of each widget at the end of its walk lands in build/screenshots/.
 """
