@@ -101,7 +101,7 @@ def prose_numbers(markdown: str, names: list[str]) -> list[tuple[str, str]]:
     found = []
     for match in NUMBER.finditer(text):
         before, after = text[:match.start()], text[match.end():]
-        if re.search(r"[A-Za-z][-_:]?$", before):  # glued to a name or identifier: SmolLM2, GPT-2, Q4_1
+        if re.search(r"[A-Za-z][-_:]?\Z", before):  # glued to a name or identifier: SmolLM2, GPT-2, Q4_1
             continue
         if re.match(r"[BM](?![A-Za-z])", after):  # a model size: 70B, 135M
             continue
@@ -235,3 +235,11 @@ def test_trailing_zeros_only_one_way(tmp_path):
     assert offending_numbers(nb, {}, names) == []
     nb = nbformat.read(_tiny_notebook(tmp_path, "A ratio of 3.000."), as_version=4)
     assert len(offending_numbers(nb, {}, names)) == 1
+
+
+def test_a_number_that_starts_a_wrapped_line_is_checked():
+    """A number at the start of a line whose previous line ends in a word is prose, not part of a name: the
+    check for a name glued to the number looks at the characters just before it, across the line break."""
+    assert [n for n, _ in prose_numbers("the base of LLaMA is\n500,000 and SmolLM2's is\n100,000.", [])] == \
+        ["500000", "100000"]
+    assert prose_numbers("SmolLM2 and Q4_1 are names", []) == []
