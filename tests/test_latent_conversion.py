@@ -127,3 +127,32 @@ def test_smollm_at_one_kv_heads_cache_input_weighted_beats_plain(real):
             for name, m in (("plain", None), ("weighted", moments))}
     base = window_losses(decoder, ids).item()
     assert base < loss["weighted"] < loss["plain"]
+
+
+def test_the_shipped_figure_draws_the_paired_differences_not_the_losses():
+    """notebook 07's picture: each conversion's loss above the original with its interval paired by window,
+    exactly the stored delta columns, on a log scale (the differences are all positive)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gqa_lib.experiments import results
+    from gqa_lib.pictures.latent_conversion import plot_latent_conversion
+
+    table = results.read_results(results.RESULTS_DIR / "mla_smollm.csv")
+    fig, ax = plt.subplots()
+    plot_latent_conversion(table, ax)
+    drawn = {}
+    for container in ax.containers:  # one ErrorbarContainer per method
+        line, _, (bars,) = container
+        label = container.get_label()
+        for x, y, seg in zip(line.get_xdata(), line.get_ydata(), bars.get_segments(), strict=True):
+            drawn[(label, int(x))] = (float(y), float(seg[0][1]), float(seg[1][1]))
+    converted = table[~table["method"].str.startswith("original")]
+    assert len(drawn) == len(converted)
+    for _, row in converted.iterrows():
+        y, low, high = drawn[(row["method"], int(row["cache_numbers_per_token_layer"]))]
+        assert (y, low, high) == pytest.approx((row["delta_nll"], row["delta_ci_low"], row["delta_ci_high"]))
+    assert ax.get_yscale() == "log" and "paired by window" in ax.get_title()
+    plt.close(fig)

@@ -220,3 +220,19 @@ def test_decode_traffic_and_flops():
     assert explicit == 2 * 1000 * 512 * 128 * 256 + 2 * 128 * 1000 * (192 + 128)
     with pytest.raises(ValueError, match="mode='x'"):
         decode_step_flops(1, 1, 2, 1, 1, 1, "x")
+
+
+def test_tensor_parallel_splits_kv_heads_but_every_device_keeps_the_whole_latent():
+    from gqa_lib.core.mla import tensor_parallel_numbers
+
+    # GQA-8 of 128: 8 KV heads split 8 ways is 1 KV head a device; 16 ways copies each KV head on 2 devices.
+    assert [tensor_parallel_numbers(tp, n_kv_heads=8, head_dim=128) for tp in (1, 2, 8, 16)] == [2048, 1024, 256, 256]
+    assert tensor_parallel_numbers(8, n_kv_heads=128, head_dim=128) == 2 * 16 * 128  # MHA: 16 KV heads a device
+    # MLA: the latent and the RoPE key, on every device, whatever tp is
+    assert {tensor_parallel_numbers(tp, d_c=512, d_rope=64) for tp in (1, 4, 8, 16, 3)} == {576}
+    with pytest.raises(ValueError, match=r"tp=3 must divide n_kv_heads=8 or be a multiple of it"):
+        tensor_parallel_numbers(3, n_kv_heads=8, head_dim=128)
+    with pytest.raises(ValueError, match="not both or neither"):
+        tensor_parallel_numbers(2, n_kv_heads=8, head_dim=128, d_c=512)
+    with pytest.raises(ValueError, match="tp=0"):
+        tensor_parallel_numbers(0, d_c=512, d_rope=64)

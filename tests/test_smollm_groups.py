@@ -97,3 +97,47 @@ def test_column_norm_profiles_are_norms_over_the_head_dimension():
     with pytest.raises(ValueError, match="one Axes per KV head"):
         gp.plot_column_norm_profiles(p, axes[:1])
     plt.close(fig)
+
+
+def test_profiles_weighted_by_the_inputs_are_the_rms_of_each_inputs_contribution():
+    g = torch.Generator().manual_seed(0)
+    blocks = torch.randn(2, 4, 6, generator=g)  # 2 KV heads, head_dim 4, d_model 6
+    x = torch.randn(9, 6, generator=g) * torch.tensor([10.0, 1, 1, 1, 1, 0.1])  # dimension 0 is large
+    p = gp.column_norm_profiles(blocks, inputs=x)
+    for j in range(2):
+        for c in range(6):
+            contribution = x[:, c:c + 1] * blocks[j][:, c]  # (tokens, head_dim): what input c alone adds
+            assert p[j, c] == pytest.approx(float(contribution.pow(2).sum(1).mean().sqrt()), rel=1e-5)
+    rms = x.pow(2).mean(0).sqrt().numpy()  # each input dimension's root mean square over the tokens
+    assert p / gp.column_norm_profiles(blocks) == pytest.approx(np.broadcast_to(rms, (2, 6)), rel=1e-5)
+    with pytest.raises(ValueError, match=r"inputs.shape=\(9, 5\) must be \(tokens, d_model=6\)"):
+        gp.column_norm_profiles(blocks, inputs=x[:, :5])
+
+
+def test_uncorrelated_inputs_make_the_weighted_profile_the_outputs_energy():
+    # Inputs with orthogonal columns: the squared weighted profile adds up to the block's mean output energy.
+    blocks = torch.randn(1, 3, 4, generator=torch.Generator().manual_seed(1))
+    x = torch.diag(torch.tensor([4.0, 2.0, 1.0, 0.5]))  # 4 tokens, each lights one input dimension
+    p = gp.column_norm_profiles(blocks, inputs=x)
+    energy = (x @ blocks[0].T).pow(2).sum(1).mean()
+    assert float((p ** 2).sum()) == pytest.approx(float(energy), rel=1e-5)
+
+
+def test_top_input_share_names_the_largest_entries_and_their_share():
+    p = np.array([[3.0, 0.0, 4.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    share, top = gp.top_input_share(p, k=1)
+    assert share == pytest.approx([16 / 25, 0.25]) and top[0].tolist() == [2]
+    share, top = gp.top_input_share(p, k=2)
+    assert share[0] == 1.0 and top[0].tolist() == [2, 0]
+    with pytest.raises(ValueError, match=r"k=5 must be an integer in 1..4"):
+        gp.top_input_share(p, k=5)
+    with pytest.raises(ValueError, match="profile 0 is all zeros"):
+        gp.top_input_share(np.zeros((1, 3)), k=1)
+
+
+def test_a_weighted_profile_is_labelled_with_what_it_measures():
+    fig, axes = plt.subplots(1, 1)
+    gp.plot_column_norm_profiles(np.ones((1, 5)), axes, name="k_proj", quantity="column norm x input RMS")
+    assert np.atleast_1d(axes)[0].get_ylabel() == "KV head 0\ncolumn norm x input RMS"
+    assert np.atleast_1d(axes)[0].get_title() == "k_proj: column norm x input RMS\nof each input dimension, per KV head"
+    plt.close(fig)

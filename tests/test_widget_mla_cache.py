@@ -107,3 +107,31 @@ def test_the_readout_says_what_an_integer_format_stores():
     assert "Number format: bf16 (2 bytes a number)" in w.readout.value
     w.dtype.value = "int4"
     assert "int4 + one 2-byte scale and one 2-byte minimum per 64 numbers of each cached vector" in w.readout.value
+
+
+def test_every_slider_and_dropdown_at_its_ends_reads_as_sentences():
+    """Each control at its first and last value, one at a time from DeepSeek-V3's shape and from the smallest
+    shape: the readout and the chart's texts read as sentences ('1 KV head', '1 layer', never '1 KV heads'),
+    and a latent wider than MHA's keys and values is said to be larger, not '0.0x smaller'."""
+    from gqa_lib.widgets.mla_cache import SLIDER_RANGES, TOKEN_CHOICES
+
+    for start in ({}, {"n_layers": 1, "n_heads": 1, "n_kv_heads": 1, "head_dim": 16, "d_c": 32, "d_rope": 0}):
+        w = widgets.mla_cache_comparison(**start)
+        ends = {name: (lo, hi) for name, (lo, hi, _) in SLIDER_RANGES.items()}
+        ends |= {"dtype": (w.dtype.options[0], w.dtype.options[-1]), "seq_len": (TOKEN_CHOICES[0], TOKEN_CHOICES[-1]),
+                 "n_kv_heads": (w.n_kv_heads.options[0], w.n_kv_heads.options[-1])}
+        for name, values in ends.items():
+            for value in values:
+                getattr(w, name).value = value
+                shown = w.readout.value + " ".join(w._labels()) + w._title.get_text()
+                for wrong in ("1 KV heads", "1 layers", "1 query heads", "1 numbers", "0.0x", "nan", "inf"):
+                    assert wrong not in shown, (start, name, value, wrong, shown)
+
+
+def test_a_latent_wider_than_mha_is_said_to_be_larger():
+    w = widgets.mla_cache_comparison(n_layers=1, n_heads=1, n_kv_heads=1, head_dim=16, d_c=2048, d_rope=256)
+    assert "72.0x larger" in w.readout.value  # (2048 + 256) / (2 x 16)
+    assert "as many as GQA with <b>72 KV heads</b>" in w.readout.value
+    w.d_c.value, w.d_rope.value = 32, 0  # the latent as wide as MHA's one key and value
+    assert "the same" in w.readout.value and "<b>1 KV head</b> of dim 16" in w.readout.value
+    assert "no RoPE key" in w.readout.value

@@ -76,7 +76,7 @@ def test_builder_rejects_bad_arguments(kwargs, message):
 
 
 def test_one_token_says_two_are_needed_instead_of_nan(explorer):
-    one_token_is_explained(explorer, "Head diversity needs at least two tokens (this text has 1)", "within")
+    one_token_is_explained(explorer, "Head diversity needs at least two tokens (this text has 1 token)", "within")
     explorer.text.value = SENTENCE
 
 
@@ -94,3 +94,19 @@ def test_a_pasted_page_is_cut_before_the_model_and_memory_stays_bounded(explorer
 def test_controls_refuse_values_they_do_not_offer(explorer):
     for control, value, message in not_offered(sliders={"layer": (0, 29)}, choices={"group": (3, "0, 1, 2")}):
         refused_not_clamped(explorer, control, value, message)
+
+
+@pytest.mark.parametrize("text", ["Hello", "Hello there", " ".join(["word"] * (MAX_TOKENS + 1))],
+                         ids=["1 token", "2 tokens", "past the cap"])
+def test_every_control_at_its_ends_reads_as_sentences(explorer, text):
+    """Each control at its first and last value, with the shortest texts and one just past the cap: the readout
+    and the buttons read as sentences ('1 token', never '1 tokens'), with no nan or a ratio of nothing."""
+    explorer.text.value = text
+    for layer in (explorer.layer.min, explorer.layer.max):
+        for group in (0, len(explorer.group.options) - 1):
+            explorer.layer.value, explorer.group.value = layer, group
+            shown = explorer.readout.value + " ".join(label for label, _ in explorer.group.options)
+            for wrong in ("1 tokens", "1 layers", "1 KV heads", "1 query heads", "nan", "inf"):
+                assert wrong not in shown, (text, layer, group, wrong, shown)
+            assert f"Layer {layer}, " in shown
+    explorer.text.value = SENTENCE

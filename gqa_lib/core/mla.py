@@ -283,3 +283,33 @@ def decode_step_flops(n_heads: int, d_c: int, d_rope: int, head_dim: int, v_head
         return 2 * n_heads * seq_len * ((d_c + d_rope) + d_c)  # scores in latent space + weighted sum of latents
     rebuild = 2 * seq_len * d_c * n_heads * (head_dim + v_head_dim)
     return rebuild + 2 * n_heads * seq_len * ((head_dim + d_rope) + v_head_dim)
+
+
+def tensor_parallel_numbers(tp: int, *, n_kv_heads: int | None = None, head_dim: int | None = None,
+                            d_c: int | None = None, d_rope: int = 0) -> int:
+    """Numbers per token and layer that each of ``tp`` devices caches when a layer's query heads are split
+    ``tp`` ways (tensor parallelism).
+
+    MHA, GQA, MQA (give ``n_kv_heads`` and ``head_dim``): a device keeps the key and value of the KV heads its
+    query heads read, ``n_kv_heads / tp`` of them, and at least one whole KV head: with more devices than
+    KV heads, each KV head is copied on ``tp / n_kv_heads`` devices. ``tp`` must divide ``n_kv_heads`` or be
+    a multiple of it, so that every device's query heads read whole KV heads.
+
+    MLA (give ``d_c`` and ``d_rope``): every head's key and value are rebuilt from the same latent, and every
+    head scores the same RoPE key, so there is nothing to split by head: each device keeps all
+    ``d_c + d_rope`` numbers, whatever ``tp`` is.
+    """
+    check_positive_int("tp", tp)
+    if (n_kv_heads is None) == (d_c is None):
+        raise ValueError("give n_kv_heads and head_dim (MHA, GQA, MQA) or d_c and d_rope (MLA), not both or neither")
+    if d_c is not None:
+        check_positive_int("d_c", d_c)
+        if isinstance(d_rope, bool) or not isinstance(d_rope, int) or d_rope < 0:
+            raise ValueError(f"d_rope={d_rope!r} must be a non-negative integer")
+        return d_c + d_rope
+    check_positive_int("n_kv_heads", n_kv_heads)
+    check_positive_int("head_dim", head_dim)
+    if n_kv_heads % tp and tp % n_kv_heads:
+        raise ValueError(f"tp={tp} must divide n_kv_heads={n_kv_heads} or be a multiple of it "
+                         "(else a device's query heads would read part of a KV head)")
+    return 2 * max(n_kv_heads // tp, 1) * head_dim  # a key and a value per KV head kept

@@ -7,6 +7,8 @@
   comparison (notebook 08).
 - ``t_975``: Student's t quantile for 95% intervals over seeds (the KV-head sweep of notebook 06).
 - ``holm``: Holm's step-down adjustment for a family of tests (Holm 1979).
+- ``paired_ratio``: a ratio of paired timings (rep by rep) with its t interval on the log scale (notebook 06's
+  speed-ups and shares of a bound).
 """
 
 from __future__ import annotations
@@ -85,3 +87,31 @@ def holm(p_values: list[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p_values[i]))
         adjusted[i] = running
     return adjusted
+
+
+def paired_ratio(numerator, denominator, confidence: float = 0.95, threshold: float | None = None) -> dict:
+    """How many times ``numerator`` is ``denominator``, from paired positive values (timings of the same rep).
+
+    The ratio is the geometric mean of the per-pair ratios, and its interval is Student's t interval on their
+    logarithms, turned back into a ratio: a ratio of timings is multiplicative, and pairing each rep of one
+    with the rep of the other made next to it cancels what slowed or sped up both (another program, the
+    clock). Returns {'ratio', 'low', 'high', 'n', 'confidence'} and, with ``threshold``, 'p_at_most': the
+    one-sided p-value of "the true ratio is at most ``threshold``" (small: the data say it is above).
+    With fewer than 2 pairs there is no interval and ValueError says so.
+    """
+    a = per_window("numerator", numerator)
+    b = per_window("denominator", denominator, len(a))
+    if (a <= 0).any() or (b <= 0).any():
+        raise ValueError("paired_ratio needs positive values (timings); got a value at or below 0")
+    d = np.log(a) - np.log(b)
+    n, mean = len(d), float(d.mean())
+    se = float(d.std(ddof=1) / np.sqrt(n))
+    t = float(scipy.stats.t.ppf(0.5 + confidence / 2, n - 1))
+    out = {"ratio": float(np.exp(mean)), "low": float(np.exp(mean - t * se)), "high": float(np.exp(mean + t * se)),
+           "n": n, "confidence": confidence}
+    if threshold is not None:
+        if se == 0:
+            out["p_at_most"] = 0.0 if mean > np.log(threshold) else 1.0
+        else:
+            out["p_at_most"] = float(scipy.stats.t.sf((mean - np.log(threshold)) / se, n - 1))
+    return out

@@ -2,40 +2,54 @@
 
 from __future__ import annotations
 
+DIFFERENCE_COLUMNS = ("delta_nll", "delta_ci_low", "delta_ci_high")
+
 
 def plot_latent_conversion(table, ax=None):
-    """Held-out loss against cache per token and layer, with 95% intervals, from ``data/results/mla_smollm.csv``.
+    """Each conversion's loss increase over the original model, with its paired 95% interval, against the cache.
 
-    ``table``: the DataFrame of ``gqa_lib.experiments.results.read_results``. The latents at full rank (384) are the
-    original model exactly (tested), so their lines end at the original's point. Error bars are the
-    stored bootstrap intervals; matplotlib draws them as given (seaborn would recompute intervals from raw
-    data, which the file does not hold).
+    ``table``: the DataFrame of ``gqa_lib.experiments.results.read_results`` on ``data/results/mla_smollm.csv``.
+    What is drawn is ``delta_nll``, the mean over evaluation windows of (the converted model's loss - the
+    original's loss on the same window), and its interval ``delta_ci_low``..``delta_ci_high``: a bootstrap
+    over the windows of those per-window differences (``gqa_lib.experiments.stats.bootstrap_mean`` with a
+    baseline), so the variation between windows, which both models share, cancels. Two intervals of the
+    losses drawn side by side would hide that pairing and look far wider. The original is the zero line,
+    which a log scale cannot show; every difference in the file is positive. Matplotlib draws the stored
+    intervals as given (seaborn would recompute intervals from raw data, which the file does not hold).
     """
     import matplotlib.pyplot as plt
 
     from gqa_lib.pictures.style import NEUTRAL, PALETTE
 
+    missing = [c for c in (*DIFFERENCE_COLUMNS, "method", "cache_numbers_per_token_layer", "kv_heads_equivalent")
+               if c not in table.columns]
+    if missing:
+        raise ValueError(f"table has no column(s) {', '.join(missing)}: read data/results/mla_smollm.csv with "
+                         "gqa_lib.experiments.results.read_results")
+    converted = table[~table["method"].str.startswith("original")]
+    if (converted["delta_ci_low"] <= 0).any():
+        raise ValueError("a difference interval reaches 0 or below, which the log scale cannot draw")
     if ax is None:
         _, ax = plt.subplots(figsize=(7.5, 4.4))
-    original = table[table["method"].str.startswith("original")].iloc[0]
-    styles = {"latent, plain SVD": (NEUTRAL, "s--"), "latent, input-weighted SVD": (PALETTE["MLA"], "o-")}
+    styles = {"latent, plain SVD": (NEUTRAL, "s--"), "latent, input-weighted SVD": (PALETTE["MLA"], "o-"),
+              "mean-pooled to 1 KV head": (PALETTE["MQA"], "v")}
     for method, (colour, fmt) in styles.items():
-        part = table[table["method"] == method].sort_values("cache_numbers_per_token_layer")
-        x = [*part["cache_numbers_per_token_layer"], original["cache_numbers_per_token_layer"]]
-        y = [*part["val_nll"], original["val_nll"]]
-        low = [*(part["val_nll"] - part["ci_low"]), 0.0]
-        high = [*(part["ci_high"] - part["val_nll"]), 0.0]
-        ax.errorbar(x, y, yerr=[low, high], fmt=fmt, color=colour, capsize=4, lw=1.8, label=method)
-    for name, colour, marker in (("original", PALETTE["GQA"], "D"), ("mean-pooled", PALETTE["MQA"], "v")):
-        r = table[table["method"].str.startswith(name)].iloc[0]
-        ax.errorbar([r["cache_numbers_per_token_layer"]], [r["val_nll"]],
-                    yerr=[[r["val_nll"] - r["ci_low"]], [r["ci_high"] - r["val_nll"]]], fmt=marker, color=colour,
-                    ms=8, capsize=4, label=r["method"])
-    ticks = table.drop_duplicates("cache_numbers_per_token_layer").sort_values("cache_numbers_per_token_layer")
+        part = converted[converted["method"] == method].sort_values("cache_numbers_per_token_layer")
+        if part.empty:
+            continue
+        y = part["delta_nll"]
+        below, above = y - part["delta_ci_low"], part["delta_ci_high"] - y
+        ax.errorbar(part["cache_numbers_per_token_layer"], y, yerr=[below, above], fmt=fmt, color=colour, ms=7,
+                    capsize=4, lw=1.8, label=method)
+    ticks = converted.drop_duplicates("cache_numbers_per_token_layer").sort_values("cache_numbers_per_token_layer")
     ax.set_xticks(ticks["cache_numbers_per_token_layer"],
                   [f"{t}\n(= {h:g} KV head{'s' if h != 1 else ''})" for t, h in
                    zip(ticks["cache_numbers_per_token_layer"], ticks["kv_heads_equivalent"], strict=True)])
-    ax.set(xlabel="numbers cached per token and layer", ylabel="held-out loss (nats per token)",
-           title="SmolLM2-135M, every layer converted, no training")
+    lo, hi = ticks["cache_numbers_per_token_layer"].min(), ticks["cache_numbers_per_token_layer"].max()
+    ax.set_xlim(lo - 0.35 * (hi - lo), hi + 0.35 * (hi - lo))
+    ax.set(yscale="log", xlabel="numbers cached per token and layer",
+           ylabel="loss above the original (nats per token, log)",
+           title="SmolLM2-135M, every layer converted, no training:\n"
+                 "loss increase over the original, paired by window (95% bootstrap intervals)")
     ax.legend(fontsize=8)
     return ax

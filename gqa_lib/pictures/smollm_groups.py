@@ -82,22 +82,58 @@ def plot_within_across(within, across, ax, layer_label: str = "layer"):
     return ax
 
 
-def column_norm_profiles(blocks) -> np.ndarray:
+def column_norm_profiles(blocks, inputs=None) -> np.ndarray:
     """(n_kv_heads, d_model): how strongly each KV head's projection reads each input dimension.
 
     ``blocks``: (n_kv_heads, head_dim, d_model), e.g. ``smollm.projection_blocks(layer, 'k_proj')``.
-    Entry (j, c) is the Euclidean norm of input column c over KV head j's head_dim rows.
+    Entry (j, c) is the Euclidean norm of input column c over KV head j's head_dim rows: the weights
+    alone, as if every input dimension were equally large.
+
+    ``inputs``: optional (tokens, d_model), the real inputs of the projection. Each column norm is then
+    multiplied by the root mean square of its input dimension over the tokens, which makes entry (j, c)
+    the root mean square, over the tokens, of the norm of what input c alone adds to KV head j's output
+    (``||W_j[:, c]|| * rms(x_c)``). Squared, it is input c's share of that output's mean energy, exactly so
+    where the input dimensions are uncorrelated.
     """
     b = _as_array(blocks, "blocks")
     if b.ndim != 3:
         raise ValueError(f"blocks.shape={b.shape} must be (n_kv_heads, head_dim, d_model)")
-    return np.linalg.norm(b, axis=1)
+    norms = np.linalg.norm(b, axis=1)  # (n_kv_heads, d_model)
+    if inputs is None:
+        return norms
+    x = _as_array(inputs, "inputs")
+    if x.ndim != 2 or x.shape[1] != b.shape[2] or x.shape[0] == 0:
+        raise ValueError(f"inputs.shape={x.shape} must be (tokens, d_model={b.shape[2]}) with at least one token")
+    if not np.isfinite(x).all():
+        raise ValueError("inputs must be finite")
+    return norms * np.sqrt(np.mean(np.square(x, dtype=np.float64), axis=0))[None, :]
 
 
-def plot_column_norm_profiles(profiles, axes, name: str = "k_proj"):
+def top_input_share(profiles, k: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """The share of each profile's energy (sum of squares) held by its ``k`` largest entries, and which they are.
+
+    ``profiles``: (n_kv_heads, d_model) from :func:`column_norm_profiles`. Returns ``share`` (n_kv_heads,) in
+    0..1 and ``top`` (n_kv_heads, k), the input dimensions of the k largest entries, largest first.
+    """
+    p = _as_array(profiles, "profiles")
+    if p.ndim != 2:
+        raise ValueError(f"profiles.shape={p.shape} must be (n_kv_heads, d_model)")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= p.shape[1]:
+        raise ValueError(f"k={k!r} must be an integer in 1..{p.shape[1]} (the input dimensions)")
+    energy = np.square(p, dtype=np.float64)
+    top = np.argsort(-energy, axis=1, kind="stable")[:, :k]
+    total = energy.sum(axis=1)
+    if (total == 0).any():
+        raise ValueError(f"profile {int(np.flatnonzero(total == 0)[0])} is all zeros: it has no energy to share")
+    return np.take_along_axis(energy, top, axis=1).sum(axis=1) / total, top
+
+
+def plot_column_norm_profiles(profiles, axes, name: str = "k_proj", quantity: str = "column norm"):
     """One panel per KV head: its column-norm profile over the input dimensions (``column_norm_profiles``).
 
     ``axes``: one matplotlib Axes per KV head, stacked; they share the y scale so heights compare.
+    ``quantity``: what a bar measures, for the labels ("column norm", or "column norm x input RMS" for
+    profiles weighted by the inputs).
     """
     p = _as_array(profiles, "profiles")
     axes = list(np.atleast_1d(axes))
@@ -108,7 +144,7 @@ def plot_column_norm_profiles(profiles, axes, name: str = "k_proj"):
         ax.fill_between(range(p.shape[1]), p[j], color=KV_HEAD_COLORS[j % len(KV_HEAD_COLORS)], lw=0.6, step="mid")
         ax.set_ylim(0, top)
         ax.set_xlim(-0.5, p.shape[1] - 0.5)
-        ax.set_ylabel(f"KV head {j}\ncolumn norm", rotation=0, ha="right", va="center")
-    axes[0].set_title(f"{name}: norm of each input column, per KV head")
+        ax.set_ylabel(f"KV head {j}\n{quantity}", rotation=0, ha="right", va="center")
+    axes[0].set_title(f"{name}: {quantity}\nof each input dimension, per KV head")
     axes[-1].set_xlabel(f"input dimension (d_model = {p.shape[1]})")
     return axes

@@ -60,6 +60,22 @@ def cache_per_token(n_layers: int, n_heads: int, n_kv_heads: int, head_dim: int,
     }
 
 
+def versus_mha(ratio: float) -> str:
+    """A readout cell for MHA's bytes / a kind's bytes: '16.0x smaller', 'the same' or '72.0x larger'.
+
+    A ratio below 1 (an MLA latent wider than MHA's keys and values, possible with one small head) is said
+    as 'larger', not as '0.0x smaller'.
+    """
+    if ratio == 1:
+        return "the same"
+    return f"{ratio:.1f}x smaller" if ratio > 1 else f"{1 / ratio:.1f}x larger"
+
+
+def as_gqa_kv_heads(n: float) -> str:
+    """MLA's cache as a number of GQA KV heads: '1 KV head', '3 KV heads', '2.25 KV heads'."""
+    return plural(int(n), "KV head") if n == int(n) else f"{n:.2f} KV heads"
+
+
 class MLACacheComparison(widgets.VBox):
     """Controls ``.n_layers .n_heads .n_kv_heads .head_dim .d_c .d_rope .dtype .seq_len``; ``.readout``; ``.image``."""
 
@@ -189,13 +205,15 @@ class MLACacheComparison(widgets.VBox):
         rows = "".join(
             f"<tr><td style='color:{PALETTE[k]}'><b>{k}</b></td><td>{per[k]:,} B</td>"
             f"<td>{auto_format_bytes(tot[k])} = {auto_format_bytes(tot[k], binary=True)}</td>"
-            f"<td>{v['vs_mha'][k]:.1f}x</td></tr>" for k in KINDS)
+            f"<td>{versus_mha(v['vs_mha'][k])}</td></tr>" for k in KINDS)
+        rope = (f"the latent ({self.d_c.value:,}) and the RoPE key ({self.d_rope.value:,})" if self.d_rope.value
+                else f"the latent ({self.d_c.value:,}) and no RoPE key")
         self.readout.value = (
             "<table><tr><th>kind</th><th>per token</th>"
-            f"<th>at {n:,} tokens (GB = 10^9 B, GiB = 2^30 B)</th><th>smaller than MHA</th></tr>"
+            f"<th>at {n:,} tokens (GB = 10^9 B, GiB = 2^30 B)</th><th>against MHA</th></tr>"
             f"{rows}</table>"
-            f"MLA caches {self.d_c.value} + {self.d_rope.value} numbers per layer: as much as GQA with "
-            f"<b>{v['mla_as_gqa_kv_heads']:.2f}</b> KV heads of dim {self.head_dim.value}. "
+            f"MLA caches {plural(self.d_c.value + self.d_rope.value, 'number')} per layer, {rope}: as many as "
+            f"GQA with <b>{as_gqa_kv_heads(v['mla_as_gqa_kv_heads'])}</b> of dim {self.head_dim.value}. "
             f"KV heads offered: divisors of {self.n_heads.value}. "
             f"Number format: {element_of(self.dtype.value).describe('numbers of each cached vector')}.")
         self.image.value = self._draw(per)

@@ -28,6 +28,7 @@ from gqa_lib.models.catalog import get_model
 from gqa_lib.pictures.style import DIVERGING_CMAP, HEATMAP_CMAP
 from gqa_lib.widgets.blit import BlitFigure
 from gqa_lib.widgets.controls import StrictToggleButtons
+from gqa_lib.widgets.text import plural
 from gqa_lib.widgets.token_cap import MAX_TOKENS, CappedText, KeptTexts, cap_text, cut_note, sentence_and_layer
 
 DEFAULT_TEXT = smollm.PROMPTS["sentences"]["fox"]
@@ -218,16 +219,19 @@ class SmollmGroupExplorer(widgets.VBox):
         heads = ", ".join(map(str, v["query_heads"]))
         same = "identical" if v["kv_identical_in_group"] else "NOT identical"
         if v["within"] is None:
-            diversity = ("Head diversity needs at least two tokens (this text has 1): the first token can only look "
-                         "at itself, in every head.")
+            diversity = (f"Head diversity needs at least two tokens (this text has {plural(v['n_tokens'], 'token')}): "
+                         "the first token can only look at itself, in every head.")
         else:
+            # Every head attending alike (distance 0 across groups too) leaves no ratio to give.
+            ratio = (f" (within / across = {v['within'] / v['across']:.2f})" if v["across"] > 0
+                     else " (every pair attends alike: no ratio)")
             diversity = (
                 f"Head diversity (mean Jensen-Shannon distance between two heads' attention rows; 0 = same maps, "
                 f"1 = no overlap): pairs inside group {v['group']}: <b>{v['group_within']:.3f}</b>; "
                 f"all pairs sharing a KV head: <b>{v['within']:.3f}</b>; pairs in different groups: "
-                f"<b>{v['across']:.3f}</b> (within / across = {v['within'] / v['across']:.2f}).")
+                f"<b>{v['across']:.3f}</b>{ratio}.")
         self.readout.value = (
-            f"Layer {v['layer']}, {v['n_tokens']} token{'s' if v['n_tokens'] != 1 else ''}"
+            f"Layer {v['layer']}, {plural(v['n_tokens'], 'token')}"
             f"{cut_note(self._sentence(text).capped)}. Query heads {heads} read the same K and V "
             f"(checked: {same}).<br>{diversity}"
         )
