@@ -324,7 +324,7 @@ def shrink_bad_inputs(which: str):
         ]
     if which == "bits":
         return [
-            BadInput("2 bits", lambda: CachePolicy(bits=2), ValueError, "bits=2", r"one of \(8, 4\)"),
+            BadInput("3 bits", lambda: CachePolicy(bits=3), ValueError, "bits=3", r"one of \(8, 4, 2\)"),
             BadInput("an unknown axis", lambda: CachePolicy(bits=8, axis="head"), ValueError, "axis='head'",
                      "must be one of"),
             BadInput("a block of 0 tokens", lambda: CachePolicy(bits=4, axis="channel", block=0), ValueError,

@@ -226,7 +226,8 @@ PROBED = [
     ("cache_pareto", "--window 8193", ["argument --window", "8193 is not valid", "8192 or less"]),
     ("cache_pareto", "--window 256 --score-from 32", ["--score-from 32", "smallest valid --score-from is 64"]),
     ("cache_pareto", "--sliding 32", ["--sliding 32 with --sinks 4", "one KIVI block of 64", "at least 61"]),
-    ("cache_pareto", "--sliding 256 2048", ["--sliding 2048", "--score-from=1024", "largest valid --sliding is 1024"]),
+    ("cache_pareto", "--sliding 256 2048", ["--sliding 2048", "--score-from=512", "largest valid --sliding is 512"]),
+    ("cache_pareto", "--budget 600", ["--budget 600", "--score-from=512", "largest valid --budget is 512"]),
     ("cache_pareto", "--ranks 385", ["argument --ranks", "385 is not valid", "1 or more and 384 or less"]),
     ("cache_pareto", "--ranks 64 64", ["--ranks 64 is given twice"]),
     ("cache_pareto", "--eval-windows 40 --window 8192 --allow-other-corpus", ["40 validation windows of 8192 tokens"]),
@@ -266,7 +267,8 @@ def test_good_bounds_pass(tmp_path):
     out = ["--out", str(tmp_path / "r.csv")]
     mla, pareto, conversion = _load("mla_smollm"), _load("cache_pareto"), _load("convert_smollm")
     assert mla.parse_args(["--window", "8192", "--ranks", "1", "383", "--seed", "0", *out]).ranks == [1, 383]
-    args = pareto.parse_args(["--window", "66", "--score-from", "64", "--sliding", "61", "64", "--ranks", "384", *out])
+    args = pareto.parse_args(["--window", "66", "--score-from", "64", "--sliding", "61", "64", "--ranks", "384",
+                              "--budget", "64", *out])
     assert (args.window, args.score_from, args.ranks) == (66, 64, [384])
     assert conversion.parse_args(["--window", "8192", *out]).window == 8192
     assert _load("decode_attention").parse_args(["--flush-factor", "2.5", "--threads", "1", *out]).flush_factor == 2.5
@@ -376,6 +378,10 @@ def _stand_ins(command: str, module, monkeypatch, rows: list[dict]) -> list[str]
     monkeypatch.setattr(gqa_lib.models.smollm, "load_smollm",
                         lambda: (SimpleNamespace(config=SimpleNamespace(vocab_size=49152)), None))
     monkeypatch.setattr(bench_cli, "load_corpus", lambda strict: _corpus())
+    if command == "cache_pareto":
+        # An older shipped table lacks the eviction columns; a row that evicts nothing reads what it stores.
+        rows = [{"read_bytes_per_token": r["kv_bytes_per_token"], "newest_bf16": False, "fp8": "", "fp8_scale": "",
+                 "evicts": False, "score_from": r["context"] // 2, "data": "none", "data_tokens": 0, **r} for r in rows]
     if command in ("mla_smollm", "cache_pareto"):
         monkeypatch.setattr(module, "run", lambda args, model, tok, corpus: rows)
     elif command == "convert_smollm":

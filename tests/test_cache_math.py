@@ -165,8 +165,9 @@ def test_one_64_number_int8_vector_costs_the_same_in_notebooks_01_03_and_08():
 
 def test_element_type_refuses_what_it_cannot_store():
     assert set(ELEMENT_BITS) == {"fp32", "fp16", "bf16", "fp8", "int8", "int4"}
-    with pytest.raises(ValueError, match=r"element='int2' is not known \(valid: fp32, fp16, bf16, fp8, int8, int4\)"):
-        ElementType("int2")
+    with pytest.raises(ValueError, match=r"element='int3' is not known \(valid: fp32, fp16, bf16, fp8, int8, int4; "
+                                         r"simulated caches also: int2, fp8_e4m3, fp8_e5m2\)"):
+        ElementType("int3")
     with pytest.raises(ValueError, match=r"element='bf16' stores no scales; scale_group applies only to int8"):
         ElementType("bf16", scale_group=32)
     with pytest.raises(ValueError, match=r"element='fp8' stores no scales; minimum applies only to int8"):
@@ -262,3 +263,26 @@ def test_a_sharing_group_keeps_what_its_most_demanding_layer_reads():
     # sharing never costs more than not sharing, and never less than the layers that must see everything
     unshared = dataclasses.replace(recipe, share_every=1)
     assert globals_alone <= recipe.cache_bytes(32_768) <= unshared.cache_bytes(32_768)
+
+
+def test_fp8_caches_store_a_byte_a_number_and_their_scales_where_they_live():
+    e4m3 = ElementType("fp8_e4m3")  # default: a float32 scale per K and per V tensor of a layer
+    assert (e4m3.vector_bytes(64), e4m3.fixed_bytes(3), e4m3.bits) == (64, 2 * 4, 8)
+    per_head = ElementType("fp8_e5m2", fp8_scale="head")
+    assert (per_head.vector_bytes(64), per_head.fixed_bytes(3)) == (64, 2 * 3 * 4)
+    # DeepSeek's FP8 latent: 512 numbers in FP8 with a float32 scale per 128, the 64-number RoPE key in bf16
+    latent = ElementType("fp8_e4m3", fp8_scale="group")
+    assert latent.vector_bytes(512) + ElementType("bf16").vector_bytes(64) == 656
+    assert ElementType("bf16").vector_bytes(512 + 64) == 1152
+    assert latent.vector_bytes(512 + 64) == 576 + 5 * 4  # the RoPE key quantized too
+    assert "one 4-byte scale per 128 channels" in latent.describe()
+    assert ElementType("int8").fixed_bytes(3) == 0 and ElementType("bf16").fixed_bytes(3) == 0
+    assert ElementType("int2").vector_bytes(64) == 16 + 4  # KIVI's 2 bits, scale and minimum counted
+    with pytest.raises(ValueError, match=r"fp8_scale='layer' must be one of"):
+        ElementType("fp8_e4m3", fp8_scale="layer")
+    with pytest.raises(ValueError, match=r"scale_group=64 applies only to fp8_scale='group'"):
+        ElementType("fp8_e4m3", scale_group=64)
+    with pytest.raises(ValueError, match=r"fp8_scale applies only to"):
+        ElementType("int8", fp8_scale="head")
+    with pytest.raises(ValueError, match=r"symmetric"):
+        ElementType("fp8_e5m2", minimum=True)

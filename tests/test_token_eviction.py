@@ -18,8 +18,16 @@ from attention_contract import AttentionContract, BadInput, assert_agree
 
 from gqa_lib.core.attention import GroupedQueryAttention
 from gqa_lib.core.cache_math import ElementType
-from gqa_lib.experiments.cache_shrink import visible
-from gqa_lib.experiments.token_eviction import H2O, KeyNorm, OracleTopK, SnapKV, evicted_attention, kv_bytes
+from gqa_lib.experiments.cache_shrink import ShrunkCacheAttention, visible
+from gqa_lib.experiments.token_eviction import (
+    H2O,
+    EvictedCacheAttention,
+    KeyNorm,
+    OracleTopK,
+    SnapKV,
+    evicted_attention,
+    kv_bytes,
+)
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -316,3 +324,19 @@ def test_a_planted_wrong_policy_fails_the_real_cache_check():
     top = evicted_attention(layer, x, OracleTopK(5)).out
     with pytest.raises(AssertionError, match="the k smallest: .* differ beyond"):
         assert_agree(top, decode_top_k(layer, x, OracleTopK(5), largest=False)[0], F32, "the k smallest")
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("policy", [H2O(8, 4, "query"), SnapKV(10, 20, 4), OracleTopK(6, "kv_sum")], ids=repr)
+def test_the_benchmark_layer_scores_and_attends_with_the_bf16_cache(policy):
+    layer, x = layer_and_input()
+    wrapped = EvictedCacheAttention(layer, policy)
+    want = evicted_attention(layer, x, policy, store_dtype=torch.bfloat16)
+    torch.testing.assert_close(wrapped(x), want.out, rtol=0, atol=0)
+    assert torch.equal(wrapped.last.stored, want.stored) and torch.equal(wrapped.last.read, want.read)
+    assert wrapped.numbers_per_token() == 2 * KV_HEADS * HEAD_DIM
+    # Nothing evicted, the bf16 cache is cache_shrink's unshrunk one: the eviction rows start from the original row.
+    whole = EvictedCacheAttention(layer, H2O(SEQ, 0))(x)
+    torch.testing.assert_close(whole, ShrunkCacheAttention(layer)(x), rtol=1e-5, atol=1e-6)
+    with pytest.raises(TypeError, match="policy=str"):
+        EvictedCacheAttention(layer, "h2o")

@@ -4,14 +4,16 @@ import math
 
 import pytest
 
-from gqa_lib.experiments.cache_pareto import best_within, bytes_per_token_at
+from gqa_lib.experiments.cache_pareto import best_within, bytes_per_token_at, scored_bytes_per_token
 from gqa_lib.experiments.results import RESULTS_DIR, read_results
 from gqa_lib.widgets import cache_budget_explorer
+from gqa_lib.widgets.cache_budget import measured_near, offered
 from gqa_lib.widgets.controls import NotOffered
 
 pytestmark = pytest.mark.usefixtures("single_thread")  # as in the notebooks: see tests/conftest.py
 TABLE = read_results(RESULTS_DIR / "cache_pareto.csv")
-ROWS = TABLE.to_dict("records")
+OFFERED = offered(TABLE.to_dict("records"))
+ROWS = measured_near(OFFERED, 1024)["rows"]  # the default context's measurement
 
 
 @pytest.fixture
@@ -19,9 +21,11 @@ def widget():
     return cache_budget_explorer(TABLE)
 
 
-def test_bytes_recomputed_at_the_measured_context_match_the_file():
-    for r in ROWS:
-        assert bytes_per_token_at(r, int(r["context"])) == pytest.approx(r["kv_bytes_per_token"], abs=0.05), r["method"]
+@pytest.mark.skipif("score_from" not in TABLE.columns, reason="the shipped cache_pareto.csv predates issue 22's "
+                    "benchmark (bytes averaged over the scored predictions); rerun benchmarks/cache_pareto.py")
+def test_bytes_recomputed_at_the_measured_contexts_match_the_file():
+    for r in OFFERED:
+        assert scored_bytes_per_token(r) == pytest.approx(r["kv_bytes_per_token"], abs=0.05), r["method"]
 
 
 def test_a_window_costs_less_per_token_as_the_context_grows():
@@ -34,13 +38,14 @@ def test_a_window_costs_less_per_token_as_the_context_grows():
 
 def test_default_budget_and_best_choice(widget):
     v = widget.readout_values()
-    assert v["budget"] == pytest.approx(0.02e9 / 2048)
-    by_hand = min((r for r in ROWS if r["kv_bytes_per_token"] <= v["budget"]), key=lambda r: r["val_nll"])
-    assert v["best"]["method"] == by_hand["method"] == best_within(ROWS, v["budget"])["method"]
+    assert v["budget"] == pytest.approx(0.02e9 / 1024)
+    fit = [dict(r, kv_bytes_per_token=bytes_per_token_at(r, 1024)) for r in ROWS if r["source"] != "control"]
+    by_hand = min((r for r in fit if r["kv_bytes_per_token"] <= v["budget"]), key=lambda r: r["val_nll"])
+    assert v["best"]["method"] == by_hand["method"] == best_within(fit, v["budget"])["method"]
     assert by_hand["method"] in widget.readout.value
     assert all(r["bytes_at_context"] <= v["budget"] for r in v["fits"])
     assert all(r["bytes_at_context"] > v["budget"] for r in v["too_big"])
-    assert len(v["fits"]) + len(v["too_big"]) == len(ROWS) - 1  # every method; not the uptraining's control
+    assert len(v["fits"]) + len(v["too_big"]) == len([r for r in ROWS if r["source"] != "control"])  # not the control
     assert all(r["source"] != "control" for r in v["fits"] + v["too_big"])
 
 
@@ -92,3 +97,18 @@ def test_a_table_it_cannot_read_is_named(damage, named):
         cache_budget_explorer(bad)
     with pytest.raises(ValueError, match=named):
         budget_choice(bad.to_dict("records"), 0.02, 2048, 1)
+
+
+def test_the_losses_are_those_measured_nearest_and_the_readout_says_so(widget):
+    lengths = sorted({int(r["context"]) for r in OFFERED})
+    for context in (512, 1024, 2048, 4096, 8192):
+        widget.context.value = context
+        m = widget.readout_values()["measured"]
+        assert m["context"] == min(lengths, key=lambda n: (abs(math.log(context / n)), -n))
+        assert m["inside"] == (m["first"] <= context <= m["context"])
+        said = widget.readout.value
+        if m["inside"]:
+            assert "this context was measured" in said and "Nothing was measured" not in said
+        else:
+            assert f"Nothing was measured at {context:,} tokens" in said and f"{m['context']:,} tokens" in said
+    assert all(str(r.get("evicts", False)) != "True" for r in OFFERED)  # eviction bytes were measured, not computed

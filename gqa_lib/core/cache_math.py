@@ -145,6 +145,14 @@ def auto_format_bytes(n_bytes: float, binary: bool = False, digits: int = 2) -> 
 # Bits per stored number. int8/int4 also store a scale and a minimum per group (ElementType); the others store none.
 ELEMENT_BITS = {"fp32": 32, "fp16": 16, "bf16": 16, "fp8": 8, "int8": 8, "int4": 4}
 QUANTIZED = ("int8", "int4")
+# Formats a simulated cache stores (notebook 08) that the calculators do not offer: KIVI's 2-bit integers, and
+# FP8 with its scales (E4M3: 4 exponent and 3 mantissa bits, largest 448; E5M2: largest 57,344).
+CACHE_ONLY_BITS = {"int2": 2, "fp8_e4m3": 8, "fp8_e5m2": 8}
+FP8_LARGEST = {"fp8_e4m3": 448.0, "fp8_e5m2": 57344.0}
+# Where an FP8 cache's scales live: one per K and one per V tensor of a layer, one per KV head of each, or one per
+# group of ``scale_group`` numbers of every cached vector (DeepSeek's FP8 latent: 128).
+FP8_SCALES = ("tensor", "head", "group")
+_INTEGER = (*QUANTIZED, "int2")
 QUANT_GROUP = 64  # numbers of a cached vector that share one scale and one minimum, by default
 LOCAL, GLOBAL = "L", "G"  # the letters of a layer pattern
 
@@ -180,18 +188,33 @@ class ElementType:
     token; ``cache_shrink.layer_cache_bytes`` prices its key blocks with ``scale_group`` set to the block.
     Float formats store neither; giving them ``scale_group``, ``scale_bytes`` or ``minimum`` raises
     ``ValueError``, and they read back as ``scale_group=None, scale_bytes=0, minimum=False``.
+
+    Formats only a simulated cache stores (``CACHE_ONLY_BITS``, not offered by the calculators): ``int2``
+    (KIVI's 2-bit, priced as int8/int4), and ``fp8_e4m3``/``fp8_e5m2``, 1 byte a number plus scales in
+    ``scale_bytes`` (default 4: float32) placed by ``fp8_scale``: 'tensor' (default; one for a layer's keys and
+    one for its values), 'head' (one per KV head of each) or 'group' (one per ``scale_group`` numbers of every
+    cached vector, default 128, DeepSeek's FP8 latent). Per-tensor and per-head scales are stored once, not per
+    token: :meth:`fixed_bytes` counts them, :meth:`vector_bytes` does not. FP8 is symmetric (no minimum).
     """
 
     name: str = "bf16"
     scale_group: int | None = _UNSET  # numbers that share one scale (and minimum); None: the whole vector
     scale_bytes: int = _UNSET  # bytes of one scale, and of one minimum (2: fp16 or bf16)
     minimum: bool = _UNSET  # True: asymmetric, a minimum (zero point) per group as well as the scale
+    fp8_scale: str | None = _UNSET  # FP8 formats only: 'tensor', 'head' or 'group' (FP8_SCALES)
 
     def __post_init__(self):
-        if self.name not in ELEMENT_BITS:
-            raise ValueError(f"element={self.name!r} is not known (valid: {', '.join(ELEMENT_BITS)})")
+        if self.name not in ELEMENT_BITS and self.name not in CACHE_ONLY_BITS:
+            raise ValueError(f"element={self.name!r} is not known (valid: {', '.join(ELEMENT_BITS)}; "
+                             f"simulated caches also: {', '.join(CACHE_ONLY_BITS)})")
+        if self.name in FP8_LARGEST:
+            self._fp8_defaults()
+            return
+        if self.fp8_scale is not _UNSET:
+            raise ValueError(f"element={self.name!r}: fp8_scale applies only to {' and '.join(FP8_LARGEST)}")
+        object.__setattr__(self, "fp8_scale", None)
         given = [k for k in ("scale_group", "scale_bytes", "minimum") if getattr(self, k) is not _UNSET]
-        if self.name not in QUANTIZED:
+        if self.name not in _INTEGER:
             if given:
                 raise ValueError(f"element={self.name!r} stores no scales; {' and '.join(given)} "
                                  f"appl{'ies' if len(given) == 1 else 'y'} only to {' and '.join(QUANTIZED)}")
@@ -201,7 +224,7 @@ class ElementType:
         for key, value in defaults.items():
             if getattr(self, key) is _UNSET:
                 object.__setattr__(self, key, value)
-        if self.name in QUANTIZED:
+        if self.name in _INTEGER:
             if self.scale_group is not None:
                 check_positive_int("scale_group", self.scale_group)
             check_positive_int("scale_bytes", self.scale_bytes)
@@ -209,9 +232,25 @@ class ElementType:
                 raise TypeError(f"minimum={self.minimum!r} must be True (asymmetric: a scale and a minimum per "
                                 f"group) or False (symmetric: a scale only)")
 
+    def _fp8_defaults(self) -> None:
+        scope = "tensor" if self.fp8_scale is _UNSET else self.fp8_scale
+        if scope not in FP8_SCALES:
+            raise ValueError(f"fp8_scale={scope!r} must be one of {FP8_SCALES}")
+        if self.minimum not in (_UNSET, False):
+            raise ValueError(f"element={self.name!r} is symmetric: minimum must be False")
+        group = self.scale_group
+        if scope == "group":
+            group = 128 if group is _UNSET else check_positive_int("scale_group", group)
+        elif group not in (_UNSET, None):
+            raise ValueError(f"scale_group={group!r} applies only to fp8_scale='group' (here {scope!r})")
+        size = 4 if self.scale_bytes is _UNSET else check_positive_int("scale_bytes", self.scale_bytes)
+        for key, value in {"scale_group": None if scope != "group" else group, "scale_bytes": size,
+                           "minimum": False, "fp8_scale": scope}.items():
+            object.__setattr__(self, key, value)
+
     @property
     def bits(self) -> int:
-        return ELEMENT_BITS[self.name]
+        return ELEMENT_BITS.get(self.name) or CACHE_ONLY_BITS[self.name]
 
     @property
     def group_bytes(self) -> int:
@@ -219,11 +258,18 @@ class ElementType:
         return self.scale_bytes * (2 if self.minimum else 1)
 
     def groups(self, n: int) -> int:
-        """How many groups a vector of ``n`` numbers is cut into (0 for floats)."""
+        """How many groups a vector of ``n`` numbers is cut into (0 for floats and FP8 with stored-once scales)."""
         check_positive_int("n", n)
-        if self.name not in QUANTIZED:
+        if self.name not in _INTEGER and self.fp8_scale != "group":
             return 0
         return math.ceil(n / (n if self.scale_group is None else min(self.scale_group, n)))
+
+    def fixed_bytes(self, n_kv_heads: int) -> int:
+        """Bytes one layer stores once, whatever the number of tokens: an FP8 cache's per-tensor scales (one for K,
+        one for V) or per-head scales (one per KV head for each); 0 for every other format."""
+        check_positive_int("n_kv_heads", n_kv_heads)
+        per = {"tensor": 2, "head": 2 * n_kv_heads}.get(self.fp8_scale, 0)
+        return per * self.scale_bytes
 
     def vector_bytes(self, n: int) -> int:
         """Bytes to store one cached vector of ``n`` numbers, scales and minima included (int4 packs two a byte)."""
@@ -232,7 +278,9 @@ class ElementType:
 
     def describe(self, unit: str = "channels") -> str:
         """E.g. 'bf16 (2 bytes a number)' or 'int8 + one 2-byte scale and one 2-byte minimum per 64 channels'."""
-        if self.name not in QUANTIZED:
+        if self.fp8_scale is not None:
+            return f"{self.name} (1 byte a number) + {self.stored(unit)}"
+        if self.name not in _INTEGER:
             b = self.bits // 8
             return f"{self.name} ({b} byte{'s' if b > 1 else ''} a number)"
         return f"{self.name} + {self.stored(unit)}"
@@ -240,7 +288,11 @@ class ElementType:
     def stored(self, unit: str = "channels") -> str:
         """What an integer format stores beside its integers, e.g. 'one 2-byte scale and one 2-byte minimum per 64
         channels'; 'no scales' for a float format."""
-        if self.name not in QUANTIZED:
+        if self.fp8_scale is not None:
+            where = {"tensor": "K and V tensor of a layer", "head": "KV head of K and of V in a layer",
+                     "group": f"{self.scale_group} {unit}"}[self.fp8_scale]
+            return f"one {self.scale_bytes}-byte scale per {where}"
+        if self.name not in _INTEGER:
             return "no scales"
         per = "vector (per token, per KV head, per K and V)" if self.scale_group is None else \
             f"{self.scale_group} {unit}"

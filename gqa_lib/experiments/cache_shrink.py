@@ -9,10 +9,16 @@ a change to the model's weights:
 - **a sliding window** of the last ``window`` tokens, optionally with the first ``sinks`` tokens kept
   too ("attention sinks", Xiao et al. 2023, StreamingLLM). Keys keep the positions they were rotated
   at, as Mistral's rolling cache does.
-- **integer K/V** (8 or 4 bits) with a scale and a minimum in bf16 for every group of 64 numbers:
+- **integer K/V** (8, 4 or 2 bits) with a scale and a minimum in bf16 for every group of 64 numbers:
   ``axis="token"`` groups the 64 numbers of one head of one token (each cached vector is quantized on
   its own as it arrives); ``axis="channel"`` quantizes keys per channel over blocks of ``block`` tokens
-  and values per token, and keeps the newest, unfinished block in bf16, as KIVI does (Liu et al. 2024).
+  and values per token, and keeps the newest, unfinished block in bf16, as KIVI does (Liu et al. 2024,
+  arXiv 2402.02750). ``newest_bf16=True`` with ``axis="token"`` keeps that block in bf16 too, KIVI's second
+  change measured alone.
+- **FP8 K/V** (E4M3 or E5M2, ``fp8``): each number divided by a float32 scale and rounded to torch's
+  ``float8_e4m3fn``/``float8_e5m2``; the scale is one per layer's K (and V) tensor or one per KV head, from the
+  largest magnitude a calibration text gave (``amax``), so that it maps to the format's largest number; a
+  latent's FP8 scale is one per 128 numbers of each vector, from that vector itself (DeepSeek's FP8 latent).
 - **cross-layer sharing** (Brandon et al. 2024, CLA): a layer attends with the keys and values of the
   layer below it and caches nothing of its own.
 
@@ -43,7 +49,8 @@ from gqa_lib.core.cache_math import ElementType
 from gqa_lib.core.checks import check_layer_input, check_positive_int
 
 QUANT_AXES = ("token", "channel")
-QUANT_BITS = (8, 4)
+QUANT_BITS = (8, 4, 2)
+FP8_FORMATS = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
 GROUP = 64  # numbers sharing one scale and one minimum (one head of one token for SmolLM2's head_dim 64)
 SCALE_BYTES = ElementType("int8").group_bytes  # 4: a bf16 scale and a bf16 minimum per group (core.cache_math)
 
@@ -53,8 +60,11 @@ class CachePolicy:
     """What a layer's cache keeps: a window (with sinks), and the number format of what it stores.
 
     window: keep only the last ``window`` tokens (None: all). sinks: also keep the first ``sinks``.
-    bits: None (bf16), 8 or 4 (integer, asymmetric, scale and minimum in bf16 per group of 64).
+    bits: None (bf16), 8, 4 or 2 (integer, asymmetric, scale and minimum in bf16 per group of 64).
     axis: 'token' or 'channel' (see the module docstring). block: tokens per key block for 'channel'.
+    newest_bf16: with ``axis='token'``, keep the newest, unfinished block of ``block`` tokens in bf16.
+    fp8: None, 'e4m3' or 'e5m2' (instead of ``bits``); fp8_scale: 'tensor', 'head' (calibrated) or 'group'
+    (per 128 numbers of each vector, a latent's).
     """
 
     window: int | None = None
@@ -62,6 +72,9 @@ class CachePolicy:
     bits: int | None = None
     axis: str = "token"
     block: int = 64
+    newest_bf16: bool = False
+    fp8: str | None = None
+    fp8_scale: str = "tensor"
 
     def __post_init__(self):
         if self.window is not None:
@@ -75,14 +88,33 @@ class CachePolicy:
         if self.axis not in QUANT_AXES:
             raise ValueError(f"axis={self.axis!r} must be one of {QUANT_AXES}")
         check_positive_int("block", self.block)
+        if self.newest_bf16 not in (True, False) or (self.newest_bf16 and (self.bits is None or self.axis != "token")):
+            raise ValueError(f"newest_bf16={self.newest_bf16!r} applies only to an integer cache per token (bits set, "
+                             "axis='token'); per channel the newest block is bf16 already")
+        if self.fp8 is not None:
+            if self.fp8 not in FP8_FORMATS:
+                raise ValueError(f"fp8={self.fp8!r} must be None or one of {tuple(FP8_FORMATS)}")
+            if self.bits is not None:
+                raise ValueError(f"fp8={self.fp8!r} and bits={self.bits} are two number formats; give one")
+        if self.fp8_scale not in ("tensor", "head", "group"):
+            raise ValueError(f"fp8_scale={self.fp8_scale!r} must be 'tensor', 'head' or 'group'")
 
     def label(self) -> str:
         parts = []
         if self.window is not None:
             parts.append(f"window {self.window}" + (f" + {self.sinks} sinks" if self.sinks else ""))
         if self.bits is not None:
-            parts.append(f"int{self.bits} per {self.axis}")
+            parts.append(f"int{self.bits} per {self.axis}" + (" + newest block in bf16" if self.newest_bf16 else ""))
+        if self.fp8 is not None:
+            parts.append(f"FP8 {self.fp8.upper()}, scale per {self.fp8_scale}")
         return ", ".join(parts) or "bf16, every token"
+
+    @property
+    def element(self) -> ElementType:
+        """The format of what is stored, as ``core.cache_math`` prices it (per-token integer vectors for ints)."""
+        if self.fp8 is not None:
+            return ElementType(f"fp8_{self.fp8}", fp8_scale=self.fp8_scale)
+        return stored_element(self.bits)
 
 
 def fake_quantize(x: torch.Tensor, bits: int, dim: int = -1, group: int = GROUP) -> torch.Tensor:
@@ -157,6 +189,33 @@ def _as_bf16(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.bfloat16).to(x.dtype)
 
 
+def fp8_round_trip(x: torch.Tensor, fmt: str, scale) -> torch.Tensor:
+    """``x / scale`` stored as FP8 (``fmt`` 'e4m3' or 'e5m2', torch's float8 types) and multiplied back.
+
+    ``scale``: a float32 number or tensor broadcastable to ``x``. Values beyond the format's largest number
+    (448 for E4M3, 57,344 for E5M2) saturate there, as a serving kernel's cast does (torch's own cast gives
+    nan for E4M3). Returns ``x``'s shape and dtype.
+    """
+    if fmt not in FP8_FORMATS:
+        raise ValueError(f"fmt={fmt!r} must be one of {tuple(FP8_FORMATS)}")
+    dtype = FP8_FORMATS[fmt]
+    largest = torch.finfo(dtype).max
+    scale = torch.as_tensor(scale, dtype=torch.float32, device=x.device)
+    y = (x.float() / scale).clamp(-largest, largest).to(dtype).float() * scale
+    return y.to(x.dtype)
+
+
+def fp8_group_round_trip(x: torch.Tensor, fmt: str, group: int = 128) -> torch.Tensor:
+    """FP8 with a float32 scale per ``group`` numbers along the last dim, each from its own group's largest
+    magnitude (DeepSeek's FP8 latent: 4 scales per 512 numbers). ``x.shape[-1]`` a multiple of ``group``."""
+    if x.shape[-1] % group:
+        raise ValueError(f"x.shape[-1]={x.shape[-1]} must be a multiple of group={group}")
+    g = x.float().unflatten(-1, (-1, group))
+    largest = torch.finfo(FP8_FORMATS[fmt]).max
+    scale = (g.abs().amax(-1, keepdim=True) / largest).clamp_min(torch.finfo(torch.float32).tiny)
+    return fp8_round_trip(g, fmt, scale).flatten(-2).to(x.dtype)
+
+
 class ShrunkCacheAttention(nn.Module):
     """A trained attention layer whose keys and values go through a smaller cache, in one causal pass.
 
@@ -169,7 +228,7 @@ class ShrunkCacheAttention(nn.Module):
     """
 
     def __init__(self, base: nn.Module, policy: CachePolicy = CachePolicy(),
-                 share_from: ShrunkCacheAttention | None = None):
+                 share_from: ShrunkCacheAttention | None = None, amax: tuple | None = None):
         super().__init__()
         if not isinstance(policy, CachePolicy):
             raise TypeError(f"policy={type(policy).__name__} must be a CachePolicy")
@@ -180,7 +239,18 @@ class ShrunkCacheAttention(nn.Module):
             raise ValueError("a latent is quantized per token (axis='token'): its numbers are not channels of a head")
         if share_from is not None and not isinstance(share_from, ShrunkCacheAttention):
             raise TypeError(f"share_from={type(share_from).__name__} must be a ShrunkCacheAttention (the layer below)")
+        if policy.fp8 is not None and policy.fp8_scale != "group" and share_from is None:
+            if amax is None or len(amax) != 2:
+                raise ValueError(f"fp8_scale={policy.fp8_scale!r} needs amax=(keys', values' largest magnitude per "
+                                 "KV head), each (n_kv_heads,), from a calibration text (calibrated_amax)")
+            if self.latent:
+                raise ValueError("a latent's FP8 cache takes fp8_scale='group' (scales per 128 numbers)")
+        if self.latent and policy.fp8 is not None and base.rank % 128:
+            raise ValueError(f"an FP8 latent needs a rank divisible by 128 (scales per 128 numbers), not {base.rank}")
+        if self.latent and policy.newest_bf16:
+            raise ValueError("newest_bf16 applies to keys and values, not to a latent")
         self.base, self.policy = base, policy
+        self.amax = amax
         self._share_from = [share_from]  # a list so the lower layer is not registered as this one's child
         self._kv = None  # this pass's keys and values, for a layer that shares them
 
@@ -209,18 +279,38 @@ class ShrunkCacheAttention(nn.Module):
         if self.latent:
             q = base.rope(base.q_proj(x).view(b, s, base.n_heads, base.head_dim).transpose(1, 2))
             c = base.kv_down(x)  # (b, s, rank): what is cached
-            c = fake_quantize(c, p.bits, group=_latent_group(c.shape[-1])) if p.bits else _as_bf16(c)
+            if p.fp8 is not None:
+                c = fp8_group_round_trip(c, p.fp8)
+            else:
+                c = fake_quantize(c, p.bits, group=_latent_group(c.shape[-1])) if p.bits else _as_bf16(c)
             k, v = base.keys_values(c)
             return q, k, v, None
         q, k, v = base.qkv(x)
+        if p.fp8 is not None:
+            k_amax, v_amax = self.amax
+            return (q, fp8_round_trip(k, p.fp8, self._fp8_scale(k_amax, k.shape[1])),
+                    fp8_round_trip(v, p.fp8, self._fp8_scale(v_amax, v.shape[1])), None)
         if p.bits is None:
             return q, _as_bf16(k), _as_bf16(v), None
         if p.axis == "token":
             group = base.head_dim
-            return q, fake_quantize(k, p.bits, group=group), fake_quantize(v, p.bits, group=group), None
+            kq, vq = fake_quantize(k, p.bits, group=group), fake_quantize(v, p.bits, group=group)
+            if p.newest_bf16:  # the newest block as it arrived, older ones quantized
+                return q, _as_bf16(k), _as_bf16(v), (kq, vq)
+            return q, kq, vq, None
         # KIVI: old blocks hold per-channel keys and per-token values; the newest block is bf16.
         old = (quantize_blocks(k, p.bits, p.block), fake_quantize(v, p.bits, group=base.head_dim))
         return q, _as_bf16(k), _as_bf16(v), old
+
+    def _fp8_scale(self, amax: torch.Tensor, n_kv_heads: int) -> torch.Tensor:
+        """The float32 scale(s) mapping the calibrated largest magnitude to the format's largest number."""
+        largest = torch.finfo(FP8_FORMATS[self.policy.fp8]).max
+        amax = torch.as_tensor(amax, dtype=torch.float32).reshape(-1)
+        if self.policy.fp8_scale == "tensor":
+            return (amax.max() / largest).clamp_min(torch.finfo(torch.float32).tiny)
+        if amax.numel() != n_kv_heads:
+            raise ValueError(f"amax has {amax.numel()} numbers; a scale per head needs n_kv_heads={n_kv_heads}")
+        return (amax / largest).clamp_min(torch.finfo(torch.float32).tiny).view(1, -1, 1, 1)
 
     def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
         """(batch, seq, d_model) -> (batch, seq, d_model). Raises ValueError for another shape, and, as the base
@@ -269,16 +359,32 @@ def _attend_blocks(qg, k, v, k_old, v_old, mask, block: int, group_size: int) ->
 
 
 def shrink_layers(attention: list[nn.Module], policy: CachePolicy = CachePolicy(),
-                  share_every: int = 1) -> list[ShrunkCacheAttention]:
+                  share_every: int = 1, amax: list | None = None) -> list[ShrunkCacheAttention]:
     """Wrap every layer with ``policy``; ``share_every=2``: each odd layer uses the keys and values of the one below.
 
     ``share_every``: layers per shared cache (1: none shared; 2: CLA-2, pairs of adjacent layers).
+    ``amax``: per layer, (keys', values') largest magnitude per KV head (:func:`calibrated_amax`), for FP8 scales
+    per tensor or per head.
     """
     check_positive_int("share_every", share_every)
     out = []
     for i, layer in enumerate(attention):
         owner = None if i % share_every == 0 else out[i - i % share_every]
-        out.append(ShrunkCacheAttention(layer, policy, share_from=owner))
+        out.append(ShrunkCacheAttention(layer, policy, share_from=owner, amax=None if amax is None else amax[i]))
+    return out
+
+
+@torch.no_grad()
+def calibrated_amax(attention: list[nn.Module], inputs: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the largest |key| and |value| per KV head over a calibration text: ((n_kv_heads,), (n_kv_heads,)).
+
+    ``inputs``: each layer's attention input on that text (``SmolLMDecoder.hidden_states(..., inputs_of=)``);
+    keys after RoPE, as they are cached.
+    """
+    out = []
+    for layer, x in zip(attention, inputs, strict=True):
+        _, k, v = layer.qkv(x)  # (batch, n_kv_heads, seq, head_dim)
+        out.append((k.abs().amax(dim=(0, 2, 3)).float(), v.abs().amax(dim=(0, 2, 3)).float()))
     return out
 
 
@@ -319,14 +425,24 @@ def layer_cache_bytes(numbers_per_token: int, context: int, policy: CachePolicy,
     check_positive_int("numbers_per_token", numbers_per_token)
     check_positive_int("head_dim", head_dim)
     n = tokens_kept(context, policy)
+    latent = numbers_per_token % head_dim or policy.fp8_scale == "group"  # one vector a token
+    if policy.fp8 is not None:
+        e = policy.element
+        if latent:
+            return float(n * e.vector_bytes(numbers_per_token))
+        vectors = numbers_per_token // head_dim
+        return float(n * vectors * e.vector_bytes(head_dim) + e.fixed_bytes(vectors // 2))
     if policy.bits is None:
         return float(n * stored_element(None).vector_bytes(numbers_per_token))
     if policy.axis == "token":
-        if numbers_per_token % head_dim:  # a latent: one vector a token
+        if latent:
             latent = stored_element(policy.bits, _latent_group(numbers_per_token))
             return float(n * latent.vector_bytes(numbers_per_token))
         heads = stored_element(policy.bits, head_dim)
-        return float(n * (numbers_per_token // head_dim) * heads.vector_bytes(head_dim))
+        vectors = numbers_per_token // head_dim
+        done = n - n % policy.block if policy.newest_bf16 else n
+        newest = (n - done) * stored_element(None).vector_bytes(numbers_per_token)
+        return float(done * vectors * heads.vector_bytes(head_dim) + newest)
     if numbers_per_token % (2 * head_dim):
         raise ValueError(f"numbers_per_token={numbers_per_token} must be a multiple of 2 x head_dim={2 * head_dim}: "
                          "a per-channel (KIVI) cache holds the keys and values of whole heads")
@@ -342,6 +458,17 @@ def shrunk_cache_bytes_per_token(layers: list[ShrunkCacheAttention], context: in
     """All layers' cache bytes after ``context`` tokens, divided by ``context``: bytes a token of context costs."""
     total = sum(layer_cache_bytes(a.numbers_per_token(), context, a.policy, a.base.head_dim) for a in layers)
     return total / context
+
+
+def bytes_per_token_over(layers: list[ShrunkCacheAttention], contexts) -> float:
+    """Bytes per token of context averaged over predictions made at ``contexts`` (token counts): the mean of the
+    cache's bytes at those contexts divided by their mean context (a ratio of means: every prediction's cache
+    weighs the same). ``contexts=[n]`` gives :func:`shrunk_cache_bytes_per_token` at ``n``."""
+    contexts = list(contexts)
+    if not contexts:
+        raise ValueError("contexts is empty: give the context lengths of the scored predictions")
+    total = sum(shrunk_cache_bytes_per_token(layers, n) * n for n in contexts)
+    return total / sum(contexts)
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[bool]:

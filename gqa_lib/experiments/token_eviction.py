@@ -31,6 +31,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 from torch.nn import functional as F
 
 from gqa_lib.core.attention import GroupedQueryAttention
@@ -212,10 +213,12 @@ class EvictedPass:
 
 
 @torch.no_grad()
-def evicted_attention(layer: GroupedQueryAttention, x: torch.Tensor, policy) -> EvictedPass:
+def evicted_attention(layer: GroupedQueryAttention, x: torch.Tensor, policy, store_dtype=None) -> EvictedPass:
     """``layer``'s causal pass over ``x`` (batch, seq, d_model) with its cache under ``policy`` (one of POLICIES).
 
-    A measurement: no gradients. Computes in the layer's dtype (the keys are not rounded to a storage format).
+    A measurement: no gradients. Computes in the layer's dtype; ``store_dtype`` (e.g. ``torch.bfloat16``, what
+    ``cache_shrink``'s unquantized caches store) rounds the keys and values to it first, so the policy scores and
+    attends with what the cache holds.
 
     Errors: TypeError for another layer or policy; ValueError or TypeError for ``x`` as the layer's own checks
     give them (shape, dtype, a nan or inf), and ValueError for a SnapKV ``prompt`` longer than ``x``.
@@ -226,6 +229,8 @@ def evicted_attention(layer: GroupedQueryAttention, x: torch.Tensor, policy) -> 
         raise TypeError(f"policy={type(policy).__name__} must be one of {', '.join(p.__name__ for p in POLICIES)}")
     check_layer_input(x, layer.d_model, layer.q_proj.weight.dtype)
     q, k, v = layer.qkv(x)  # q (batch, n_heads, seq, head_dim); k, v (batch, n_kv_heads, seq, head_dim)
+    if store_dtype is not None:
+        k, v = (t.to(store_dtype).to(q.dtype) for t in (k, v))
     reads = policy.reads(q, k)  # (batch, n_heads, seq, seq)
     b, n_heads, s, d = q.shape
     n_kv = k.shape[1]
@@ -236,6 +241,37 @@ def evicted_attention(layer: GroupedQueryAttention, x: torch.Tensor, policy) -> 
     everything = torch.arange(1, s + 1, device=x.device).expand(b, n_kv, s).clone()  # the oracle evicts nothing
     stored = everything if isinstance(policy, OracleTopK) else read
     return EvictedPass(out, reads, stored, read)
+
+
+class EvictedCacheAttention(nn.Module):
+    """A trained GQA layer whose bf16 cache is managed by an eviction ``policy``, in one causal pass.
+
+    For ``gqa_lib.experiments.cache_pareto``: the keys and values are rounded to bf16 as ``cache_shrink``'s caches
+    are, and after each pass ``last`` holds its :class:`EvictedPass` without ``out`` or ``reads`` (``stored`` and
+    ``read``, tokens per KV head at every step). Input and output: (batch, seq, d_model); uncached pass only.
+    """
+
+    caches = True
+
+    def __init__(self, base: GroupedQueryAttention, policy):
+        super().__init__()
+        if not isinstance(base, GroupedQueryAttention):
+            raise TypeError(f"base={type(base).__name__} must be a GroupedQueryAttention")
+        if not isinstance(policy, POLICIES):
+            raise TypeError(f"policy={type(policy).__name__} must be one of "
+                            f"{', '.join(p.__name__ for p in POLICIES)}")
+        self.base, self.policy = base, policy
+        self.last = None
+
+    def numbers_per_token(self) -> int:
+        return 2 * self.base.n_kv_heads * self.base.head_dim
+
+    def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
+        if cache is not None:
+            raise ValueError("EvictedCacheAttention runs the uncached pass only (cache=None)")
+        p = evicted_attention(self.base, x, self.policy, store_dtype=torch.bfloat16)
+        self.last = EvictedPass(None, None, p.stored, p.read)
+        return p.out
 
 
 def kv_bytes(tokens, head_dim: int, element="bf16"):
