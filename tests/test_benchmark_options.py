@@ -233,7 +233,7 @@ PROBED = [
     ("cache_pareto", "--eval-windows 40 --window 8192 --allow-other-corpus", ["40 validation windows of 8192 tokens"]),
     ("convert_smollm", "--eval-windows 2 --window 8193",
      ["argument --window", "8193 is not valid", "8192 or less", "context"]),
-    ("decode_attention", "--flush-factor nan", ["argument --flush-factor", "nan is not valid", "finite number"]),
+    ("decode_attention", "--rotate-factor nan", ["argument --rotate-factor", "nan is not valid", "finite number"]),
     ("decode_attention", "--bandwidth-factor inf", ["argument --bandwidth-factor", "inf is not valid"]),
     ("decode_attention", "--seq-lens 1024 1024 --threads 1", ["--seq-lens 1024 is given twice"]),
     ("decode_attention", "--threads 1 1", ["--threads 1 is given twice"]),
@@ -271,7 +271,7 @@ def test_good_bounds_pass(tmp_path):
                               "--budget", "64", *out])
     assert (args.window, args.score_from, args.ranks) == (66, 64, [384])
     assert conversion.parse_args(["--window", "8192", *out]).window == 8192
-    assert _load("decode_attention").parse_args(["--flush-factor", "2.5", "--threads", "1", *out]).flush_factor == 2.5
+    assert _load("decode_attention").parse_args(["--rotate-factor", "2.5", "--threads", "1", *out]).rotate_factor == 2.5
 
 
 @pytest.mark.parametrize(("kind", "text", "needle"), [
@@ -399,12 +399,13 @@ def _stand_ins(command: str, module, monkeypatch, rows: list[dict]) -> list[str]
     elif command == "decode_attention":
         names = {dtype: name for name, dtype in module.DTYPES.items()}
         monkeypatch.setattr(module, "last_level_cache", lambda: {"bytes": 2 ** 25, "level": 3, "source": "stand-in"})
-        monkeypatch.setattr(module, "CacheFlusher", lambda n: None)
 
         def ceilings(threads, dtypes, *rest):
-            return {"threads": threads, "clock": "cpu", "read_bytes_per_s": 9e9, "bandwidth_bytes": 2 ** 27,
-                    "gemm_shape": "2048^3", "peak": {names[d]: 1e11 for d in dtypes},
-                    "decode_gemm": {(names[d], g): 1e10 for d in dtypes for g in (1, 4, 32)}}
+            return {"threads": threads, "clock": "cpu", "read_bytes_per_s": 9e9, "sum_read_bytes_per_s": 8e9,
+                    "bandwidth_bytes": 2 ** 27, "gemm_shape": "2048^3", "peak": {names[d]: 1e11 for d in dtypes},
+                    "decode_gemm": {(names[d], g): 1e10 for d in dtypes for g in (1, 4, 32)},
+                    "kernel_in_cache": {(names[d], g): 1e10 for d in dtypes for g in (1, 4, 32)},
+                    "decode_gemm_shape": "(rows x 128) @ (128 x 512)"}
 
         monkeypatch.setattr(module, "measure_ceilings", ceilings)
         monkeypatch.setattr(module, "run_decode_benchmark", lambda *a: [

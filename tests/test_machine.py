@@ -7,12 +7,18 @@ import torch
 from gqa_lib.experiments.machine import (
     FALLBACK_LLC_BYTES,
     CacheFlusher,
+    RotatingBuffers,
     bandwidth_buffer_bytes,
     clock_for,
     last_level_cache,
+    measure_decode_gemm,
+    measure_kernel_in_cache,
     measure_matmul_peak,
     measure_read_bandwidth,
+    measure_stream_bandwidth,
     parse_cache_size,
+    stream_read,
+    stream_view,
 )
 
 
@@ -80,3 +86,39 @@ def test_the_flush_reads_the_bytes_it_was_given_and_one_thread_is_timed_by_cpu_t
     with pytest.raises(ValueError, match="nbytes"):
         CacheFlusher(0)
     assert clock_for(1) == "cpu" and clock_for(2) == "wall"
+
+
+def test_the_stream_probe_reads_the_bytes_of_both_tensors_as_float32():
+    k, v = torch.randn(2, 3, 8, 4), torch.randn(2, 3, 8, 4)
+    torch.testing.assert_close(stream_read(k, v), (k * v).sum(), rtol=1e-5, atol=1e-4)
+    kb = k.bfloat16()
+    view = stream_view(kb)
+    assert view.dtype == torch.float32 and view.numel() == kb.numel() // 2 and view.data_ptr() == kb.data_ptr()
+    with pytest.raises(ValueError, match="not contiguous"):
+        stream_view(k.transpose(1, 2))
+    with pytest.raises(ValueError, match="the two streams must be the same size"):
+        stream_read(k, v[:1])
+
+
+def test_rotating_buffers_hand_out_copies_in_turn_and_hold_the_bytes_asked_for():
+    k, v = torch.randn(1, 2, 16, 8), torch.randn(1, 2, 16, 8)
+    sets = RotatingBuffers((k, v), min_bytes=5 * (k.nbytes + v.nbytes) - 1)
+    assert sets.n_sets == 5 and sets.nbytes == 5 * (k.nbytes + v.nbytes)
+    seen = [sets() for _ in range(6)]
+    assert seen[0][0] is k and seen[5][0] is k  # the first set is the original, and it comes round again
+    assert len({s[0].data_ptr() for s in seen[:5]}) == 5  # five different memories
+    torch.testing.assert_close(seen[3][1], v)
+    assert RotatingBuffers((k, v), min_bytes=1).n_sets == 2  # never fewer than two
+    with pytest.raises(ValueError, match="min_bytes"):
+        RotatingBuffers((k, v), 0)
+
+
+def test_stream_bandwidth_gemm_blocks_and_kernel_in_cache_report_rates(single_thread):
+    bw = measure_stream_bandwidth(8 * 10**6, reps=3, warmup=1, clock="cpu")
+    assert bw["bytes"] == 8 * 10**6 and bw["bytes_per_s"] > 1e8 and bw["clock"] == "cpu"
+    gemm = measure_decode_gemm(4, head_dim=16, block=32, blocks=2, reps=2, warmup=1)
+    assert gemm["flops"] == 4 * 2 * 4 * 32 * 16 and gemm["shape"] == "(4 x 16) @ (16 x 32), then (4 x 32) @ (32 x 16)"
+    kern = measure_kernel_in_cache(4, head_dim=16, seq_len=64, reps=2, warmup=1, dtype=torch.bfloat16)
+    assert kern["flops"] == 4 * 4 * 64 * 16 and kern["flops_per_s"] > 0 and kern["dtype"] == "bf16"
+    with pytest.raises(ValueError, match="rows"):
+        measure_decode_gemm(0)

@@ -96,8 +96,24 @@ def test_both_paths_generate_the_same_tokens_from_one_cache(smollm, variants, id
         assert caches[0].length == ids.shape[1] - 1
         mine = ds.decode_gqa_lib(decoder, caches, ids[:, -1:], ids.shape[1] - 1, 5)
         assert ds.decode_gqa_lib(decoder, caches, ids[:, -1:], ids.shape[1] - 1, 5) == mine  # rewinding works
-        theirs = ds.decode_transformers(ds.transformers_variant(smollm[0], decoder), caches, ids, 5)
+        hf = ds.transformers_variant(smollm[0], decoder)
+        theirs = ds.decode_transformers(hf, caches, ids, 5)
         assert theirs == mine == decoder.generate(ids, 5)[0].tolist()
+        static = ds.static_cache(hf, caches, ids.shape[1] - 1, 5)  # preallocated: prompt + 5 new tokens
+        assert static.layers[0].keys.shape[2] == ids.shape[1] - 1 + 5
+        assert ds.decode_transformers_static(hf, static, ids, 5) == mine
+        assert ds.decode_transformers_static(hf, static, ids, 5) == mine  # rewound: the same tokens again
+        times = ds.time_attention_alone(decoder, caches, ids.shape[1] - 1, 2, "cpu")
+        assert len(times) == 2 and all(t > 0 for t in times)
+
+
+def test_paired_speedup_pairs_the_reps_of_one_turn():
+    rows = [{"variant": v, "path": "gqa_lib", "prompt_tokens": 8000, "tokens_per_s": 1e3 / ms[1],
+             "rep_ms_per_token": " ".join(map(str, ms))}
+            for v, ms in (("released", (100.0, 150.0, 110.0)), ("mha_twin", (160.0, 240.0, 176.0)))]
+    got = ds.paired_speedup(rows, "gqa_lib", 8000, threshold=1.5)
+    assert got["ratio"] == pytest.approx(1.6) and got["low"] == pytest.approx(1.6)  # every pair is 1.6: no spread
+    assert got["p_at_most"] < 1e-12 and ds.speedup(rows, "gqa_lib", 8000) == pytest.approx(240 / 150)
 
 
 def test_prompt_is_repeated_text_cut_to_length(smollm):
@@ -140,7 +156,7 @@ def test_plot_draws_every_row_and_the_prediction():
              "bytes_per_token": b, "tokens_per_s": t}
             for v, kv, b, t in (("released", 3, 6e8, 10.0), ("mha_twin", 9, 7e8, 8.0)) for p in ds.PATHS]
     ax = plot_decode_speed(rows, read_gbps=12.0)
-    assert sum(len(c.get_offsets()) for c in ax.collections) == 4
+    assert sum(len(c.get_offsets()) for c in ax.collections) == 2 * len(ds.PATHS)  # every row, on every path
     x, y = ax.lines[0].get_data()
     assert abs(y[0] - 12.0e3 / x[0]) < 1e-9  # tokens/s = GB/s * 1000 / MB per token
     with pytest.raises(ValueError, match="rows is empty"):

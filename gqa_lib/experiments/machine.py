@@ -1,10 +1,15 @@
-"""The machine's ceilings, one home for all of them: last-level cache, read bandwidth, matrix-multiply peak,
-the cache flush and the clocks that time a run.
+"""The machine's ceilings, one home for all of them: last-level cache, read bandwidth, matrix-multiply rates,
+the buffers that keep a timing out of the CPU cache, and the clocks that time a run.
 
 A measurement is compared with the ceiling measured in the same run (``measure_ceilings``): the roofline of
 notebook 06 (``experiments.attention_roofline``) and SmolLM2's tokens per second (``experiments.model_decode_speed``)
 both read them from here. The last-level cache comes from Linux's sysfs (``last_level_cache``); elsewhere a
 fallback size is used and its ``source`` says so.
+
+Read bandwidth is measured the way a decode step reads: two tensors streamed side by side (K and V), by a
+reduction that only reads them (``stream_read``, a dot product of their bytes). An earlier probe summed one
+buffer (``measure_read_bandwidth``, kept for comparison); a single stream is slower than two on the CPUs we
+tried, so attention steps "beat" it (up to 110% of it): a ceiling a kernel beats is no ceiling.
 """
 
 from __future__ import annotations
@@ -109,12 +114,13 @@ def time_calls(fn: Callable[[], object], reps: int, warmup: int,
 
 
 def measure_read_bandwidth(nbytes: int | None = None, reps: int = 15, warmup: int = 3, clock: str = "wall") -> dict:
-    """Memory read bandwidth in bytes per second: median time to sum a float32 tensor of ``nbytes`` bytes.
+    """Single-stream read bandwidth in bytes per second: median time to sum one float32 tensor of ``nbytes`` bytes.
 
-    Summing reads every byte once and does one addition per 4 bytes, so it runs at the speed memory
-    delivers data: the same bound a decode step meets. The default size is 4 times the last-level
-    cache (read from sysfs), so the sum cannot be served from the cache. ``bytes_per_s`` is by
-    ``clock``; the wall and CPU figures are both kept. Uses the current ``torch.get_num_threads()``.
+    The series' first probe, kept to compare with :func:`measure_stream_bandwidth`: one stream is read more
+    slowly than the two (K and V) a decode step reads, so this figure understates what memory can deliver
+    to attention. The default size is 4 times the last-level cache (read from sysfs), so the sum cannot be
+    served from the cache. ``bytes_per_s`` is by ``clock``; the wall and CPU figures are both kept. Uses the
+    current ``torch.get_num_threads()``.
     """
     check_clock(clock)
     nbytes = 4 * last_level_cache()["bytes"] if nbytes is None else nbytes
@@ -152,6 +158,145 @@ def measure_matmul_peak(m: int, k: int, n: int, dtype: torch.dtype = torch.float
             "threads": torch.get_num_threads()}
 
 
+def stream_view(t: torch.Tensor) -> torch.Tensor:
+    """The bytes of a contiguous tensor as one flat float32 tensor: a view, nothing is copied.
+
+    Reading them as float32 whatever the dtype keeps the reduction vectorised (a bf16 dot product is not,
+    on the CPU) and changes nothing about which bytes are read. Raises ValueError for a non-contiguous
+    tensor or a size that is not a whole number of 4-byte words.
+    """
+    if not t.is_contiguous():
+        raise ValueError(f"a tensor of shape {tuple(t.shape)} and strides {t.stride()} is not contiguous: "
+                         "its bytes are not one run of memory")
+    flat = t.reshape(-1)
+    if flat.dtype == torch.float32:
+        return flat
+    if t.nbytes % 4:
+        raise ValueError(f"a tensor of {t.nbytes} bytes is not a whole number of 4-byte words")
+    return flat.view(torch.uint8).view(torch.float32)
+
+
+def stream_read(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Read ``a`` and ``b`` (the same number of bytes) once each, side by side: the dot product of their bytes.
+
+    This is the read pattern of a decode step, which streams a block of K and the matching block of V,
+    with none of its arithmetic (2 FLOPs per 8 bytes). The value is meaningless; the time is the point.
+    Uses the current ``torch.get_num_threads()`` (MKL's dot splits the vectors between threads).
+    """
+    x, y = stream_view(a), stream_view(b)
+    if x.numel() != y.numel():
+        raise ValueError(f"a has {a.nbytes} bytes and b {b.nbytes}; the two streams must be the same size")
+    return torch.dot(x, y)
+
+
+class RotatingBuffers:
+    """Copies of a set of tensors, handed out in turn, so that a timed call never finds its input in the CPU cache.
+
+    ``RotatingBuffers((k, v), min_bytes)`` keeps ``n_sets`` copies of (k, v), at least 2, and enough that
+    they hold ``min_bytes`` together (give twice the last-level cache). Each call returns the next set:
+    between two uses of one set, every other set has been read, more bytes than the cache holds. Unlike
+    reading a flush buffer before each call, which a cache may learn to keep out of its way while the
+    one input stays cached, this is how a model meets its caches: each layer's K and V are its own memory.
+    """
+
+    def __init__(self, tensors: tuple[torch.Tensor, ...], min_bytes: int):
+        check_positive_int("min_bytes", min_bytes)
+        self.set_bytes = sum(t.nbytes for t in tensors)
+        if self.set_bytes == 0:
+            raise ValueError("the tensors hold no bytes: there is nothing to rotate")
+        self.n_sets = max(2, -(-min_bytes // self.set_bytes))
+        self.sets = [tuple(tensors)] + [tuple(t.clone() for t in tensors) for _ in range(self.n_sets - 1)]
+        self._next = 0
+
+    @property
+    def nbytes(self) -> int:
+        return self.n_sets * self.set_bytes
+
+    def __call__(self) -> tuple[torch.Tensor, ...]:
+        out = self.sets[self._next]
+        self._next = (self._next + 1) % self.n_sets
+        return out
+
+
+def measure_stream_bandwidth(nbytes: int | None = None, reps: int = 15, warmup: int = 3, clock: str = "wall") -> dict:
+    """Read bandwidth in bytes per second as a decode step reads: two float32 streams of ``nbytes / 2`` each.
+
+    Median time of :func:`stream_read` over two buffers that together hold ``nbytes`` (default 4 times the
+    last-level cache, so no call is served from the cache). Returns the same keys as
+    :func:`measure_read_bandwidth`. Uses the current ``torch.get_num_threads()``.
+    """
+    check_clock(clock)
+    nbytes = 4 * last_level_cache()["bytes"] if nbytes is None else nbytes
+    check_positive_int("nbytes", nbytes)
+    half = max(1, nbytes // 8)  # float32 numbers in each stream
+    a, b = torch.ones(half), torch.ones(half)
+    wall, cpu = time_calls(lambda: stream_read(a, b), reps, warmup)
+    med = statistics.median(wall if clock == "wall" else cpu)
+    total = a.nbytes + b.nbytes
+    return {"bytes": total, "median_s": med, "bytes_per_s": total / med,
+            "wall_bytes_per_s": total / statistics.median(wall), "cpu_bytes_per_s": total / statistics.median(cpu),
+            "reps": reps, "clock": clock, "threads": torch.get_num_threads()}
+
+
+KERNEL_BLOCK = 512  # keys per block in PyTorch's CPU flash-attention kernel (its kvSplitSize)
+
+
+def decode_gemm_shape(rows, head_dim: int = 128, block: int = KERNEL_BLOCK) -> str:
+    """The two products :func:`measure_decode_gemm` times, in words: '(4 x 128) @ (128 x 512), then ...'."""
+    return f"({rows} x {head_dim}) @ ({head_dim} x {block}), then ({rows} x {block}) @ ({block} x {head_dim})"
+
+
+def measure_decode_gemm(rows: int, head_dim: int = 128, dtype: torch.dtype = torch.float32, block: int = KERNEL_BLOCK,
+                        blocks: int = 8, reps: int = 10, warmup: int = 3, clock: str = "wall") -> dict:
+    """GFLOP/s of a decode step's two matrix products at the sizes the fused kernel runs them, operands in cache.
+
+    The kernel takes K and V in blocks of ``block`` keys; for each it multiplies the ``rows`` query rows of a
+    KV head (its group size) by the block's keys, ``(rows, head_dim) @ (head_dim, block)``, and the weights
+    by its values, ``(rows, block) @ (block, head_dim)``. Both are timed for ``blocks`` blocks in one batched
+    call each (``torch.bmm``), 4 * rows * block * head_dim FLOPs a block. The blocks are small enough to stay
+    in the CPU cache, so this is the arithmetic ceiling of a step with that group size, not a memory one.
+    """
+    check_clock(clock)
+    for name, val in (("rows", rows), ("head_dim", head_dim), ("block", block), ("blocks", blocks)):
+        check_positive_int(name, val)
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(blocks, rows, head_dim, generator=g).to(dtype)
+    k = torch.randn(blocks, block, head_dim, generator=g).to(dtype)  # (blocks, keys, head_dim), as cached
+    v = torch.randn(blocks, block, head_dim, generator=g).to(dtype)
+    wall, cpu = time_calls(lambda: torch.bmm(torch.bmm(q, k.transpose(1, 2)), v), reps, warmup)
+    med = statistics.median(wall if clock == "wall" else cpu)
+    flops = 4 * blocks * rows * block * head_dim
+    return {"shape": decode_gemm_shape(rows, head_dim, block), "flops": flops, "median_s": med,
+            "flops_per_s": flops / med, "dtype": DTYPE_NAMES.get(dtype, str(dtype)),
+            "reps": reps, "clock": clock, "threads": torch.get_num_threads()}
+
+
+def measure_kernel_in_cache(rows: int, head_dim: int = 128, dtype: torch.dtype = torch.float32, seq_len: int = 4096,
+                            reps: int = 10, warmup: int = 3, clock: str = "wall") -> dict:
+    """GFLOP/s of the decode step itself with K and V in the CPU cache: its arithmetic rate with no memory wait.
+
+    PyTorch's fused attention (the call ``gqa_lib`` makes) on ``rows`` query rows against one KV head per
+    thread, ``seq_len`` tokens (4 MiB in fp32 at the defaults), called over and over so K and V stay cached.
+    Where the kernel does not use the library's matrix products (bf16 on some CPUs) this rate and
+    :func:`measure_decode_gemm`'s differ; the kernel's own is the one that binds it.
+    """
+    from torch.nn import functional as F
+
+    check_clock(clock)
+    for name, val in (("rows", rows), ("head_dim", head_dim), ("seq_len", seq_len)):
+        check_positive_int(name, val)
+    heads = torch.get_num_threads()  # the kernel splits its work by head: one per thread keeps them all busy
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, heads, rows, head_dim, generator=g).to(dtype)  # a group's query heads stacked as rows
+    k = torch.randn(1, heads, seq_len, head_dim, generator=g).to(dtype)
+    v = torch.randn(1, heads, seq_len, head_dim, generator=g).to(dtype)
+    wall, cpu = time_calls(lambda: F.scaled_dot_product_attention(q, k, v), reps, warmup)
+    med = statistics.median(wall if clock == "wall" else cpu)
+    flops = 4 * heads * rows * seq_len * head_dim
+    return {"flops": flops, "median_s": med, "flops_per_s": flops / med, "dtype": DTYPE_NAMES.get(dtype, str(dtype)),
+            "reps": reps, "clock": clock, "threads": heads}
+
+
 def clock_for(threads: int) -> str:
     """The clock a run with ``threads`` torch threads is timed by: CPU time for one thread, else wall time.
 
@@ -165,26 +310,34 @@ def clock_for(threads: int) -> str:
 def measure_ceilings(threads: int, dtypes=(torch.float32, torch.bfloat16), n_heads: int = 32, head_dim: int = 128,
                      seq_len: int = 16384, bandwidth_bytes: int | None = None, gemm_size: int = 2048,
                      group_sizes=(1, 4, 32), reps: int = 10) -> dict:
-    """Both roofline ceilings with ``threads`` torch threads (restored afterwards), by :func:`clock_for`.
+    """Every roofline ceiling with ``threads`` torch threads (restored afterwards), by :func:`clock_for`.
 
-    Returns {'threads', 'clock', 'read_bytes_per_s', 'bandwidth_bytes', 'peak': {dtype name: FLOP/s of a
-    ``gemm_size``-cubed product}, 'decode_gemm': {(dtype name, group_size): FLOP/s of the step's own
-    q·Kᵀ for one KV head, ``(1, group_size, head_dim) @ (1, head_dim, seq_len)``}, 'gemm_shape'}.
+    Returns {'threads', 'clock', 'read_bytes_per_s' (two streams, :func:`measure_stream_bandwidth`),
+    'sum_read_bytes_per_s' (one stream, :func:`measure_read_bandwidth`), 'bandwidth_bytes', 'peak': {dtype
+    name: FLOP/s of a ``gemm_size``-cubed product}, 'decode_gemm': {(dtype name, group_size): FLOP/s of the
+    step's block products, :func:`measure_decode_gemm`}, 'kernel_in_cache': {(dtype name, group_size): FLOP/s
+    of the step with K and V cached, :func:`measure_kernel_in_cache`}, 'gemm_shape'}. ``n_heads`` and
+    ``seq_len`` are kept for callers that pass them; the block products do not depend on them.
     """
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     clock = clock_for(threads)
     try:
-        bw = measure_read_bandwidth(bandwidth_bytes, reps=reps, clock=clock)
+        bw = measure_stream_bandwidth(bandwidth_bytes, reps=reps, clock=clock)
+        one = measure_read_bandwidth(bandwidth_bytes, reps=reps, clock=clock)
         out = {"threads": threads, "clock": clock, "read_bytes_per_s": bw["bytes_per_s"],
-               "bandwidth_bytes": bw["bytes"], "peak": {}, "decode_gemm": {}}
+               "sum_read_bytes_per_s": one["bytes_per_s"], "bandwidth_bytes": bw["bytes"], "peak": {},
+               "decode_gemm": {}, "kernel_in_cache": {}}
         for dtype in dtypes:
             name = DTYPE_NAMES.get(dtype, str(dtype))
             big = measure_matmul_peak(gemm_size, gemm_size, gemm_size, dtype, reps=max(3, reps // 2), clock=clock)
             out["peak"][name], out["gemm_shape"] = big["flops_per_s"], big["shape"]
             for g in group_sizes:
-                thin = measure_matmul_peak(g, head_dim, seq_len, dtype, reps=reps, clock=clock)
-                out["decode_gemm"][name, g] = thin["flops_per_s"]
+                out["decode_gemm"][name, g] = measure_decode_gemm(g, head_dim, dtype, reps=reps,
+                                                                  clock=clock)["flops_per_s"]
+                out["kernel_in_cache"][name, g] = measure_kernel_in_cache(g, head_dim, dtype, reps=reps,
+                                                                          clock=clock)["flops_per_s"]
+        out["decode_gemm_shape"] = decode_gemm_shape("rows", head_dim)
         return out
     finally:
         torch.set_num_threads(before)
@@ -198,5 +351,5 @@ def bandwidth_buffer_bytes(llc_bytes: int, factor: int = 4) -> int:
 
 
 def measure_bandwidth(llc_bytes: int, reps: int = 9) -> dict:
-    """Read bandwidth (wall and CPU clocks) summing a float32 buffer of 4x the last-level cache."""
-    return measure_read_bandwidth(bandwidth_buffer_bytes(llc_bytes), reps=reps, warmup=2)
+    """Read bandwidth (wall and CPU clocks) streaming two float32 buffers of 4x the last-level cache together."""
+    return measure_stream_bandwidth(bandwidth_buffer_bytes(llc_bytes), reps=reps, warmup=2)

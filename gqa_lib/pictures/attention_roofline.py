@@ -22,15 +22,20 @@ def _kind_legend(ax, kinds, impls, extra=(), loc="lower right", **kwargs):
 
 
 def plot_roofline(rows: list[dict], read_bytes_per_s: float, peak_flops_per_s: float, ax=None,
-                  impls=("gqa_lib", "sdpa", "expand"), decode_gemm_flops_per_s: float | None = None,
-                  decode_gemm_label: str = "decode-shape GEMM", label_seq: bool = True):
+                  impls=("gqa_lib", "sdpa", "expand"), decode_gemm_flops_per_s: float | dict | None = None,
+                  decode_gemm_label: str = "decode-shape GEMM", label_seq: bool = True,
+                  kernel_in_cache_flops_per_s: dict | None = None):
     """The roofline: attained GFLOP/s (FLOPs / median time) against arithmetic intensity (FLOP per byte read).
 
     Solid line: ``min(peak, intensity * bandwidth)``, the most a step of that intensity can attain
-    (sloped part: memory-bound; flat part: compute-bound). The dotted line, if given, is the
-    GFLOP/s of a matrix product of the decode step's own thin shape. Colour = attention kind,
-    marker = implementation, bars = quartiles of the timed calls; ``rows`` should share one dtype and
-    thread count. Points of one intensity differ in cache length (labelled for the first implementation).
+    (sloped part: memory-bound; flat part: compute-bound). ``decode_gemm_flops_per_s``: the rate of the
+    step's own thin products, either one number (a dotted line across) or {group size: FLOP/s}, drawn as a
+    dotted segment over the intensity of the rows with that group size (query heads per KV head): the
+    arithmetic ceiling that binds those rows, which sits far below the large product's peak.
+    ``kernel_in_cache_flops_per_s`` ({group size: FLOP/s}, optional): the kernel itself with K and V in
+    cache, a dash-dot segment. Colour = attention kind, marker = implementation, bars = quartiles of the timed
+    calls; ``rows`` should share one dtype and thread count. Points of one intensity differ in cache length
+    (labelled for the first implementation).
     """
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
@@ -60,10 +65,27 @@ def plot_roofline(rows: list[dict], read_bytes_per_s: float, peak_flops_per_s: f
     extra = [Line2D([], [], color=NEUTRAL, lw=1.6,
                     label=f"roofline: {read_bytes_per_s / 1e9:.1f} GB/s x FLOP/B, "
                           f"cap {peak_flops_per_s / 1e9:.0f} GFLOP/s")]
-    if decode_gemm_flops_per_s is not None:
+    if isinstance(decode_gemm_flops_per_s, int | float):
         ax.axhline(decode_gemm_flops_per_s / 1e9, color=NEUTRAL, ls=":", lw=1.2)
         extra.append(Line2D([], [], color=NEUTRAL, ls=":", lw=1.2,
                             label=f"{decode_gemm_label}: {decode_gemm_flops_per_s / 1e9:.0f} GFLOP/s"))
+    else:
+        segments = [(decode_gemm_flops_per_s, ":", decode_gemm_label),
+                    (kernel_in_cache_flops_per_s, "-.", "the kernel with K and V in cache")]
+        for rates, style, label in segments:
+            if not rates:
+                continue
+            for g, rate in sorted(rates.items()):
+                xg = [r["flop_per_byte"] for r in shown if int(r["n_heads"]) // int(r["n_kv_heads"]) == g]
+                if not xg:
+                    continue
+                x = xg[0]
+                ax.plot([x / 1.8, x * 1.8], [rate / 1e9] * 2, color=NEUTRAL, ls=style, lw=1.3, zorder=1)
+                if style == ":":
+                    ax.annotate(f"{g} row{'s' * (g > 1)}", (x * 1.8, rate / 1e9), textcoords="offset points",
+                                xytext=(2, -3), fontsize=7, color=NEUTRAL)
+            extra.append(Line2D([], [], color=NEUTRAL, ls=style, lw=1.3,
+                                label=f"{label}, by query rows per KV head"))
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
     ax.set_yscale("log")

@@ -4,14 +4,17 @@ measured."""
 from __future__ import annotations
 
 VARIANT_LABELS = {"released": "released (GQA)", "mha_twin": "MHA twin", "kv1_mean": "1 KV head (MQA)"}
-_MARKERS = {"gqa_lib": "o", "transformers": "s"}
+_MARKERS = {"gqa_lib": "o", "transformers": "s", "transformers_static": "D"}
+PATH_LABELS = {"gqa_lib": "gqa_lib", "transformers": "transformers, DynamicCache",
+               "transformers_static": "transformers, StaticCache"}
 
 
 def plot_decode_speed(rows: list[dict], read_gbps: float, ax=None):
     """Tokens per second against MB read per token, one point per row; the curve is ``read_gbps / bytes``.
 
-    Colour: the attention kind of the variant (series palette); marker: the path (circle gqa_lib, square
-    transformers); each gqa_lib point is labelled with its prompt length. Returns the axes.
+    Colour: the attention kind of the variant (series palette); marker: the path (filled circle gqa_lib, open
+    square transformers with its growing cache, open diamond with its static cache); each gqa_lib point is
+    labelled with its prompt length. Returns the axes.
     """
     import matplotlib.pyplot as plt
     import numpy as np
@@ -32,8 +35,8 @@ def plot_decode_speed(rows: list[dict], read_gbps: float, ax=None):
         kind = attention_kind(int(r["n_heads"]), int(r["n_kv_heads"]))
         key = (r["variant"], r["path"])
         ax.scatter(x, float(r["tokens_per_s"]), color=kind_color(kind), marker=_MARKERS[r["path"]], s=45,
-                   label=None if key in seen else f"{VARIANT_LABELS[r['variant']]}, {r['path']}",
-                   facecolors="none" if r["path"] == "transformers" else kind_color(kind))
+                   label=None if key in seen else f"{VARIANT_LABELS[r['variant']]}, {PATH_LABELS[r['path']]}",
+                   facecolors="none" if r["path"].startswith("transformers") else kind_color(kind))
         seen.add(key)
         if r["path"] == "gqa_lib":
             ax.annotate(f"{int(r['prompt_tokens'])}", (x, float(r["tokens_per_s"])), textcoords="offset points",
