@@ -81,10 +81,15 @@ def add_source_line(app, doctree) -> None:
             f'as committed, with its stored outputs; nothing runs here. '
             f'<a class="reference internal" href="../_sources/notebooks/{name}" download="{name}">Download the '
             f'notebook</a>, or run the series live: <code>{LIVE_COMMAND}</code>.')
-    box = nodes.container(classes=["gqa-source-line"])
-    box += nodes.raw("", f"<p>{line}</p>", format="html")
     title = next(iter(section.findall(nodes.title)), None)
-    section.insert(section.index(title) + 1 if title is not None else 0, box)
+    section.insert(section.index(title) + 1 if title is not None else 0, _html_paragraph("gqa-source-line", line))
+
+
+def _html_paragraph(css_class: str, html_text: str) -> nodes.container:
+    """One paragraph of ready-made HTML in a box with ``css_class`` (book/_static/gqa_book.css styles it)."""
+    box = nodes.container(classes=[css_class])
+    box += nodes.raw("", f"<p>{html_text}</p>", format="html")
+    return box
 
 
 def add_widget_notes(app, doctree) -> None:
@@ -96,9 +101,7 @@ def add_widget_notes(app, doctree) -> None:
                 f"is computed, so the figure and readout stay as they are. To explore it, run the series live: "
                 f"<code>{LIVE_COMMAND}</code> in the repository, open <code>{name}</code>, then Run &gt; Run All "
                 f"Cells.")
-        box = nodes.container(classes=["gqa-widget-note"])
-        box += nodes.raw("", f"<p>{note}</p>", format="html")
-        raw.parent.insert(raw.parent.index(raw) + 1, box)
+        raw.parent.insert(raw.parent.index(raw) + 1, _html_paragraph("gqa-widget-note", note))
 
 
 def link_notebook_names(app, doctree, docname: str) -> None:
