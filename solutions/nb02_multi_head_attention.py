@@ -24,12 +24,15 @@ def mha_left_padded(x, W_q, W_k, W_v, W_o, n_heads, n_pad):
 
 def rope(x, start_pos, base=10000.0):
     d = x.shape[-1]
-    inv_freq = base ** (-torch.arange(0, d, 2, dtype=torch.float32) / d)  # (d/2,), float32 whatever x is
-    positions = torch.arange(start_pos, start_pos + x.shape[2], dtype=torch.float32)  # (seq,)
+    # float64 angles and rotation, rounded to x's dtype once, as gqa_lib.core.rope does: float32 angles at position
+    # 100,000 are good only to about 1e-2 rad, and bf16 cos and sin would round a second time
+    inv_freq = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)  # (d/2,)
+    positions = torch.arange(start_pos, start_pos + x.shape[2], dtype=torch.float64)  # (seq,)
     angles = positions[:, None] * inv_freq[None, :]  # (seq, d/2)
     cos, sin = torch.cat([angles, angles], -1).cos(), torch.cat([angles, angles], -1).sin()  # (seq, d)
-    x1, x2 = x.chunk(2, dim=-1)  # rotate_half layout: pair i is (x[i], x[i + d/2])
-    return x * cos.to(x.dtype) + torch.cat([-x2, x1], dim=-1) * sin.to(x.dtype)
+    x64 = x.double()
+    x1, x2 = x64.chunk(2, dim=-1)  # rotate_half layout: pair i is (x[i], x[i + d/2])
+    return (x64 * cos + torch.cat([-x2, x1], dim=-1) * sin).to(x.dtype)
 
 
 def decode_step(q, k, v, k_cache, v_cache, rope):

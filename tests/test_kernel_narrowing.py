@@ -1,5 +1,6 @@
 """`make notebook-tests` compares the stored outputs with another CPU's arithmetic, and so catches a checked
-output that only one machine's kernels print.
+output that only one machine's kernels print; and it runs from a checkout whose path has a space, deleting
+nothing beside it.
 
 The stored outputs come from `make notebooks`, at this machine's full vector width. The nbval run narrows
 PyTorch's kernels to the generic ones, oneDNN's and MKL's to AVX2, and the thread count to one
@@ -8,11 +9,16 @@ planted notebook, executed at full width, stores a checked output that depends o
 ``torch.exp`` over a few thousand numbers: PyTorch's vectorised exp and the C library's differ in the last
 bit for some of them); `make notebook-tests` must fail on exactly that cell and pass the one beside it whose
 checked output is exact arithmetic.
+
+The same run is made from "My Notes/repo", beside a file "My": before the Makefile quoted the paths it builds
+from $(CURDIR), `make notebook-tests` there ran `rm -f /.../My Notes/repo/build/network-attempts.log`, which
+deleted "My", and then failed. One `make` run serves both checks (each starts nbval and a kernel).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -68,24 +74,63 @@ def _planted_notebook():
     return nb
 
 
-@pytest.mark.skipif(not (ROOT / ".venv" / "pyvenv.cfg").exists(), reason="needs .venv (make test makes it first)")
-def test_make_notebook_tests_catches_a_kernel_dependent_checked_output(tmp_path, monkeypatch):
-    for name in NARROWING:  # stored at full width, as `make notebooks` stores
-        monkeypatch.delenv(name, raising=False)
+def _checkout_with_a_space(tmp: Path) -> Path:
+    """'My Notes/repo' with what `make notebook-tests` needs (.venv linked, stamps older than it), beside 'My'."""
+    repo = tmp / "My Notes" / "repo"
+    repo.mkdir(parents=True)
+    for name in ("Makefile", "requirements.txt", "pyproject.toml"):
+        shutil.copy(ROOT / name, repo / name)
+        os.utime(repo / name, (0, 0))  # older than .venv's install stamp: nothing to reinstall
+    shutil.copytree(ROOT / "tools", repo / "tools")
+    shutil.copytree(ROOT / "tests" / "offline_guard", repo / "tests" / "offline_guard")
+    (repo / ".venv").symlink_to(ROOT / ".venv")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def planted_run(tmp_path_factory):
+    """The planted notebook executed at full width (as `make notebooks` stores it), then `make notebook-tests`
+    run on it from 'My Notes/repo': (full-width text of the kernel-dependent cell, the make result, tmp)."""
+    if not (ROOT / ".venv" / ".installed").exists():
+        pytest.skip("needs a finished .venv (make test makes it first)")
+    tmp = tmp_path_factory.mktemp("planted")
+    (tmp / "My").write_text("a learner's notes\n")  # what the unquoted path's first word names
+    repo = _checkout_with_a_space(tmp)
+    folder = repo / "my notebooks"
+    folder.mkdir()
+    full_env = {k: v for k, v in os.environ.items() if k not in NARROWING}  # full width, as `make notebooks` runs
     nb = _planted_notebook()
-    NotebookClient(nb, timeout=120, kernel_name="python3").execute()
-    nbformat.write(nb, tmp_path / "planted.ipynb")
-    full = nb.cells[1].outputs[0]["text"]
+    saved = {k: os.environ.pop(k) for k in NARROWING if k in os.environ}
+    try:
+        NotebookClient(nb, timeout=120, kernel_name="python3").execute()
+    finally:
+        os.environ.update(saved)
+    nbformat.write(nb, folder / "planted.ipynb")
+    env = {k: v for k, v in full_env.items() if not k.startswith("PYTEST_")}
+    result = subprocess.run(["make", "--no-print-directory", "notebook-tests", "NBVAL_DIR=my notebooks",
+                             f"PYTHON={_base_python()}"], cwd=repo, env=env, capture_output=True, text=True,
+                            timeout=300)
+    return nb.cells[1].outputs[0]["text"], result, tmp
+
+
+def test_make_notebook_tests_catches_a_kernel_dependent_checked_output(planted_run):
+    full, result, _ = planted_run
     narrow = _printed(KERNEL_DEPENDENT, _narrow_env())
     if full == narrow:  # the premise: the planted cell's text depends on which kernels run it
         pytest.skip(f"this CPU's widest PyTorch kernels print what an AVX2 machine's print ({full.strip()}): "
                     "there is nothing wider here to compare with")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    result = subprocess.run(["make", "--no-print-directory", "notebook-tests", f"NBVAL_DIR={tmp_path}",
-                             f"PYTHON={_base_python()}"], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=300)
     out = result.stdout + result.stderr
     assert result.returncode != 0, f"the narrowed nbval run passed a kernel-dependent checked output:\n{out[-3000:]}"
     summary = out.split("short test summary info")[-1]
     assert "planted.ipynb::Cell 1" in summary and "planted.ipynb::Cell 0" not in summary, out[-3000:]
     assert "1 failed, 1 passed" in summary, out[-3000:]
+
+
+def test_notebook_tests_from_a_path_with_a_space_delete_nothing_beside_it(planted_run):
+    _, result, tmp = planted_run
+    out = result.stdout + result.stderr
+    assert (tmp / "My").exists(), f"make deleted {tmp / 'My'}:\n{out[-2000:]}"
+    assert not (tmp / "My Notes" / "repo" / "Notes").exists() and not (tmp / "Notes").exists()
+    # nbval ran both cells from the spaced path: the exact one passed (the other passes or fails by this CPU)
+    assert "planted.ipynb::Cell 0" not in out.split("short test summary info")[-1], out[-3000:]
+    assert "1 failed, 1 passed" in out or (result.returncode == 0 and "2 passed" in out), out[-3000:]

@@ -90,19 +90,20 @@ def test_one_kv_head_is_the_same_model_on_both_paths(smollm, variants, ids):
 
 
 def test_both_paths_generate_the_same_tokens_from_one_cache(smollm, variants, ids):
+    n_new = 3  # new tokens: enough to show the cache, its rewinding and every path agreeing, each step costing a pass
     for name in ds.VARIANTS:
         decoder = variants[name]
-        caches = ds.prefill(decoder, ids, 5, chunk=7)  # chunks of 7 cover the 23-token prefix unevenly
+        caches = ds.prefill(decoder, ids, n_new, chunk=7)  # chunks of 7 cover the 23-token prefix unevenly
         assert caches[0].length == ids.shape[1] - 1
-        mine = ds.decode_gqa_lib(decoder, caches, ids[:, -1:], ids.shape[1] - 1, 5)
-        assert ds.decode_gqa_lib(decoder, caches, ids[:, -1:], ids.shape[1] - 1, 5) == mine  # rewinding works
+        mine = ds.decode_gqa_lib(decoder, caches, ids[:, -1:], ids.shape[1] - 1, n_new)
+        assert ds.decode_gqa_lib(decoder, caches, ids[:, -1:], ids.shape[1] - 1, n_new) == mine  # rewinding works
         hf = ds.transformers_variant(smollm[0], decoder)
-        theirs = ds.decode_transformers(hf, caches, ids, 5)
-        assert theirs == mine == decoder.generate(ids, 5)[0].tolist()
-        static = ds.static_cache(hf, caches, ids.shape[1] - 1, 5)  # preallocated: prompt + 5 new tokens
-        assert static.layers[0].keys.shape[2] == ids.shape[1] - 1 + 5
-        assert ds.decode_transformers_static(hf, static, ids, 5) == mine
-        assert ds.decode_transformers_static(hf, static, ids, 5) == mine  # rewound: the same tokens again
+        theirs = ds.decode_transformers(hf, caches, ids, n_new)
+        assert theirs == mine == decoder.generate(ids, n_new)[0].tolist()
+        static = ds.static_cache(hf, caches, ids.shape[1] - 1, n_new)  # preallocated: prompt + n_new new tokens
+        assert static.layers[0].keys.shape[2] == ids.shape[1] - 1 + n_new
+        assert ds.decode_transformers_static(hf, static, ids, n_new) == mine
+        assert ds.decode_transformers_static(hf, static, ids, n_new) == mine  # rewound: the same tokens again
         times = ds.time_attention_alone(decoder, caches, ids.shape[1] - 1, 2, "cpu")
         assert len(times) == 2 and all(t > 0 for t in times)
 

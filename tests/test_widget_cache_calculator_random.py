@@ -45,8 +45,9 @@ def expected_bytes(w) -> int:
     pattern = w.pattern.value[:n_layers] if window else "G"
     if window and "L" not in pattern:
         pattern = "L" + pattern[1:]
-    kept = sum(min(ctx, window) if pattern[i % len(pattern)] == "L" else ctx
-               for i in range(0, n_layers, w.share_every.value))
+    k = w.share_every.value  # a group of k adjacent layers stores one cache, what its most demanding layer reads:
+    kept = sum(ctx if any(pattern[j % len(pattern)] == "G" for j in range(i, min(i + k, n_layers)))
+               else min(ctx, window) for i in range(0, n_layers, k))  # the whole context if any of them is global
     return per_layer * kept * w.batch.value
 
 

@@ -77,7 +77,8 @@ check_mha_left_padded = mha_left_padded.check
 
 
 def reference_rope(x, start_pos, base=10000.0):
-    """gqa_lib.core.rope.RotaryEmbedding: rotate_half layout, angles in float32."""
+    """gqa_lib.core.rope.RotaryEmbedding: rotate_half layout, angles and rotation in float64, rounded to x's dtype
+    once."""
     return RotaryEmbedding(x.shape[-1], base)(x, start_pos)
 
 
@@ -93,8 +94,8 @@ def _rope_cases() -> list[Case]:
     for i, (b, h, s, d, start, dtype, base) in enumerate(rows):
         label = (f"x of shape ({b}, {h}, {s}, {d}) = (batch, heads, seq, head_dim), "
                  f"{dtype_name(dtype)}, start_pos {start:,}" + (f", base {base:,.0f}" if base else ""))
-        # float32 angles at position 100,000 are only good to about 1e-2 rad (its float32 spacing is 2**-7), so
-        # a correct float64 computation differs from the float32 reference that much; known mistakes differ by O(1).
+        # float32 angles at position 100,000 are only good to about 1e-2 rad (its float32 spacing is 2**-7), so a
+        # learner's float32 computation differs from this float64 reference that much; known mistakes differ by O(1).
         tol = (3e-2, 1e-2) if start >= 100_000 else None
         args = (randn(gen, b, h, s, d, dtype=dtype), start) + ((base,) if base else ())
         cases.append(Case(label, args, size=i, tol=tol))

@@ -13,7 +13,9 @@ NEUTRAL = "#555555"
 HEATMAP_CMAP = "viridis"  # perceptually uniform, readable in grey
 DIVERGING_CMAP = "RdBu_r"
 
-# Usable GPU memory sizes drawn as reference lines (GiB as the vendors' tools report them).
+# Reference lines: GPU memory as the makers' data sheets state it (NVIDIA: GeForce RTX 4090 24 GB GDDR6X,
+# A100 and H100 SXM 80 GB HBM, H200 141 GB HBM3e), drawn as GiB; what a program can allocate is a little less
+# (an H200 reports about 140 GiB, an H100 about 79.6).
 GPU_MEMORY_GIB = {"24 GiB (RTX 4090)": 24, "80 GiB (A100/H100)": 80, "141 GiB (H200)": 141}
 
 
