@@ -21,8 +21,6 @@ def widget():
     return cache_budget_explorer(TABLE)
 
 
-@pytest.mark.skipif("score_from" not in TABLE.columns, reason="the shipped cache_pareto.csv predates issue 22's "
-                    "benchmark (bytes averaged over the scored predictions); rerun benchmarks/cache_pareto.py")
 def test_bytes_recomputed_at_the_measured_contexts_match_the_file():
     for r in OFFERED:
         assert scored_bytes_per_token(r) == pytest.approx(r["kv_bytes_per_token"], abs=0.05), r["method"]

@@ -216,6 +216,8 @@ def summarise(scores: dict[str, dict], baseline: str, seed: int = 0, data_tokens
     Intervals are BCa bootstrap intervals over windows (paired by window for the change); ``pareto``
     marks the methods that no other beats in both bytes and loss (:func:`mark_pareto`). ``data_tokens``:
     {'calibration': tokens, 'uptraining': tokens} given to the methods that used them ('data' column).
+    ``text_losses``: each window's loss, space-separated, in window order (6 decimals), so that two methods
+    scored on the same windows can be compared paired by window (:func:`text_losses`).
     """
     from gqa_lib.experiments.stats import bootstrap_interval
 
@@ -242,9 +244,19 @@ def summarise(scores: dict[str, dict], baseline: str, seed: int = 0, data_tokens
                      "bytes_vs_original": round(s["bytes_per_token"] / base["bytes_per_token"], 4),
                      "val_nll": round(float(losses.mean()), 5), "ci_low": round(low, 5), "ci_high": round(high, 5),
                      "delta_nll": round(float(losses.mean() - base["losses"].mean()), 5),
-                     "delta_ci_low": round(d_low, 5), "delta_ci_high": round(d_high, 5)})
+                     "delta_ci_low": round(d_low, 5), "delta_ci_high": round(d_high, 5),
+                     "text_losses": " ".join(f"{x:.6f}" for x in losses.tolist())})
     mark_pareto(rows)
     return rows
+
+
+def text_losses(row) -> list[float]:
+    """A row's per-window losses (its ``text_losses`` column), in window order: pair two rows of one context by
+    position to compare them text by text (``gqa_lib.experiments.stats.bootstrap_mean(a, b)``)."""
+    value = row.get("text_losses")
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"row {row.get('method')!r} has no text_losses: rerun benchmarks/cache_pareto.py")
+    return [float(x) for x in value.split()]
 
 
 def mark_pareto(rows: list[dict]) -> None:
