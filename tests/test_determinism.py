@@ -3,7 +3,8 @@
 `make test` runs every notebook twice, in fresh kernels with different Python hash seeds (so set and dict
 orders of strings differ between them), and compares both runs with the stored outputs, so the two runs
 also equal each other: nbval (``make notebook-tests``: PYTHONHASHSEED=1, kernels narrowed to an AVX2
-machine's) and the browser tests' Run All in JupyterLab (PYTHONHASHSEED=2, full width). The first test here
+machine's) and, at full width with PYTHONHASHSEED=2, the browser tests' Run All in JupyterLab for a notebook
+that shows a widget, a second nbval run in ``make notebook-tests`` for one that does not. The first test here
 checks that set-up. The exact two-run comparison of this file (two runs on this machine, compared with each
 other and with the stored outputs) runs only when asked: set GQA_DETERMINISM_NOTEBOOKS to a comma-separated
 list of name prefixes (e.g. ``01,07``) or to ``all``.
@@ -34,10 +35,23 @@ def test_make_test_runs_every_notebook_twice_with_two_hash_seeds():
     makefile = (ROOT / "Makefile").read_text()
     recipe = makefile[makefile.index("\nnotebook-tests:"):].split("\n\n")[0]
     assert "PYTHONHASHSEED=1" in recipe and "--nbval-lax" in recipe, recipe
+    assert "PYTHONHASHSEED=2" in recipe and "series.py --without-widgets" in recipe, recipe
     conftest = (ROOT / "tests" / "browser" / "conftest.py").read_text()
     assert 'env["PYTHONHASHSEED"] = "2"' in conftest
     browser = (ROOT / "tests" / "browser" / "test_notebooks_in_browser.py").read_text()
-    assert '@pytest.mark.parametrize("name", ALL_NOTEBOOKS)\ndef test_checked_outputs_hold_at_full_width' in browser
+    assert '@pytest.mark.parametrize("name", WIDGET_NOTEBOOKS)\ndef test_checked_outputs_hold_at_full_width' in browser
+    # every notebook gets its second run: in the browser if it shows a widget, in nbval's second run if not
+    series = ROOT / "tests" / "browser" / "series.py"
+    plain = subprocess.run([sys.executable, str(series), "--without-widgets"], capture_output=True, text=True,
+                           check=True, env={**os.environ, "GQA_BROWSER_NOTEBOOKS": str(ROOT / "notebooks")})
+    without = set(filter(None, plain.stdout.strip().split(" or ")))
+    sys.path.insert(0, str(series.parent))
+    try:
+        from series import WIDGET_NOTEBOOKS
+    finally:
+        sys.path.remove(str(series.parent))
+    assert without | {n.removesuffix(".ipynb") for n in WIDGET_NOTEBOOKS} == {p.stem for p in NOTEBOOKS}
+    assert "06_tradeoff_measured" in without  # the one notebook of the series without a widget
     # ... and the browser test processes share every notebook between them: tests/browser/test_shards.py
 
 

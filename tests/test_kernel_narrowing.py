@@ -83,6 +83,8 @@ def _checkout_with_a_space(tmp: Path) -> Path:
         os.utime(repo / name, (0, 0))  # older than .venv's install stamp: nothing to reinstall
     shutil.copytree(ROOT / "tools", repo / "tools")
     shutil.copytree(ROOT / "tests" / "offline_guard", repo / "tests" / "offline_guard")
+    (repo / "tests" / "browser").mkdir()
+    shutil.copy(ROOT / "tests" / "browser" / "series.py", repo / "tests" / "browser")  # which notebooks show widgets
     (repo / ".venv").symlink_to(ROOT / ".venv")
     return repo
 
@@ -134,3 +136,6 @@ def test_notebook_tests_from_a_path_with_a_space_delete_nothing_beside_it(plante
     # nbval ran both cells from the spaced path: the exact one passed (the other passes or fails by this CPU)
     assert "planted.ipynb::Cell 0" not in out.split("short test summary info")[-1], out[-3000:]
     assert "1 failed, 1 passed" in out or (result.returncode == 0 and "2 passed" in out), out[-3000:]
+    # a notebook that shows no widget also runs at full width (the browser tests do not run it), and passes there
+    full_width = out.split("at full width, the notebooks without a widget (planted;")[-1]
+    assert full_width != out and "2 passed" in full_width, out[-3000:]

@@ -7,11 +7,12 @@
 - ``latency_report``: browser latencies collected by the tests, printed at the end of the run and
   written to build/browser_latency.txt.
 
-- ``executed``: on first use, every notebook of the series is opened in its own tab and run
-  (Run > Run All Cells) at once, at this machine's full kernel width; ``executed(name)`` waits for that
-  one. The tests go notebook by notebook, in the order the Run Alls should finish (their stored run
-  times): a notebook's run-all checks (errors, widgets drawn, checked outputs), then its interactions and
-  text walks, which mostly wait for the browser and so overlap the Run Alls of the notebooks still running.
+- ``executed``: on first use, every notebook of this process's share that shows a widget is opened in its
+  own tab (its kernel starts), and run (Run > Run All Cells) RUNS_AT_ONCE at a time, at this machine's full
+  kernel width, in series.RUN_ORDER: the notebooks with the longest tests first. ``executed(name)`` waits for that one.
+  The tests go notebook by notebook in that order: a notebook's run-all checks (errors, widgets drawn,
+  checked outputs), then its interactions and text walks, which mostly wait for the browser and so overlap
+  the Run Alls still going. Started all at once, every notebook finished late and the walks came after.
 - The latency tests come last, at the state the text walks leave (every slider at its maximum, every
   dropdown at its last option): they wait (``quiet_machine``) until every process has done all its other
   tests, and with GQA_BROWSER_SHARD=i/n (``make browser-tests`` runs 0/2 and 1/2 side by side, each with its
@@ -36,9 +37,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from lab_page import NO_MOTION_SCRIPT, NotebookPage
+from lab_page import NO_MOTION_SCRIPT, RUN_ALL_TIMEOUT_S, NotebookPage
 from lab_settings import make_lab_home
-from series import ALL_NOTEBOOKS, NOTEBOOKS, ROOT, SHARD, SHARDS, in_this_shard, stored_run_seconds
+from series import NOTEBOOKS, ROOT, SHARD, SHARDS, WIDGET_NOTEBOOKS, in_this_shard, run_order
 
 BUILD = ROOT / "build"
 SCREENSHOTS = BUILD / "screenshots"
@@ -47,9 +48,14 @@ CHROMIUM = Path(os.environ.get("GQA_CHROMIUM", "/usr/bin/chromium"))  # Debian's
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]
 SERVER_START_TIMEOUT_S = 90
+# Run Alls going at once in one test process; `make browser-tests` runs two processes on a 2-core machine.
+# Measured there (idle, the whole phase): all at once 3:52; one at a time 3:33; two at a time, the first started as
+# soon as its page had opened, 3:13.
+RUNS_AT_ONCE = int(os.environ.get("GQA_BROWSER_RUNS_AT_ONCE", "2"))
 
 _LATENCIES: dict[str, list[float]] = {}  # widget name -> milliseconds, one per key press
 _RUN_SECONDS: dict[str, float] = {}  # notebook -> seconds from Run All to done (runs overlap)
+_PUMPS: list = []  # starts the next queued Run Alls; called between tests too (pytest_runtest_teardown)
 _STDERR: list[tuple[str, str]] = []  # (notebook, text) of stderr outputs shown to readers (warnings)
 
 
@@ -74,6 +80,20 @@ def _wait_for_server(url: str, proc: subprocess.Popen, log: Path) -> None:
                        f"{log.read_text()[-4000:]}")
 
 
+def _clear_outputs(path: Path) -> None:
+    """Serve the notebook as a reader who cleared it would open it: no stored outputs, counts or widget state.
+    Run All fills them again; the checked outputs are compared with the repository's file, not this copy.
+    A page that need not draw the stored figures and widgets first opens in a fraction of the time, and a cell
+    left unrun cannot pass for run with a stale execution count."""
+    nb = json.loads(path.read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            cell["outputs"], cell["execution_count"] = [], None
+            cell.get("metadata", {}).pop("execution", None)
+    nb.get("metadata", {}).pop("widgets", None)
+    path.write_text(json.dumps(nb, indent=1, ensure_ascii=False) + "\n")
+
+
 class Lab:
     """A running JupyterLab: where it is, its token and the folder it serves."""
 
@@ -93,6 +113,8 @@ def lab(tmp_path_factory):
     if not NOTEBOOKS.is_dir():
         pytest.fail(f"no notebooks folder at {NOTEBOOKS}")
     shutil.copytree(NOTEBOOKS, served, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    for path in served.glob("*.ipynb"):
+        _clear_outputs(path)
     env = {**os.environ, **make_lab_home(home)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(OFFLINE_GUARD), str(ROOT), env.get("PYTHONPATH")]))
     env["GQA_NETWORK_LOG"] = str(home / "network-attempts.log")
@@ -136,7 +158,7 @@ def browser():
 
 @pytest.fixture(scope="session")
 def executed(lab, browser):
-    """``executed(name)``: the notebook open in its tab after Run All; all widget notebooks start together."""
+    """``executed(name)``: the notebook open in its tab after Run All (see the module's docstring)."""
     ctx = browser.new_context(viewport={"width": 1400, "height": 1000}, device_scale_factor=1)
     ctx.set_default_timeout(30_000)
     ctx.add_init_script(NO_MOTION_SCRIPT)
@@ -144,28 +166,60 @@ def executed(lab, browser):
     ctx.on("request", lambda r: external.append(r.url) if urllib.parse.urlparse(r.url).hostname not in
            (None, "127.0.0.1", "localhost") and not r.url.startswith(("data:", "blob:")) else None)
     pages: dict[str, NotebookPage] = {}
+    queue: list[str] = []  # opened, Run All not started yet, in the order they start
 
-    def start(names: list[str]) -> None:
-        new = [NotebookPage(ctx.new_page(), lab, name).goto() for name in names]  # kernels start side by side
-        for nb in new:
-            nb.wait_opened().start_run_all()
-            pages[nb.name] = nb
+    def pump() -> None:
+        """Start queued Run Alls while fewer than RUNS_AT_ONCE of this process's are going."""
+        running = sum(1 for nb in pages.values() if nb.run_started and not nb.run_all_done())
+        while queue and running < RUNS_AT_ONCE:
+            pages[queue.pop(0)].start_run_all()
+            running += 1
+
+    # Every page opens now (its kernel starts), but the Run Alls start a few at a time, those whose tests take
+    # longest first (series.RUN_ORDER): that notebook is done early, and its interactions and text walks, which
+    # mostly wait for the browser, overlap the Run Alls still going. The first Run All starts as soon as its
+    # page is open, while the other pages load.
+    names = run_order([n for n in WIDGET_NOTEBOOKS if in_this_shard(n)])
+    for i, name in enumerate(names):
+        pages[name] = NotebookPage(ctx.new_page(), lab, name).goto()
+        if i == 0:
+            queue.append(pages[name].wait_opened().name)
+            pump()
+    for name in names[1:]:
+        queue.append(pages[name].wait_opened().name)
+        pump()
+    _PUMPS.append(pump)
 
     def get(name: str) -> NotebookPage:
-        if not pages:
-            start([n for n in ALL_NOTEBOOKS if in_this_shard(n)])  # every run starts now: work and waits overlap
         if name not in pages:
-            start([name])
+            pages[name] = NotebookPage(ctx.new_page(), lab, name).open()
+            queue.append(name)
         nb = pages[name]
-        if nb.run_seconds is None:
-            nb.wait_run_all()
-            _RUN_SECONDS[name] = nb.run_seconds
+        if not nb.run_started:
+            queue.remove(name)
+            nb.start_run_all()
+        deadline = time.monotonic() + RUN_ALL_TIMEOUT_S
+        while not nb.run_all_done():  # waiting: start the next Run All as soon as another one ends
+            assert time.monotonic() < deadline, f"{name}: Run All did not end within {RUN_ALL_TIMEOUT_S} s"
+            pump()
+            nb.page.wait_for_timeout(250)
+        _RUN_SECONDS[name] = nb.run_seconds
+        pump()
         return nb
 
     yield get
+    _PUMPS.clear()
     ctx.close()
     if external:
         pytest.fail(f"the page requested hosts other than 127.0.0.1: {sorted(set(external))[:10]}")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _runs_start_first(request):
+    """The notebooks open and the first Run Alls start before any test, so the tests of no notebook (the book)
+    run while they go; a process whose tests use no notebook opens none."""
+    if any("executed" in getattr(item, "fixturenames", ()) for item in request.session.items):
+        request.getfixturevalue("executed")
 
 
 @pytest.fixture(scope="session")
@@ -212,24 +266,25 @@ LATENCY_TEST = "test_keyboard_latency"
 
 
 def pytest_collection_modifyitems(config, items):
-    """This process's share of the notebooks only (series.py), notebook by notebook in the order their Run
-    Alls should finish (the first test starts every notebook): run-all checks, interactions, text walks;
+    """This process's share of the notebooks only (series.py): the tests of no notebook first, then notebook
+    by notebook in the order their Run Alls start (series.RUN_ORDER): run-all checks, interactions, text walks;
     then the latency tests, at the state the walks leave."""
     if SHARDS > 1:
         kept = [item for item in items if in_this_shard(_notebook_of(item))]
         config.hook.pytest_deselected(items=[item for item in items if item not in kept])
         items[:] = kept
-    # Notebook by notebook, in the order their Run Alls should finish (the stored run times): a notebook's
-    # interactions and text walks, which mostly wait for the browser, then overlap the Run Alls still going.
-    # Tests of no notebook come after the first notebook's; the latency tests come last of all.
-    finish = sorted((n for n in ALL_NOTEBOOKS if in_this_shard(n)), key=lambda n: stored_run_seconds(NOTEBOOKS / n))
+    # Notebook by notebook, in the order their Run Alls start: a notebook's interactions and text walks, which
+    # mostly wait for the browser, then overlap the Run Alls still going.
+    # Tests of no notebook (the book, the checks of the checks) come first, while the first Run All goes; the
+    # latency tests come last of all.
+    finish = run_order([n for n in WIDGET_NOTEBOOKS if in_this_shard(n)])
     first = ("test_runs_without_errors_and_draws_widgets", "test_checked_outputs_hold_at_full_width")
 
     def place(item) -> tuple[float, int]:
         if item.originalname == LATENCY_TEST:
             return (len(finish) + 1, 0)
         name = _notebook_of(item)
-        group = finish.index(name) if name in finish else 0.5
+        group = finish.index(name) if name in finish else -1
         return (group, 0 if item.originalname in first else 1)
 
     items.sort(key=place)  # a stable sort: within a notebook, the files' own order (text walks last)
@@ -262,7 +317,7 @@ def quiet_machine(executed):
     competes with a timed key press."""
     if SHARDS == 1:
         return
-    for name in ALL_NOTEBOOKS:
+    for name in WIDGET_NOTEBOOKS:
         if in_this_shard(name):
             executed(name)
     _say("run-all-done")
@@ -271,7 +326,10 @@ def quiet_machine(executed):
 
 
 def pytest_runtest_teardown(item):
-    """After this process's last latency test: say so, and wait until every process has timed its widgets."""
+    """Between tests: start the next queued Run All if one has ended. After this process's last latency test:
+    say so, and wait until every process has timed its widgets."""
+    for pump in _PUMPS:
+        pump()
     if SHARDS > 1 and _LAST_LATENCY_TEST and item.nodeid == _LAST_LATENCY_TEST[0]:
         _say("latency-done")
         _wait_for([SHARD_FILES / f"latency-done-{i}" for i in range(SHARDS)], "every process's timing")
@@ -290,7 +348,7 @@ def pytest_terminal_summary(terminalreporter):
         for name, text in _STDERR:
             terminalreporter.write_line(f"{name}: {' '.join(text.split())[:200]}")
     if _RUN_SECONDS:
-        terminalreporter.write_sep("-", "Run All in the browser, all notebooks started together (s)")
+        terminalreporter.write_sep("-", f"Run All in the browser, {RUNS_AT_ONCE} at a time in each process (s)")
         for name, seconds in sorted(_RUN_SECONDS.items()):
             terminalreporter.write_line(f"{name:<48} {seconds:6.0f}")
     if not _LATENCIES:

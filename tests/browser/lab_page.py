@@ -11,7 +11,7 @@ import re
 import time
 from dataclasses import dataclass
 
-RUN_ALL_TIMEOUT_S = 600  # all notebooks run at once on 2 cores; several load SmolLM2 (~20 s each alone)
+RUN_ALL_TIMEOUT_S = 600  # several notebooks run at once on 2 cores; several load SmolLM2
 # How long a widget must stay unchanged, after the kernel has answered, before a move counts as drawn. The
 # kernel is idle again only after every message of the update has been sent, so this only covers the
 # browser's own drawing; latency measurements wait longer (LATENCY_QUIET_MS) so that no late change is missed.
@@ -270,6 +270,17 @@ class NotebookPage:
         self._run_started = time.monotonic()
         self.page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
         self.page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
+
+    @property
+    def run_started(self) -> bool:
+        return self._run_started is not None
+
+    def run_all_done(self) -> bool:
+        """Whether a started Run All is over (a look at the page, without waiting); records its seconds."""
+        if self.run_seconds is None and self.run_started and self.page.evaluate(_RUN_ALL_DONE):
+            self.page.wait_for_timeout(500)  # let the last widget views and images attach
+            self.run_seconds = time.monotonic() - self._run_started
+        return self.run_seconds is not None
 
     def wait_run_all(self, timeout_s: float = RUN_ALL_TIMEOUT_S) -> float:
         """Wait until every code cell ran (or one failed, which stops Run All); return seconds since the start."""

@@ -4,7 +4,9 @@
 JupyterLab at it, so the tests never read or change the user's own ~/.jupyter. The settings make
 the page quiet and predictable for a robot: no news or update pop-up, no extension manager (it
 would ask PyPI), the notebook's own kernel (python3) started without a kernel chooser, every cell
-kept in the DOM (no windowing), no autosave (the served notebooks are copies anyway).
+kept in the DOM with JupyterLab's default windowing ("contentVisibility": cells out of view are not painted,
+as in a reader's JupyterLab; "full" would take them out of the DOM), no autosave (the served notebooks are
+copies anyway).
 
 Run it by hand to look at the result: ``python tests/browser/lab_settings.py /tmp/labhome``.
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 USER_SETTINGS = {
     "@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": False},
     "@jupyterlab/extensionmanager-extension:plugin": {"enabled": False},
-    "@jupyterlab/notebook-extension:tracker": {"windowingMode": "none", "autoStartDefaultKernel": True},
+    "@jupyterlab/notebook-extension:tracker": {"windowingMode": "contentVisibility", "autoStartDefaultKernel": True},
     "@jupyterlab/docmanager-extension:plugin": {"autosave": False},
     "@jupyter-widgets/jupyterlab-manager:plugin": {"saveState": False},
 }

@@ -44,20 +44,6 @@ def widget_calls(path) -> list[str]:
     return [name for name in shown if name]
 
 
-def stored_run_seconds(path) -> float:
-    """Seconds the notebook's cells took when ``make notebooks`` last ran it (their execution timestamps),
-    0.0 where none are stored: which notebooks a Run All finishes first."""
-    from datetime import datetime
-
-    total = 0.0
-    for cell in json.loads(path.read_text())["cells"]:
-        run = cell.get("metadata", {}).get("execution", {})
-        start, end = run.get("iopub.execute_input"), run.get("shell.execute_reply")
-        if start and end:
-            total += (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
-    return total
-
-
 ALL_NOTEBOOKS = sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
 WIDGET_NOTEBOOKS = [name for name in ALL_NOTEBOOKS if widget_calls(NOTEBOOKS / name)]
 
@@ -70,9 +56,22 @@ def notebook_showing(builder: str) -> str | None:
     return None
 
 
-# The shares for two processes, from the measured times (Run All's CPU time, and the interactions and
-# text-fits walks, which mostly wait): 01, 05, 07 against the rest. A notebook not named goes by its index.
-_TWO_SHARES = {"01": 0, "05": 0, "07": 0, "02": 1, "03": 1, "04": 1, "06": 1, "08": 1}
+# The shares for two processes, from the measured times: Run All's CPU time (stored run times 01 15 s, 05 24,
+# 07 33 against 02 17, 03 15, 04 12, 08 22) and the interactions and text walks, which mostly wait for the browser
+# (01 and 04 about a minute each, the others under 20 s). 06 shows no widget: `make notebook-tests` runs it at full
+# width, not the browser. A notebook not named goes by its index.
+_TWO_SHARES = {"01": 0, "05": 0, "07": 0, "02": 1, "03": 1, "04": 1, "08": 1, "06": 1}
+
+# The order Run Alls start in (conftest.py runs a few at a time): the notebooks whose tests after Run All take
+# longest first, so they are done early and their walks overlap the runs still going; the last one to finish
+# has the shortest tests. Notebooks not named come after, by name.
+RUN_ORDER = ["04", "01", "05", "03", "02", "07", "08", "06"]
+
+
+def run_order(names: list[str]) -> list[str]:
+    """``names`` in the order their Run Alls start (RUN_ORDER, then the rest by name)."""
+    rank = {prefix: i for i, prefix in enumerate(RUN_ORDER)}
+    return sorted(names, key=lambda n: (rank.get(n[:2], len(RUN_ORDER)), n))
 
 
 def _shard() -> tuple[int, int]:
@@ -102,3 +101,13 @@ def in_shard(name: str | None, shard: int, shards: int) -> bool:
 
 def in_this_shard(name: str | None) -> bool:
     return in_shard(name, SHARD, SHARDS)
+
+
+if __name__ == "__main__":
+    # `make notebook-tests` runs the notebooks that show no widget at full width too (the browser tests run the
+    # others there): their stems, as a pytest -k expression ("" when every notebook shows a widget).
+    import sys
+
+    if sys.argv[1:] != ["--without-widgets"]:
+        raise SystemExit("usage: python tests/browser/series.py --without-widgets  (GQA_BROWSER_NOTEBOOKS=folder)")
+    print(" or ".join(name.removesuffix(".ipynb") for name in ALL_NOTEBOOKS if name not in WIDGET_NOTEBOOKS))

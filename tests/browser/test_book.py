@@ -1,7 +1,8 @@
 """The static book (`make book` -> build/book/) read in headless Chromium as a reader would: nothing leaves the
 site, and every image, math expression, widget and internal link a page has is there (book_check.py).
 
-No notebook's test: the first browser test process runs it (series.py), beside the other's notebooks.
+`make book-tests` runs it after building the book, in a phase of `make test` of its own (no JupyterLab, no kernel);
+`make browser-tests` leaves it out.
 """
 
 from __future__ import annotations
