@@ -133,10 +133,12 @@ def test_ceilings_are_numbers_equal_to_the_header():
     for loaded in (attention, smollm):
         meta = read_metadata(loaded.path)
         expected = {k: float(v) for k, v in meta.items() if k.startswith(("read_bandwidth_", "gemm_peak_",
-                                                                           "decode_gemm_GFLOPs_"))}
+                                                                           "decode_gemm_GFLOPs_",
+                                                                           "kernel_in_cache_GFLOPs_"))}
         assert expected and loaded.ceilings == expected
         assert all(type(v) is float for v in loaded.ceilings.values())
     meta = read_metadata(attention.path)
+    assert attention.kernel_in_cache_GFLOPs("bf16", 1, 1) == float(meta["kernel_in_cache_GFLOPs_bf16_1rows_1t"])
     assert attention.read_GBps(1) == float(meta["read_bandwidth_GBps_1t"]) == attention.ceiling(
         "read_bandwidth_GBps_1t")
     assert attention.read_GBps(1) > attention.ceiling("read_bandwidth_sum_GBps_1t")  # two streams beat one

@@ -110,3 +110,11 @@ def test_the_losses_are_those_measured_nearest_and_the_readout_says_so(widget):
         else:
             assert f"Nothing was measured at {context:,} tokens" in said and f"{m['context']:,} tokens" in said
     assert all(str(r.get("evicts", False)) != "True" for r in OFFERED)  # eviction bytes were measured, not computed
+
+
+def test_a_change_that_rounds_to_zero_has_no_sign():
+    """"-0.000" reads as a loss that fell; a change under half a thousandth of a nat is shown as 0.000."""
+    from gqa_lib.widgets.cache_budget import _signed
+
+    assert [_signed(x) for x in (0.0, -0.0, -0.0004, 0.0004, 0.016, -0.0006, float("-1e-9"))] == \
+        ["0.000", "0.000", "0.000", "0.000", "+0.016", "-0.001", "0.000"]

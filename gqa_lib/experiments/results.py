@@ -144,7 +144,7 @@ def read_results(path: str | Path):
 # Header keys that hold a ceiling the run measured next to its timings: a read bandwidth in GB/s
 # (10^9 bytes per second) or a matrix-multiply rate in GFLOP/s (10^9 FLOP per second). The key
 # names the unit, the data type, the product's rows and the thread count: gemm_peak_GFLOPs_fp32_1t.
-CEILING_PREFIXES = ("read_bandwidth_", "gemm_peak_", "decode_gemm_GFLOPs_")
+CEILING_PREFIXES = ("read_bandwidth_", "gemm_peak_", "decode_gemm_GFLOPs_", "kernel_in_cache_GFLOPs_")
 
 
 @dataclass(frozen=True, eq=False)  # eq would compare DataFrames, which have no single truth value
@@ -208,6 +208,14 @@ class Results:
         if rows is None:
             return self.ceiling(f"gemm_peak_GFLOPs_{dtype}_{threads}t")
         return self.ceiling(f"decode_gemm_GFLOPs_{dtype}_{rows}rows_{threads}t")
+
+    def kernel_in_cache_GFLOPs(self, dtype: str, threads: int, rows: int) -> float:
+        """The rate in GFLOP/s of PyTorch's attention kernel on a decode step whose K and V are already in the CPU
+        cache, with ``rows`` query rows per KV head, for ``dtype`` ('fp32', 'bf16') at ``threads`` threads
+        (``kernel_in_cache_GFLOPs_{dtype}_{rows}rows_{threads}t``, ``machine.measure_kernel_in_cache``): the
+        arithmetic ceiling that binds a step, where :meth:`gemm_GFLOPs`'s block products only approach it.
+        Raises KeyError as :meth:`ceiling` does."""
+        return self.ceiling(f"kernel_in_cache_GFLOPs_{dtype}_{rows}rows_{threads}t")
 
     def records(self, **where) -> list[dict]:
         """The rows as a list of dicts (what the ``gqa_lib.pictures`` and analysis functions take).

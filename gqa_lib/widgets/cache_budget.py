@@ -35,6 +35,12 @@ MAX_BATCH = 64
 LISTED = 8  # rows of the table of methods that fit
 
 
+def _signed(nats) -> str:
+    """A change in loss to 3 decimals with its sign; one that rounds to zero is "0.000", not "-0.000" or "+0.000"."""
+    text = f"{float(nats):+.3f}"
+    return "0.000" if text in ("-0.000", "+0.000") else text
+
+
 def _memory_label(gb: float) -> str:
     return f"{gb * 1000:g} MB" if gb < 1 else f"{gb:g} GB"
 
@@ -227,12 +233,12 @@ class CacheBudgetExplorer(widgets.VBox):
         best = v["best"]
         at = f" at {v['measured']['context']:,} tokens"
         lines = [head, f"<b>Best that fits</b>: {html.escape(best['method'])}, loss {float(best['val_nll']):.3f} "
-                       f"({float(best['delta_nll']):+.3f} nats against the original{at}).",
+                       f"({_signed(best['delta_nll'])} nats against the original{at}).",
                  "<table><tr><th align=left>fits</th><th>bytes / token</th><th>change in loss (95% CI)</th></tr>"]
         for r in v["fits"][:LISTED]:
             lines.append(f"<tr><td>{html.escape(r['method'])}</td><td align=right>{r['bytes_at_context']:,.0f}</td>"
-                         f"<td align=right>{float(r['delta_nll']):+.3f} [{float(r['delta_ci_low']):+.3f}, "
-                         f"{float(r['delta_ci_high']):+.3f}]</td></tr>")
+                         f"<td align=right>{_signed(r['delta_nll'])} [{_signed(r['delta_ci_low'])}, "
+                         f"{_signed(r['delta_ci_high'])}]</td></tr>")
         lines.append("</table>")
         more = len(v["fits"]) - LISTED
         if more > 0:
