@@ -126,7 +126,7 @@ def test_k_and_v_are_copies_inside_a_group_and_differ_across(n_heads, n_kv_heads
     torch.testing.assert_close(v["k_per_head"], k.repeat_interleave(n_heads // n_kv_heads, dim=0), rtol=0, atol=0)
     torch.testing.assert_close(v["v_per_head"], val.repeat_interleave(n_heads // n_kv_heads, dim=0), rtol=0, atol=0)
     if 1 < n_kv_heads < n_heads:
-        assert "inside a group at most 0; across groups at least" in w.readout.value
+        assert "inside a group exactly 0 (the same numbers); across groups at least" in w.readout.value
 
 
 @pytest.mark.parametrize("n_heads,n_kv_heads,head_dim", [(64, 64, 128), (32, 8, 128), (64, 64, 8), (9, 3, 64)])

@@ -441,7 +441,8 @@ class GroupExplorer(widgets.VBox):
         same = groups[:, None] == groups[None, :]
         others = same & ~torch.eye(h, dtype=torch.bool)  # two different heads of one group
         if others.any():
-            within = f"at most {float(v['max_diff'][others].max()):g}"
+            largest = float(v["max_diff"][others].max())
+            within = "exactly 0 (the same numbers)" if largest == 0 else f"at most {largest:g}"
         else:
             within = "n/a (each group has one query head)"
         across = f"at least {float(v['max_diff'][~same].min()):.3f}" if (~same).any() else "n/a (one group)"
