@@ -285,11 +285,12 @@ def main(argv=None) -> int:
                      f"of each ({scored} tokens in all){second}",
         "bytes": "cache bytes (all 30 layers) held at each scored prediction, averaged over them, divided by their "
                  "mean context; bf16 = 2 bytes; int8/int4/int2 with a bf16 scale and minimum per group of 64 numbers "
-                 "(per channel: per 64-token block); FP8 1 byte + a float32 scale per K and V tensor or KV head of "
+                 "(per channel: per 64-token block, the newest token's own block, counted by position, in bf16, as "
+                 "the simulation attends it); FP8 1 byte + a float32 scale per K and V tensor or KV head of "
                  "a layer (latent: per 128 numbers); eviction: the tokens each KV head held, measured",
         "kivi": "KIVI as published (arXiv 2402.02750): group 32, the newest 128 tokens in full precision, 2-bit "
-                f"headline; here: group {BLOCK} tokens (keys) and {BLOCK} numbers (values), the newest 0-{BLOCK - 1} "
-                "tokens in bf16",
+                f"headline; here: group {BLOCK} tokens (keys) and {BLOCK} numbers (values), the newest token's own "
+                f"block of {BLOCK} (1-{BLOCK} tokens, by position) in bf16",
         "eviction": f"budget {args.budget} tokens per KV head (H2O, key norm: {args.budget // 2} recent; SnapKV: of "
                     f"a prompt of {args.score_from} tokens, observation window 32, avg-pooled with kernel 5, later "
                     f"tokens all kept); oracle: top {args.top_k} keys read per step, every token stored",

@@ -396,6 +396,31 @@ def tokens_kept(context: int, policy: CachePolicy) -> int:
     return min(context, policy.window + policy.sinks)
 
 
+def blocks_held(context: int, policy: CachePolicy) -> tuple[int, int, int]:
+    """(tokens held quantized, tokens held in bf16, finished key blocks holding a kept token) after ``context``
+    tokens, for a cache that quantizes whole blocks of ``policy.block`` tokens and keeps the newest, unfinished
+    one in bf16 (``axis='channel'``, or ``newest_bf16``).
+
+    Blocks are counted by position, as the simulation attends them (:func:`_attend_blocks`: key j comes from the
+    quantized copy when ``j // block < i // block``): the unfinished block is the newest token's, 1 to ``block``
+    tokens of it, whatever a window keeps. A window's oldest kept block may be partly evicted; it still holds its
+    scales. The first two add up to :func:`tokens_kept`.
+    """
+    check_positive_int("context", context)
+    b = policy.block
+    current = (context - 1) // b  # the newest token's block: unfinished, in bf16
+    start = current * b  # its first position
+    if policy.window is None or context <= policy.window + policy.sinks:
+        return start, context - start, current
+    first = context - policy.window  # the window's first position, after the sinks
+    newest = min(context - start, policy.window)
+    window_done = policy.window - newest  # the window's tokens in finished blocks
+    sinks_done = min(policy.sinks, start)
+    blocks = set(range(first // b, current)) if window_done else set()
+    blocks |= set(range(0, min(-(-policy.sinks // b), current)))
+    return sinks_done + window_done, newest + (policy.sinks - sinks_done), len(blocks)
+
+
 def stored_element(bits: int | None, group: int | None = GROUP) -> ElementType:
     """The number format a cache under ``CachePolicy(bits=bits)`` stores, as ``core.cache_math`` prices it.
 
@@ -440,15 +465,17 @@ def layer_cache_bytes(numbers_per_token: int, context: int, policy: CachePolicy,
             return float(n * latent.vector_bytes(numbers_per_token))
         heads = stored_element(policy.bits, head_dim)
         vectors = numbers_per_token // head_dim
-        done = n - n % policy.block if policy.newest_bf16 else n
+        done = blocks_held(context, policy)[0] if policy.newest_bf16 else n
         newest = (n - done) * stored_element(None).vector_bytes(numbers_per_token)
         return float(done * vectors * heads.vector_bytes(head_dim) + newest)
     if numbers_per_token % (2 * head_dim):
         raise ValueError(f"numbers_per_token={numbers_per_token} must be a multiple of 2 x head_dim={2 * head_dim}: "
                          "a per-channel (KIVI) cache holds the keys and values of whole heads")
-    done = n - n % policy.block
+    done, _, key_blocks = blocks_held(context, policy)
     channels = numbers_per_token // 2  # key channels; as many value numbers
-    keys = (done // policy.block) * channels * stored_element(policy.bits, policy.block).vector_bytes(policy.block)
+    key_format = stored_element(policy.bits, policy.block)  # per channel: a block's numbers, one scale and minimum
+    keys = channels * (done * key_format.bits / 8 + key_blocks * key_format.group_bytes)  # a window's oldest block
+    # may be partly evicted: its kept numbers and its scales stay
     values = done * (channels // head_dim) * stored_element(policy.bits, head_dim).vector_bytes(head_dim)
     newest = (n - done) * stored_element(None).vector_bytes(numbers_per_token)
     return float(keys + values + newest)
