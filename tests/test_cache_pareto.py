@@ -165,3 +165,34 @@ def test_the_shipped_table_has_every_method_and_its_header():
     for r in table.to_dict("records"):  # each text's loss, for paired comparisons: as many as texts, same mean
         losses = text_losses(r)
         assert len(losses) == r["texts"] and sum(losses) / len(losses) == pytest.approx(r["val_nll"], abs=1e-5)
+
+
+def test_the_controls_error_bar_clears_the_originals_marker_on_the_chart():
+    """The control (the original, uptrained) shares the original's bytes; drawn beside it, its interval, which
+    spans 0, must not run through the original's marker, or the chart reads as one point with a long bar."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gqa_lib.pictures.cache_pareto import plot_pareto
+
+    table = read_results(RESULTS_DIR / "cache_pareto.csv")
+    main = table[table["context"] == table["context"].min()]
+    fig, ax = plt.subplots(figsize=(11, 7.5))
+    plot_pareto(main, ax=ax)
+    fig.canvas.draw()
+    original = main[main["source"] == "original"].iloc[0]
+    control = main[main["source"] == "control"].iloc[0]
+    assert control["delta_ci_low"] < original["delta_nll"] < control["delta_ci_high"]  # the bar would cross it
+    from matplotlib.collections import LineCollection
+
+    bars = [c for c in ax.collections if isinstance(c, LineCollection) and len(c.get_segments()) == 1]  # 1 point
+    bar_x = {round(float(c.get_segments()[0][0][0]), 3) for c in bars}
+    shifted = [x for x in bar_x if x > original["kv_bytes_per_token"] * 1.001]
+    assert shifted, "the control's error bar was not drawn right of the original's bytes"
+    to_px = ax.transData.transform
+    gap = to_px((min(shifted), 0))[0] - to_px((original["kv_bytes_per_token"], 0))[0]
+    marker = 7 * fig.dpi / 72  # ms=7 points: the diamond's width, in pixels, edge line included with margin
+    assert gap > marker + 3, f"the control's bar is {gap:.1f} px from the original's centre (marker {marker:.1f} px)"
+    plt.close(fig)

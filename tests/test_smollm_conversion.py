@@ -23,7 +23,7 @@ from gqa_lib.experiments.smollm_conversion import (
     window_nlls,
     window_token_ids,
 )
-from gqa_lib.experiments.stats import bootstrap_mean
+from gqa_lib.experiments.stats import bootstrap_mean, bootstrap_ratio
 from gqa_lib.pictures.smollm_conversion import plot_conversion
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -144,6 +144,21 @@ def test_recovered_interval_is_a_ratio_of_mean_changes_paired_by_window():
     assert (value, se, low, high) == recovered_fraction_interval(converted, uptrained, original, control)  # seeded
     with pytest.raises(ValueError, match="control has 63 windows, the others 64"):
         recovered_fraction_interval(converted, uptrained, original, control[:63])
+
+
+def test_bootstrap_ratio_of_two_paired_changes():
+    rng = np.random.default_rng(3)
+    base = rng.normal(2.0, 0.5, 16)  # each window's own difficulty, shared by the three methods
+    ref = base + 0.01 + rng.normal(0, 0.002, 16)
+    five = base + 0.05 + rng.normal(0, 0.002, 16)
+    ratio, low, high = bootstrap_ratio(five, ref, base)
+    assert ratio == pytest.approx((five - base).mean() / (ref - base).mean())
+    assert low < ratio < high and 3.5 < low and high < 7  # the shared difficulty cancels: a tight interval
+    assert bootstrap_ratio(five, ref, base) == (ratio, low, high)  # seeded
+    with pytest.raises(ValueError, match="reference"):
+        bootstrap_ratio(five, base, base)
+    with pytest.raises(ValueError, match="baseline"):
+        bootstrap_ratio(five, ref, base[:5])
 
 
 def test_bootstrap_mean_on_a_known_case():

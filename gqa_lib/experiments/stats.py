@@ -5,6 +5,8 @@
   (``scipy.stats.bootstrap``, windows resampled by a seeded generator): a maintained, tested bootstrap rather
   than a resampling loop of our own. Used by the SmolLM2 conversions (notebooks 06, 07) and the cache
   comparison (notebook 08).
+- ``bootstrap_ratio``: how many times one paired change is another (E5M2's loss change against E4M3's, both
+  from the same original on the same windows), with its BCa interval (notebook 08).
 - ``t_975``: Student's t quantile for 95% intervals over seeds (the KV-head sweep of notebook 06).
 - ``holm``: Holm's step-down adjustment for a family of tests (Holm 1979).
 - ``paired_ratio``: a ratio of paired timings (rep by rep) with its t interval on the log scale (notebook 06's
@@ -60,6 +62,31 @@ def bootstrap_interval(values, baseline=None, confidence: float = 0.95, n_resamp
     """The (low, high) interval of :func:`bootstrap_mean`: of the mean of ``values``, or of ``values - baseline``."""
     _, _, low, high = bootstrap_mean(values, baseline, confidence, n_resamples, seed)
     return low, high
+
+
+def bootstrap_ratio(values, reference, baseline, confidence: float = 0.95, n_resamples: int = 2000,
+                    seed: int = 0) -> tuple[float, float, float]:
+    """mean(values - baseline) / mean(reference - baseline), paired by window: (ratio, low, high).
+
+    ``values``, ``reference``, ``baseline``: (n,) per-window losses of three methods on the same windows (for
+    notebook 08: FP8 E5M2, FP8 E4M3 and the original). Windows are resampled together (``paired=True``), so each
+    window's difficulty cancels in both changes. scipy.stats.bootstrap's BCa interval (2000 resamples, drawn by
+    ``numpy.random.default_rng(seed)``), as :func:`bootstrap_mean`: a maintained bootstrap, not a loop of ours.
+    Errors: ValueError naming the argument for a shape or a non-finite value, and for a reference change whose
+    mean is 0 (the ratio is undefined).
+    """
+    x = per_window("values", values)
+    r = per_window("reference", reference, len(x))
+    b = per_window("baseline", baseline, len(x))
+    if float((r - b).mean()) == 0:
+        raise ValueError("reference - baseline has mean 0: the ratio is undefined")
+
+    def ratio(xs, rs, bs, axis=-1):
+        return (xs - bs).mean(axis) / (rs - bs).mean(axis)
+
+    res = scipy.stats.bootstrap((x, r, b), ratio, paired=True, vectorized=True, confidence_level=confidence,
+                                n_resamples=n_resamples, method="BCa", rng=np.random.default_rng(seed))
+    return float(ratio(x, r, b)), float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
 def t_975(df: int) -> float:
