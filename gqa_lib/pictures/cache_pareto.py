@@ -11,7 +11,8 @@ FAMILY_STYLE = {  # marker per family; colours from the series' palette where a 
     "sliding window": ("s", None), "token eviction": ("X", None), "quantized": ("^", None),
     "cross-layer": ("P", None), "combined": ("*", None),
 }
-CONTROL_SHIFT = 1.12  # the control is drawn this factor right of its bytes (the original's): its error bar clears the original's marker
+CONTROL_SHIFT = 1.12  # the control is drawn this factor right of its bytes (the original's),
+# so that its error bar clears the original's marker
 
 
 def plot_pareto(table, ax=None, budget: float | None = None, key: bool = True):
