@@ -58,8 +58,8 @@ def plot_pareto(table, ax=None, budget: float | None = None, key: bool = True):
                        label="bytes read per step (stores all: the filled marker)")
     front = rows[rows["pareto"].astype(str) == "True"].sort_values("kv_bytes_per_token")
     right = rows["kv_bytes_per_token"].max() * 1.3
-    ax.step([*front["kv_bytes_per_token"], right], [*front["delta_nll"], front["delta_nll"].iloc[-1]], where="post",
-            color=NEUTRAL, lw=1, ls="--", label="Pareto front", zorder=1)
+    ax.step(front["kv_bytes_per_token"], front["delta_nll"], where="post",  # ends at the front's largest cache:
+            color=NEUTRAL, lw=1, ls="--", label="Pareto front", zorder=1)  # run on, it would pass under the original
     if budget is not None:
         ax.axvline(budget, color="black", lw=1.2, ls=":")
     ax.set_xscale("log")

@@ -93,7 +93,8 @@ def column_norm_profiles(blocks, inputs=None) -> np.ndarray:
     multiplied by the root mean square of its input dimension over the tokens, which makes entry (j, c)
     the root mean square, over the tokens, of the norm of what input c alone adds to KV head j's output
     (``||W_j[:, c]|| * rms(x_c)``). Squared, it is input c's share of that output's mean energy, exactly so
-    where the input dimensions are uncorrelated.
+    where mean(x_c * x_d) over the tokens is 0 for every pair c != d (uncorrelated is not enough: a dimension
+    that keeps one sign has a non-zero mean, and its cross terms remain).
     """
     b = _as_array(blocks, "blocks")
     if b.ndim != 3:
