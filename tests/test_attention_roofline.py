@@ -236,6 +236,38 @@ def test_the_roofline_draws_a_ceiling_segment_for_each_group_size():
     assert gqa.get_xdata()[0] < 2.0 < gqa.get_xdata()[1]  # drawn over the GQA rows' intensity, not across the plot
 
 
+def test_no_two_cache_length_labels_print_over_each_other_on_the_shipped_table():
+    """Notebook 06's four panels: points of one intensity that lie close share one label ("16k, 32k"), and no
+    label sits on a ceiling segment's "4 rows"."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from gqa_lib.experiments import results
+    from gqa_lib.pictures.attention_roofline import plot_roofline
+
+    speed = results.load("decode_attention_cpu")
+    for t in (1, 2):
+        for dt in ("fp32", "bf16"):
+            fig, ax = plt.subplots(figsize=(6.5, 5.2), layout="constrained")  # one panel of the notebook's figure
+            in_cache = {n: float(speed.meta[f"kernel_in_cache_GFLOPs_{dt}_{n}rows_{t}t"]) * 1e9 for n in (1, 4, 32)}
+            plot_roofline(speed.records(threads=t, dtype=dt), speed.read_GBps(t) * 1e9, speed.gemm_GFLOPs(dt, t) * 1e9,
+                          ax=ax, impls=("gqa_lib", "sdpa", "expand", "expand_into"),
+                          decode_gemm_flops_per_s={n: speed.gemm_GFLOPs(dt, t, n) * 1e9 for n in (1, 4, 32)},
+                          kernel_in_cache_flops_per_s=in_cache, decode_gemm_label="block products")
+            fig.canvas.draw()
+            lengths = [a for a in ax.texts if a.get_text().endswith("k")]
+            shown = sorted(", ".join(x.get_text() for x in lengths).split(", "))
+            assert shown == sorted(f"{n // 1024}k" for n in (1024, 4096, 16384, 32768) for _ in range(3)), shown
+            labels = list(ax.texts)  # the lengths and the segments' "4 rows"
+            boxes = [a.get_window_extent() for a in labels]
+            overlaps = [(labels[i].get_text(), labels[j].get_text()) for i in range(len(boxes))
+                        for j in range(i) if boxes[i].overlaps(boxes[j])]
+            assert not overlaps, f"{dt}, {t} thread(s): labels print over each other: {overlaps}"
+            plt.close(fig)
+
+
 def test_paired_ratio_is_the_t_interval_of_the_log_ratios():
     import math
 

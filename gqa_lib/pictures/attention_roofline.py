@@ -21,6 +21,30 @@ def _kind_legend(ax, kinds, impls, extra=(), loc="lower right", **kwargs):
     ax.legend(handles=handles + list(extra), fontsize=7.5, loc=loc, **kwargs)
 
 
+LABEL_BOX = {"boxstyle": "square,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.8}  # readable over a line
+LABEL_GAP = 1.25  # points of one intensity closer than this factor in GFLOP/s share one cache-length label
+
+
+def _label_cache_lengths(ax, rows: list[dict]) -> None:
+    """Label each point with its cache length ("4k"), one label for points that would print over each other."""
+    by_intensity: dict[float, list[tuple[float, int]]] = {}
+    for r in rows:
+        by_intensity.setdefault(r["flop_per_byte"], []).append((r["flops"] / r["median_ms"] / 1e6, r["seq_len"]))
+    for x, points in by_intensity.items():
+        points.sort()
+        clusters = [[points[0]]]
+        for p in points[1:]:
+            if p[0] < clusters[-1][-1][0] * LABEL_GAP:
+                clusters[-1].append(p)
+            else:
+                clusters.append([p])
+        for c in clusters:
+            text = ", ".join(f"{n // 1024}k" for _, n in sorted(c, key=lambda p: p[1]))
+            y = (c[0][0] * c[-1][0]) ** 0.5  # the middle of the cluster on the log axis
+            ax.annotate(text, (x, y), textcoords="offset points", xytext=(6, -2), fontsize=6.5, color="#333333",
+                        bbox=LABEL_BOX)
+
+
 def plot_roofline(rows: list[dict], read_bytes_per_s: float, peak_flops_per_s: float, ax=None,
                   impls=("gqa_lib", "sdpa", "expand"), decode_gemm_flops_per_s: float | dict | None = None,
                   decode_gemm_label: str = "decode-shape GEMM", label_seq: bool = True,
@@ -35,7 +59,8 @@ def plot_roofline(rows: list[dict], read_bytes_per_s: float, peak_flops_per_s: f
     ``kernel_in_cache_flops_per_s`` ({group size: FLOP/s}, optional): the kernel itself with K and V in
     cache, a dash-dot segment. Colour = attention kind, marker = implementation, bars = quartiles of the timed
     calls; ``rows`` should share one dtype and thread count. Points of one intensity differ in cache length
-    (labelled for the first implementation).
+    (labelled for the first implementation; lengths whose points lie within 25% of each other share a label,
+    "16k, 32k", so that no two labels print over each other).
     """
     import matplotlib.pyplot as plt
     from matplotlib.lines import Line2D
@@ -54,9 +79,8 @@ def plot_roofline(rows: list[dict], read_bytes_per_s: float, peak_flops_per_s: f
         ax.scatter(r["flop_per_byte"], r["flops"] / r["median_ms"] / 1e6, color=kind_color(r["kind"]),
                    marker=IMPL_MARKERS.get(r["impl"], "o"), s=40, zorder=3, edgecolor="black", linewidth=0.4,
                    alpha=0.85)
-        if label_seq and r["impl"] == impls[0]:
-            ax.annotate(f"{r['seq_len'] // 1024}k", (r["flop_per_byte"], r["flops"] / r["median_ms"] / 1e6),
-                        textcoords="offset points", xytext=(6, -2), fontsize=6.5, color="#333333")
+    if label_seq:
+        _label_cache_lengths(ax, [r for r in shown if r["impl"] == impls[0]])
     lo = min(r["flop_per_byte"] for r in shown) / 2
     ridge = peak_flops_per_s / read_bytes_per_s
     hi = max(max(r["flop_per_byte"] for r in shown) * 4, ridge * 3)
@@ -82,8 +106,9 @@ def plot_roofline(rows: list[dict], read_bytes_per_s: float, peak_flops_per_s: f
                 x = xg[0]
                 ax.plot([x / 1.8, x * 1.8], [rate / 1e9] * 2, color=NEUTRAL, ls=style, lw=1.3, zorder=1)
                 if style == ":":
-                    ax.annotate(f"{g} row{'s' * (g > 1)}", (x * 1.8, rate / 1e9), textcoords="offset points",
-                                xytext=(2, -3), fontsize=7, color=NEUTRAL)
+                    ax.annotate(f"{g} row{'s' * (g > 1)}", (x / 1.8, rate / 1e9), textcoords="offset points",
+                                xytext=(0, 1), va="bottom", fontsize=7, color=NEUTRAL,  # left end: lengths go right
+                                bbox=LABEL_BOX)
             extra.append(Line2D([], [], color=NEUTRAL, ls=style, lw=1.3,
                                 label=f"{label}, by query rows per KV head"))
     ax.set_xscale("log", base=2)

@@ -14,7 +14,9 @@ def plot_decode_speed(rows: list[dict], read_gbps: float, ax=None):
 
     Colour: the attention kind of the variant (series palette); marker: the path (filled circle gqa_lib, open
     square transformers with its growing cache, open diamond with its static cache); each gqa_lib point is
-    labelled with its prompt length. Returns the axes.
+    labelled with its prompt length, in its variant's colour, and a thin line joins one variant's gqa_lib points
+    in order of prompt length, so that a label beside another variant's point still reads as its own.
+    Returns the axes.
     """
     import matplotlib.pyplot as plt
     import numpy as np
@@ -38,9 +40,15 @@ def plot_decode_speed(rows: list[dict], read_gbps: float, ax=None):
                    label=None if key in seen else f"{VARIANT_LABELS[r['variant']]}, {PATH_LABELS[r['path']]}",
                    facecolors="none" if r["path"].startswith("transformers") else kind_color(kind))
         seen.add(key)
-        if r["path"] == "gqa_lib":
+        if r["path"] == "gqa_lib":  # in the variant's colour: near another variant's point, it still says whose
             ax.annotate(f"{int(r['prompt_tokens'])}", (x, float(r["tokens_per_s"])), textcoords="offset points",
-                        xytext=(5, 4), fontsize=8, color=NEUTRAL)
+                        xytext=(5, 4), fontsize=8, color=kind_color(kind))
+    for variant in dict.fromkeys(r["variant"] for r in rows):  # each variant's gqa_lib points, joined by prompt
+        mine = sorted((int(r["prompt_tokens"]), x, float(r["tokens_per_s"]), r) for r, x in zip(rows, mb, strict=True)
+                      if r["variant"] == variant and r["path"] == "gqa_lib")
+        if len(mine) > 1:
+            kind = attention_kind(int(mine[0][3]["n_heads"]), int(mine[0][3]["n_kv_heads"]))
+            ax.plot([m[1] for m in mine], [m[2] for m in mine], color=kind_color(kind), lw=0.8, alpha=0.6, zorder=1)
     ax.set_xlabel("MB read per generated token (float32 weights + KV cache)")
     ax.set_ylabel(f"tokens per second ({rows[0]['clock']} clock)")
     ax.set_ylim(bottom=0)

@@ -48,7 +48,8 @@ def plot_conversion(table, vocab_size: int | None = None, ax=None):
             ax.bar(i + dx, y, width, color=colour, edgecolor="white", yerr=err, capsize=3, **style)
             ax.text(i + dx, float(r["ci_high"]), f"{y:.2f}", ha="center", va="bottom", fontsize=7)
         if after is not None and after["method"] != "none":
-            ax.text(i + width / 2, float(after["val_nll"]) / 2,
+            middle = (float(original["val_nll"]) + float(after["val_nll"])) / 2  # above the original's dashed line
+            ax.text(i + width / 2, middle,
                     f"{100 * after['recovered_fraction']:.0f}%\n[{100 * after['recovered_ci_low']:.0f}, "
                     f"{100 * after['recovered_ci_high']:.0f}]", ha="center", va="center", fontsize=7, color="white")
     ax.set_xticks(range(len(pairs)), [p[0] for p in pairs], fontsize=8)
@@ -66,5 +67,5 @@ def plot_conversion(table, vocab_size: int | None = None, ax=None):
     top = max(float(t["ci_high"].max()), math.log(vocab_size) if vocab_size else 0.0)
     ax.set_ylim(0, top * 1.08)
     ax.set_ylabel("held-out loss (nats per token)")
-    ax.set_title("SmolLM2-135M: 3 KV heads -> 1 (MQA) in all 30 layers, 95% bootstrap intervals over windows")
+    ax.set_title("SmolLM2-135M-Instruct: 3 KV heads -> 1 (MQA) in all 30 layers, 95% bootstrap intervals over windows")
     return ax
