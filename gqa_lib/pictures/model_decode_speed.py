@@ -9,6 +9,9 @@ PATH_LABELS = {"gqa_lib": "gqa_lib", "transformers": "transformers, DynamicCache
                "transformers_static": "transformers, StaticCache"}
 
 
+_LABEL_SIDE = {"MQA": (-6, 0, "right", "center"), "GQA": (5, -4, "left", "top"), "MHA": (5, 4, "left", "bottom")}
+
+
 def plot_decode_speed(rows: list[dict], read_gbps: float, ax=None):
     """Tokens per second against MB read per token, one point per row; the curve is ``read_gbps / bytes``.
 
@@ -41,8 +44,9 @@ def plot_decode_speed(rows: list[dict], read_gbps: float, ax=None):
                    facecolors="none" if r["path"].startswith("transformers") else kind_color(kind))
         seen.add(key)
         if r["path"] == "gqa_lib":  # in the variant's colour: near another variant's point, it still says whose
+            side = _LABEL_SIDE[kind]  # MQA's points are the leftmost: its labels go left, into empty space
             ax.annotate(f"{int(r['prompt_tokens'])}", (x, float(r["tokens_per_s"])), textcoords="offset points",
-                        xytext=(5, 4), fontsize=8, color=kind_color(kind))
+                        xytext=side[:2], ha=side[2], va=side[3], fontsize=8, color=kind_color(kind))
     for variant in dict.fromkeys(r["variant"] for r in rows):  # each variant's gqa_lib points, joined by prompt
         mine = sorted((int(r["prompt_tokens"]), x, float(r["tokens_per_s"]), r) for r, x in zip(rows, mb, strict=True)
                       if r["variant"] == variant and r["path"] == "gqa_lib")
